@@ -1,0 +1,3 @@
+"""mailsvc: e-mail intake for a CRM."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Entry point for ``python -m mailsvc``."""
+
+from mailsvc.cli import main
+
+main()

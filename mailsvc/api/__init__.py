@@ -1,0 +1,1 @@
+"""The REST API (FastAPI) over the CRM store, with health and metrics."""

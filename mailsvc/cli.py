@@ -1,0 +1,291 @@
+"""The ``mailsvc`` command line: serve, ingest, seed-demo, db, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mailsvc.bootstrap import Services, open_services
+from mailsvc.config import Settings, load_settings
+from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
+from mailsvc.ingest.outcome import Outcome
+from mailsvc.mail import Envelope, RawMail, Role
+
+# sysexits(3)
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+app = typer.Typer(help="E-mail intake for a CRM.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+err = Console(stderr=True)
+logger = logging.getLogger("mailsvc")
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_CONFIG) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_CONFIG) from None
+    except StoreUnavailable as exc:
+        err.print(f"[red]store unavailable: {exc}[/red]")
+        raise typer.Exit(EX_TEMPFAIL) from None
+
+
+@app.command()
+def serve() -> None:
+    """Run the SMTP intake, the event relay and the API until SIGTERM or Ctrl-C."""
+    settings = _settings()
+    _run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from mailsvc.ingest.smtp import start_smtp
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_services(settings) as services:
+        await services.pipeline.start()
+        smtp = await start_smtp(services.pipeline, settings)
+        tasks: list[asyncio.Task[None]] = []
+        if services.relay is not None:
+            tasks.append(asyncio.create_task(services.relay.run(), name="relay"))
+        else:
+            logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
+        if settings.api_enabled:
+            tasks.append(asyncio.create_task(_serve_api(services), name="api"))
+        await stop.wait()
+        logger.info("shutting down: no new mail, finishing what is in flight")
+        smtp.close()
+        await smtp.wait_closed()
+        await services.pipeline.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        logger.info("stopped")
+
+
+async def _serve_api(services: Services) -> None:
+    from mailsvc.api.server import serve_api
+
+    await serve_api(services)
+
+
+def _role_for(settings: Settings, address: str | None) -> tuple[Role, str]:
+    address = (address or settings.bcc_address[0]).lower()
+    role = settings.intake_roles.get(address)
+    if role is None:
+        known = ", ".join(sorted(settings.intake_roles))
+        err.print(f"[red]--to {address} is not an intake address (known: {known})[/red]")
+        raise typer.Exit(EX_USAGE)
+    return role, address  # type: ignore[return-value]
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[str], typer.Argument(help="Message files, or - for standard input.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="The intake address (default: the Smart BCC).")
+    ] = None,
+    sender: Annotated[str | None, typer.Option("--from", help="The envelope sender.")] = None,
+) -> None:
+    """Process messages through the pipeline; prints one JSON object per message.
+
+    Exit status (sysexits): 0 done, 65 a message had nothing usable (it is kept in quarantine),
+    66 a file is missing, 75 the store is unavailable (try again later).
+    """
+    settings = _settings()
+    role, address = _role_for(settings, to)
+    raws: list[RawMail] = []
+    for name in files:
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:
+            err.print(f"[red]cannot read {name}: {exc.strerror}[/red]")
+            raise typer.Exit(EX_NOINPUT) from None
+        envelope = Envelope(sender, (address,), role, "stdin" if name == "-" else "file")
+        raws.append(RawMail(data, envelope))
+    try:
+        outcomes = _run(_ingest(settings, raws))
+    except typer.Exit:
+        raise
+    except Exception as exc:  # never die with a traceback: an MTA would bounce the mail
+        err.print(f"[red]temporary failure: {exc!r}[/red]")
+        raise typer.Exit(EX_TEMPFAIL) from None
+    for outcome in outcomes:
+        sys.stdout.write(json.dumps(outcome.to_json(), ensure_ascii=False) + "\n")
+    if any(_unusable(o) for o in outcomes):
+        raise typer.Exit(EX_DATAERR)
+
+
+def _unusable(outcome: Outcome) -> bool:
+    reason = outcome.reason or ""
+    return outcome.kind == "quarantined" and not reason.startswith("processing error")
+
+
+async def _ingest(settings: Settings, raws: list[RawMail]) -> list[Outcome]:
+    async with open_services(settings) as services:
+        prepared = [await services.pipeline.prepare(raw) for raw in raws]
+        return await services.pipeline.process(prepared)
+
+
+@app.command("seed-demo")
+def seed_demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Create a small demo dataset (users, accounts, contacts, an opportunity, a ticket)."""
+    from mailsvc.crmstore.demo import seed
+
+    settings = _settings()
+
+    async def go() -> dict[str, list[dict[str, Any]]]:
+        async with (
+            open_services(settings) as services,
+            services.sessions() as session,
+            session.begin(),
+        ):
+            return await seed(session, settings.opportunity_prefix, settings.ticket_prefix)
+
+    created = _run(go())
+    if as_json:
+        sys.stdout.write(json.dumps(created, ensure_ascii=False, indent=2) + "\n")
+        return
+    console = Console()
+    for kind, rows in created.items():
+        table = Table(title=kind)
+        for column in rows[0]:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Upgrade the database schema to the version this mailsvc needs."""
+    from mailsvc.crmstore.db import create_engine
+    from mailsvc.crmstore.migrate import current_revision, upgrade
+
+    settings = _settings()
+
+    async def go() -> str | None:
+        engine = create_engine(settings.database_url)
+        try:
+            await upgrade(engine)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    typer.echo(f"schema at {_run(go())}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema revision of the database and the one this mailsvc needs."""
+    from mailsvc.crmstore.db import create_engine
+    from mailsvc.crmstore.migrate import current_revision, head_revision
+
+    settings = _settings()
+
+    async def go() -> str | None:
+        engine = create_engine(settings.database_url)
+        try:
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    typer.echo(f"database: {_run(go()) or 'empty'}; needed: {head_revision()}")
+
+
+@app.command()
+def events(
+    limit: Annotated[int, typer.Option(help="How many to show.")] = 20,
+) -> None:
+    """List events waiting in the outbox (not yet confirmed by the broker)."""
+    from sqlalchemy import select
+
+    from mailsvc.crmstore.models import OutboxEvent
+    from mailsvc.events.relay import pending_count
+
+    settings = _settings()
+
+    async def go() -> tuple[int, list[OutboxEvent]]:
+        async with open_services(settings) as services, services.sessions() as session:
+            rows = await session.scalars(
+                select(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
+                .order_by(OutboxEvent.seq).limit(limit)
+            )
+            return await pending_count(services.sessions), list(rows)
+
+    count, rows = _run(go())
+    table = Table(title=f"{count} event(s) waiting")
+    for column in ("id", "type", "subject", "created_at", "attempts", "last_error"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.id, row.type, row.subject or "", row.created_at.isoformat(),
+                      str(row.attempts), row.last_error or "")
+    Console().print(table)
+
+
+@app.command()
+def relay() -> None:
+    """Run only the event relay (outbox -> RabbitMQ) until SIGTERM or Ctrl-C."""
+    settings = _settings()
+    if settings.amqp_url is None:
+        err.print("[red]MAILSVC_AMQP_URL is not set[/red]")
+        raise typer.Exit(EX_CONFIG)
+
+    async def go() -> None:
+        async with open_services(settings) as services:
+            assert services.relay is not None
+            task = asyncio.create_task(services.relay.run())
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    _run(go())
+
+
+def main() -> None:
+    try:
+        app()
+    except MailsvcError as exc:
+        err.print(f"[red]{exc}[/red]")
+        sys.exit(EX_TEMPFAIL)

@@ -1,0 +1,137 @@
+"""The one settings object, read from ``MAILSVC_*`` environment variables (and an optional .env)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mailsvc.errors import ConfigError
+
+AddressList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything mailsvc can be told. Field names map to ``MAILSVC_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILSVC_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./mailsvc.db"
+    auto_migrate: bool = True
+    amqp_url: SecretStr | None = None
+    amqp_exchange: str = "mailsvc.events"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=8025, ge=0, le=65535)
+    smtp_hostname: str = "mailsvc.localhost"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: AddressList = ()
+    api_enabled: bool = True
+
+    bcc_address: AddressList = ("bcc@mailsvc.localhost",)
+    sales_address: AddressList = ("sales@mailsvc.localhost",)
+    support_address: AddressList = ("support@mailsvc.localhost",)
+    internal_domains: AddressList = ()
+
+    opportunity_prefix: str = Field(default="OPP", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
+    ticket_prefix: str = Field(default="TCK", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
+
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=100, ge=1)
+    max_received_headers: int = Field(default=30, ge=5)
+
+    batch_max_size: int = Field(default=200, ge=1)
+    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    relay_batch_size: int = Field(default=200, ge=1)
+    relay_poll_seconds: float = Field(default=2.0, gt=0)
+
+    default_owner_email: str | None = None
+    stale_contact_days: int = Field(default=14, ge=1)
+    critical_contact_days: int = Field(default=30, ge=1)
+
+    log_level: str = "INFO"
+
+    @field_validator(
+        "bcc_address", "sales_address", "support_address", "internal_domains", "api_keys",
+        mode="before",
+    )
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("bcc_address", "sales_address", "support_address")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            local, at, domain = address.partition("@")
+            if not ((local and at and "." in domain) or domain == "localhost"):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        return tuple(address.lower() for address in value)
+
+    @field_validator("internal_domains")
+    @classmethod
+    def _domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(domain.lower().lstrip("@") for domain in value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            value = "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _roles_are_distinct(self) -> Settings:
+        seen: dict[str, str] = {}
+        for role in ("bcc", "sales", "support"):
+            for address in getattr(self, f"{role}_address"):
+                if address in seen:
+                    raise ValueError(
+                        f"{address} is both the {seen[address]} and the {role} address"
+                    )
+                seen[address] = role
+        if self.opportunity_prefix.upper() == self.ticket_prefix.upper():
+            raise ValueError("opportunity_prefix and ticket_prefix must differ")
+        if self.critical_contact_days < self.stale_contact_days:
+            raise ValueError("critical_contact_days must not be below stale_contact_days")
+        return self
+
+    @cached_property
+    def intake_roles(self) -> dict[str, str]:
+        """Intake address (lower case) -> role: ``bcc``, ``sales`` or ``support``."""
+        roles: dict[str, str] = {}
+        for role in ("bcc", "sales", "support"):
+            for address in getattr(self, f"{role}_address"):
+                roles[address] = role
+        return roles
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a wrong value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MAILSVC_{'_'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,1 @@
+"""The compact CRM store: models, business rules, queries and reports."""

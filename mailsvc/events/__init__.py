@@ -1,0 +1,1 @@
+"""Publishing the outbox to RabbitMQ."""

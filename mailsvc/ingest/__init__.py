@@ -1,0 +1,1 @@
+"""Taking mail in: adapters (SMTP, IMAP, files) and the pipeline they share."""

@@ -1,0 +1,205 @@
+"""The read-only lookup port over the store: answers a linking Wanted with Facts."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.crmstore.models import (
+    Account,
+    AccountDomain,
+    Contact,
+    ContactEmail,
+    Email,
+    EmailLink,
+    LinkTarget,
+    Opportunity,
+    OpportunityStatus,
+    Ticket,
+    TicketStatus,
+    User,
+    UserEmail,
+)
+from mailsvc.linking.model import (
+    AccountRef,
+    ContactRef,
+    Facts,
+    RecordRef,
+    ThreadRef,
+    UserRef,
+    Wanted,
+)
+from mailsvc.linking.references import RecordId
+
+OPEN_TICKET = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
+
+
+async def load_facts(
+    session: AsyncSession, want: Wanted, default_owner_email: str | None = None
+) -> Facts:
+    emails = sorted(want.emails | ({default_owner_email} if default_owner_email else set()))
+    users = await _users(session, emails)
+    contacts = await _contacts(session, sorted(want.emails))
+    by_domain = await _accounts_by_domain(session, sorted(want.domains))
+    account_ids = {c.account_id for cs in contacts.values() for c in cs if c.account_id}
+    account_ids |= {a.id for accounts in by_domain.values() for a in accounts}
+    contact_ids = sorted({c.id for cs in contacts.values() for c in cs})
+    return Facts(
+        users={e: u for e, u in users.items() if e in want.emails},
+        contacts=contacts,
+        accounts_by_domain=by_domain,
+        accounts=await _accounts(session, sorted(account_ids)),
+        records=await _records(session, want.record_ids),
+        thread=await _thread(session, want.message_ids),
+        open_opportunities=await _open_opportunities(session, contact_ids),
+        open_tickets=await _open_tickets(session, contact_ids),
+        default_owner_id=users[default_owner_email].id
+        if default_owner_email and default_owner_email in users
+        else None,
+    )
+
+
+async def _users(session: AsyncSession, emails: list[str]) -> dict[str, UserRef]:
+    if not emails:
+        return {}
+    rows = await session.execute(
+        select(UserEmail.email, User.id, User.email)
+        .join(User, User.id == UserEmail.user_id)
+        .where(UserEmail.email.in_(emails), User.active.is_(True))
+    )
+    return {alias: UserRef(uid, primary) for alias, uid, primary in rows}
+
+
+async def _contacts(session: AsyncSession, emails: list[str]) -> dict[str, tuple[ContactRef, ...]]:
+    if not emails:
+        return {}
+    rows = await session.execute(
+        select(ContactEmail.email, Contact.id, Contact.account_id, Contact.owner_id)
+        .join(Contact, Contact.id == ContactEmail.contact_id)
+        .where(ContactEmail.email.in_(emails), Contact.active.is_(True))
+        .order_by(Contact.id)
+    )
+    found: dict[str, list[ContactRef]] = defaultdict(list)
+    for email, cid, account_id, owner_id in rows:
+        found[email].append(ContactRef(cid, account_id, owner_id, email))
+    return {email: tuple(refs) for email, refs in found.items()}
+
+
+async def _accounts_by_domain(
+    session: AsyncSession, domains: list[str]
+) -> dict[str, tuple[AccountRef, ...]]:
+    if not domains:
+        return {}
+    rows = await session.execute(
+        select(AccountDomain.domain, Account.id, Account.owner_id)
+        .join(Account, Account.id == AccountDomain.account_id)
+        .where(AccountDomain.domain.in_(domains))
+        .order_by(Account.id)
+    )
+    found: dict[str, list[AccountRef]] = defaultdict(list)
+    for domain, aid, owner_id in rows:
+        found[domain].append(AccountRef(aid, owner_id))
+    return {domain: tuple(refs) for domain, refs in found.items()}
+
+
+async def _accounts(session: AsyncSession, ids: list[int]) -> dict[int, AccountRef]:
+    if not ids:
+        return {}
+    rows = await session.execute(select(Account.id, Account.owner_id).where(Account.id.in_(ids)))
+    return {aid: AccountRef(aid, owner_id) for aid, owner_id in rows}
+
+
+async def _records(session: AsyncSession, ids: tuple[RecordId, ...]) -> dict[RecordId, RecordRef]:
+    found: dict[RecordId, RecordRef] = {}
+    opp_numbers = [i.number for i in ids if i.kind == "opportunity"]
+    ticket_numbers = [i.number for i in ids if i.kind == "ticket"]
+    if opp_numbers:
+        rows = await session.execute(
+            select(
+                Opportunity.id, Opportunity.status, Opportunity.account_id,
+                Opportunity.contact_id, Opportunity.owner_id,
+            ).where(Opportunity.id.in_(opp_numbers))
+        )
+        for oid, status, account_id, contact_id, owner_id in rows:
+            ref = RecordId("opportunity", oid)
+            found[ref] = RecordRef(ref, str(status), account_id, contact_id, owner_id)
+    if ticket_numbers:
+        rows = await session.execute(
+            select(
+                Ticket.id, Ticket.status, Ticket.account_id, Ticket.contact_id, Ticket.owner_id
+            ).where(Ticket.id.in_(ticket_numbers))
+        )
+        for tid, status, account_id, contact_id, owner_id in rows:
+            ref = RecordId("ticket", tid)
+            found[ref] = RecordRef(ref, str(status), account_id, contact_id, owner_id)
+    return found
+
+
+async def _thread(session: AsyncSession, message_ids: tuple[str, ...]) -> tuple[ThreadRef, ...]:
+    """The record links of earlier mails, newest reference first (the last References entry)."""
+    if not message_ids:
+        return ()
+    rows = await session.execute(
+        select(Email.message_id, EmailLink.target_type, EmailLink.target_id)
+        .join(EmailLink, EmailLink.email_id == Email.id)
+        .where(
+            Email.message_id.in_(message_ids),
+            EmailLink.target_type.in_(
+                [LinkTarget.OPPORTUNITY, LinkTarget.TICKET, LinkTarget.INBOX_LEAD]
+            ),
+        )
+    )
+    links: dict[str, dict[str, int]] = defaultdict(dict)
+    for message_id, target_type, target_id in rows:
+        assert message_id is not None
+        links[message_id].setdefault(str(target_type), target_id)
+    order = list(reversed(message_ids))
+    return tuple(
+        ThreadRef(
+            message_id=mid,
+            opportunity_id=links[mid].get("opportunity"),
+            ticket_id=links[mid].get("ticket"),
+            inbox_lead_id=links[mid].get("inbox_lead"),
+        )
+        for mid in order
+        if mid in links
+    )
+
+
+async def _open_opportunities(
+    session: AsyncSession, contact_ids: list[int]
+) -> dict[int, tuple[int, ...]]:
+    if not contact_ids:
+        return {}
+    rows = await session.execute(
+        select(Opportunity.contact_id, Opportunity.id)
+        .where(
+            Opportunity.contact_id.in_(contact_ids),
+            Opportunity.status == OpportunityStatus.OPEN,
+        )
+        .order_by(Opportunity.id)
+    )
+    found: dict[int, list[int]] = defaultdict(list)
+    for contact_id, oid in rows:
+        assert contact_id is not None
+        found[contact_id].append(oid)
+    return {cid: tuple(ids) for cid, ids in found.items()}
+
+
+async def _open_tickets(
+    session: AsyncSession, contact_ids: list[int]
+) -> dict[int, tuple[int, ...]]:
+    if not contact_ids:
+        return {}
+    rows = await session.execute(
+        select(Ticket.contact_id, Ticket.id)
+        .where(Ticket.contact_id.in_(contact_ids), Ticket.status.in_(OPEN_TICKET))
+        .order_by(Ticket.id)
+    )
+    found: dict[int, list[int]] = defaultdict(list)
+    for contact_id, tid in rows:
+        assert contact_id is not None
+        found[contact_id].append(tid)
+    return {cid: tuple(ids) for cid, ids in found.items()}

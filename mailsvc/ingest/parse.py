@@ -1,0 +1,546 @@
+"""Parse raw mail bytes into a ParsedMail, tolerating the broken mail found in the wild."""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import email
+import hashlib
+import quopri
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import Message
+from email.policy import compat32
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import mailparser
+from mailparser.utils import as_string_safe, get_addresses
+
+from mailsvc.errors import ParseError
+from mailsvc.mail import Address, Attachment, ParsedMail
+
+__all__ = ["MAX_DEPTH", "dedup_key", "parse_mail"]
+
+MAX_DEPTH = 3  # message/rfc822 parts nested deeper than this stay attachments only
+MAX_MESSAGE_ID = 900  # longer Message-IDs are not trusted as an idempotency key
+
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # what email.feedparser takes as a header
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
+_ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([QqBb])\?([^?]*)\?=")
+_ANGLE_ID = re.compile(r"<([^<>]*)>")
+_ADDR_TOKEN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_SPACES = re.compile(r"[ \t\r\n\f\v]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_FLAT_POLICY = compat32.clone(max_line_length=None)
+_ENCLOSED_TYPES = frozenset({"message/rfc822", "message/global"})
+_BODY_TYPES = frozenset({"text/plain", "text/html"})
+
+# Charset labels Python does not know, and labels meaning "no idea".
+_ALIASES = {"x-sjis": "cp932", "iso-8859-8-i": "iso-8859-8", "x-gbk": "gbk"}
+_UNKNOWN_LABELS = frozenset({"unknown-8bit", "x-unknown", "unknown", "x-user-defined", "8bit"})
+# Decode with the superset first: it agrees with the label on every byte the label defines.
+_SUPERSETS = {
+    "iso8859-1": "cp1252",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "euc_kr": "cp949",
+    "shift_jis": "cp932",
+    "big5": "big5hkscs",
+}
+# Charsets that mailers mix up with the declared one (Shift_JIS labelled ISO-2022-JP, ...).
+_RELATED = {
+    "iso2022_jp": ("iso2022_jp_2", "iso2022_jp_ext", "cp932", "euc_jp"),
+    "shift_jis": ("euc_jp",),
+    "cp932": ("euc_jp",),
+    "euc_jp": ("cp932",),
+}
+
+
+@dataclass
+class _Content:
+    """What the walk over the MIME parts of one message collects."""
+
+    text: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    enclosed: list[ParsedMail] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def parse_mail(data: bytes) -> ParsedMail:
+    """Parse one raw message; raise ParseError only if the bytes hold no usable mail."""
+    return _parse_bytes(data, depth=0)
+
+
+def dedup_key(parsed: ParsedMail | None, data: bytes) -> str:
+    """The idempotency key: the normalised Message-ID, else a hash of the raw bytes."""
+    message_id = parsed.message_id if parsed is not None else None
+    if message_id and len(message_id) <= MAX_MESSAGE_ID:
+        local, _, domain = message_id.rpartition("@")
+        if local and domain:
+            return f"mid:{local}@{domain.lower()}"
+    normalised = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return "sha256:" + hashlib.sha256(normalised).hexdigest()
+
+
+# ---------------------------------------------------------------- bytes -> message
+
+
+def _parse_bytes(data: bytes, depth: int) -> ParsedMail:
+    prepared, notes = _prepare(data)
+    parser, message = _load(prepared, notes)
+    if not message.keys():
+        raise ParseError("no header found")
+    return _build(message, parser, depth, notes)
+
+
+def _prepare(data: bytes) -> tuple[bytes, list[str]]:
+    """Normalise line ends, check that a header is there and drop junk lines before it."""
+    text = data.replace(b"\r\n", b"\n")
+    if b"\n" not in text:
+        text = text.replace(b"\r", b"\n")  # CR-only line ends (classic Mac OS)
+    text = text.lstrip(b" \t\n")
+    if not text:
+        raise ParseError("empty input")
+    head = text.split(b"\n\n", 1)[0]
+    if _looks_binary(head):
+        raise ParseError("binary data, not a mail")
+    lines = head.split(b"\n")
+    first = next((i for i, line in enumerate(lines) if _HEADER_LINE.match(line)), None)
+    if first is None:
+        raise ParseError("no header found before the first blank line")
+    if first == 0 or (first == 1 and lines[0].startswith(b"From ")):
+        return text, []
+    skipped = sum(len(line) + 1 for line in lines[:first])
+    return text[skipped:], [f"LeadingJunkDefect: {first} line(s) before the first header"]
+
+
+def _looks_binary(head: bytes) -> bool:
+    if b"\x00" in head:
+        return True
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
+    return controls * 100 > len(head)
+
+
+def _load(data: bytes, notes: list[str]) -> tuple[Any, Message]:
+    """Parse with mail-parser; fall back to the bare stdlib parser if mail-parser fails."""
+    try:
+        parser = mailparser.parse_from_bytes(data)
+    except Exception as exc:
+        notes.append(f"MailParserError: {type(exc).__name__}")
+    else:
+        if isinstance(parser.message, Message):
+            return parser, parser.message
+    try:
+        return None, email.message_from_bytes(data)
+    except RecursionError as exc:
+        raise ParseError("MIME structure nested too deeply") from exc
+
+
+# ---------------------------------------------------------------- message -> ParsedMail
+
+
+def _build(message: Message, parser: Any, depth: int, notes: list[str]) -> ParsedMail:
+    fallback = _fallback_charset(message)
+    raw = [(str(name), str(value)) for name, value in message.raw_items()]
+    headers = tuple((_clean(name), _decode_header(value, fallback)) for name, value in raw)
+    content = _walk(message, depth)
+    return ParsedMail(
+        message_id=_first_id(_values(raw, "message-id", fallback)),
+        subject=_collapse(_first(headers, "subject")),
+        from_=_addresses(_values(raw, "from", fallback), fallback),
+        to=_addresses(_values(raw, "to", fallback), fallback),
+        cc=_addresses(_values(raw, "cc", fallback), fallback),
+        reply_to=_addresses(_values(raw, "reply-to", fallback), fallback),
+        date=_date(parser, _first(headers, "date")),
+        in_reply_to=_ids(_values(raw, "in-reply-to", fallback)),
+        references=_ids(_values(raw, "references", fallback)),
+        headers=headers,
+        text="\n".join(part for part in content.text if part),
+        html="\n".join(part for part in content.html if part),
+        attachments=tuple(content.attachments),
+        content_type=message.get_content_type(),
+        defects=_defects(parser, notes + content.notes),
+        enclosed=tuple(content.enclosed),
+    )
+
+
+def _first(headers: Iterable[tuple[str, str]], name: str) -> str:
+    return next((value for key, value in headers if key.lower() == name), "")
+
+
+def _values(raw: Iterable[tuple[str, str]], name: str, fallback: str | None) -> list[str]:
+    """Every value of one header: 8-bit decoded and unfolded, but not RFC 2047 decoded."""
+    return [_unfold(_decode_8bit(value, fallback)) for key, value in raw if key.lower() == name]
+
+
+def _defects(parser: Any, notes: list[str]) -> tuple[str, ...]:
+    categories: list[str] = []
+    if parser is not None:
+        categories = sorted(str(category) for category in parser.defects_categories)
+    return tuple(dict.fromkeys(categories + notes))
+
+
+def _fallback_charset(message: Message) -> str | None:
+    """The charset to try on raw 8-bit headers: the top part's, else the first text part's."""
+    for part in _leaves(message):
+        charset = _part_charset(part)
+        if charset:
+            return charset
+    return None
+
+
+def _part_charset(part: Message) -> str | None:
+    try:
+        charset = part.get_content_charset()
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return None
+    return str(charset) if charset else None
+
+
+# ---------------------------------------------------------------- MIME parts
+
+
+def _leaves(message: Message) -> Iterator[Message]:
+    """Leaf parts in order, without descending into message/* parts (nor recursion)."""
+    stack = [message]
+    while stack:
+        part = stack.pop()
+        if part.is_multipart() and part.get_content_maintype() != "message":
+            payload = part.get_payload()
+            stack.extend(reversed([sub for sub in payload if isinstance(sub, Message)]))
+        else:
+            yield part
+
+
+def _walk(message: Message, depth: int) -> _Content:
+    content = _Content()
+    for index, part in enumerate(_leaves(message)):
+        try:
+            _take(part, depth, content)
+        except Exception as exc:  # a broken part never fails the whole mail
+            content.notes.append(
+                f"BrokenPart: part {index} ({_safe_type(part)}) skipped: {type(exc).__name__}"
+            )
+    return content
+
+
+def _safe_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:
+        return "unknown"
+
+
+def _take(part: Message, depth: int, content: _Content) -> None:
+    ctype = part.get_content_type()
+    if ctype in _ENCLOSED_TYPES:
+        _take_enclosed(part, depth, content)
+    elif part.get_content_maintype() == "message":
+        content.attachments.append(_attachment(part, _message_bytes(part)))
+    elif _is_body(part, ctype):
+        text = _decode_text(_payload_bytes(part), _part_charset(part))
+        (content.html if ctype == "text/html" else content.text).append(text)
+    else:
+        content.attachments.append(_attachment(part, _payload_bytes(part)))
+
+
+def _is_body(part: Message, ctype: str) -> bool:
+    """Unnamed, not-attached text; a multipart without usable boundary counts as text."""
+    if ctype not in _BODY_TYPES and part.get_content_maintype() != "multipart":
+        return False
+    return part.get_content_disposition() != "attachment" and _filename(part) is None
+
+
+def _take_enclosed(part: Message, depth: int, content: _Content) -> None:
+    data = _message_bytes(part)
+    content.attachments.append(_attachment(part, data))
+    if depth >= MAX_DEPTH:
+        content.notes.append(f"EnclosedDepthLimit: message/rfc822 below depth {MAX_DEPTH}")
+        return
+    try:
+        content.enclosed.append(_parse_bytes(data, depth + 1))
+    except ParseError as exc:
+        content.notes.append(f"BrokenEnclosed: {exc}")
+
+
+def _attachment(part: Message, data: bytes) -> Attachment:
+    return Attachment(
+        filename=_filename(part),
+        content_type=part.get_content_type(),
+        content=data,
+        content_id=_content_id(part),
+        inline=part.get_content_disposition() == "inline",
+    )
+
+
+def _filename(part: Message) -> str | None:
+    raw = part.get_filename()
+    if not raw:
+        return None
+    name = _collapse(_decode_words(_decode_8bit(str(raw), _part_charset(part)), None))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()  # drop a sender's directory
+    return name or None
+
+
+def _content_id(part: Message) -> str | None:
+    value = part.get("content-id")
+    if value is None:
+        return None
+    cid = "".join(_decode_8bit(str(value), None).split()).strip("<>")
+    return cid or None
+
+
+def _cte(part: Message) -> str:
+    value = _decode_8bit(str(part.get("content-transfer-encoding", "")), None)
+    return value.split(";", 1)[0].strip(" \t\r\n\"'").lower()
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """The part's content with the transfer encoding undone, also for sloppy CTE values."""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return b""
+    cte = _cte(part)
+    stdlib_cte = str(part.get("content-transfer-encoding", "")).lower()
+    if cte == stdlib_cte or cte not in {"base64", "quoted-printable"}:
+        return data  # the stdlib already decoded it, or there is nothing to decode
+    return _undo_transfer_encoding(data, cte)
+
+
+def _undo_transfer_encoding(data: bytes, cte: str) -> bytes:
+    if cte == "quoted-printable":
+        return quopri.decodestring(data)
+    return _lenient_base64(data)
+
+
+def _lenient_base64(data: bytes) -> bytes:
+    clean = _NOT_BASE64.sub(b"", data)
+    clean = clean[: len(clean) - len(clean) % 4] if len(clean) % 4 == 1 else clean
+    try:
+        return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+    except binascii.Error:
+        return b""
+
+
+def _message_bytes(part: Message) -> bytes:
+    """The raw bytes of a message/* part, with a (non-conforming) transfer encoding undone."""
+    if not part.is_multipart():
+        return _payload_bytes(part)  # the stdlib did not see a message in it
+    payload = part.get_payload()
+    data = b"".join(_flatten(sub) for sub in payload if isinstance(sub, Message))
+    cte = _cte(part)
+    return _undo_transfer_encoding(data, cte) if cte in {"base64", "quoted-printable"} else data
+
+
+def _flatten(message: Message) -> bytes:
+    try:
+        return message.as_bytes(policy=_FLAT_POLICY)
+    except Exception:
+        return _to_bytes(str(as_string_safe(message)))
+
+
+def _to_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------- charsets and text
+
+
+def _codec(label: str | None) -> str | None:
+    """Python's codec name for a charset label, or None if unknown or meaningless."""
+    if not label:
+        return None
+    name = label.strip(" \t\"'").lower()
+    name = _ALIASES.get(name, name)
+    if not name or name in _UNKNOWN_LABELS:
+        return None
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError, TypeError):
+        return None
+    return info.name if getattr(info, "_is_text_encoding", True) else None
+
+
+def _candidates(label: str | None) -> list[str]:
+    """Codecs to try strictly, in order, for bytes labelled with this charset."""
+    codec = _codec(label)
+    if codec is None:
+        return ["utf-8", "cp1252"]
+    superset = _SUPERSETS.get(codec)
+    ordered = [superset] if superset else []
+    ordered += [codec, *_RELATED.get(codec, ()), "utf-8"]
+    return list(dict.fromkeys(ordered))
+
+
+def _decode_bytes(data: bytes, label: str | None) -> str:
+    """Decode whatever the charset: strict candidates first, then with replacement."""
+    for codec in _candidates(label):
+        try:
+            return _clean(data.decode(codec))
+        except (LookupError, UnicodeError, ValueError):
+            continue
+    codec = _codec(label)
+    if codec is None:
+        return _clean(data.decode("latin-1"))
+    try:
+        return _clean(data.decode(codec, "replace"))
+    except (LookupError, UnicodeError, ValueError):
+        return _clean(data.decode("utf-8", "replace"))
+
+
+def _decode_text(data: bytes, label: str | None) -> str:
+    return _decode_bytes(data, label) if data else ""
+
+
+def _clean(text: str) -> str:
+    """No lone surrogates and no NUL: the text must survive UTF-8 and PostgreSQL."""
+    text = text.replace("\x00", "\ufffd")
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+# ---------------------------------------------------------------- header values
+
+
+def _decode_8bit(value: str, fallback: str | None) -> str:
+    """Raw 8-bit header octets: UTF-8, else the part's charset, else Latin-1."""
+    if value.isascii():
+        return value
+    data = _to_bytes(value)
+    try:
+        return _clean(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    if _codec(fallback):
+        for codec in _candidates(fallback):
+            try:
+                return _clean(data.decode(codec))
+            except (LookupError, UnicodeError, ValueError):
+                continue
+    return _clean(data.decode("latin-1"))
+
+
+def _unfold(value: str) -> str:
+    return _FOLD.sub("", value).strip()
+
+
+def _collapse(value: str) -> str:
+    return _SPACES.sub(" ", value).strip()
+
+
+def _decode_header(value: str, fallback: str | None) -> str:
+    return _decode_words(_unfold(_decode_8bit(value, fallback)), fallback)
+
+
+def _decode_words(text: str, fallback: str | None) -> str:
+    """Decode RFC 2047 encoded words; adjacent words share bytes before decoding."""
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    pending: list[tuple[str, bytes]] = []
+    position = 0
+    for match in _ENCODED_WORD.finditer(text):
+        gap = text[position : match.start()]
+        if gap.strip(" \t\r\n") or not pending:
+            out.append(_flush(pending, fallback))
+            out.append(gap)
+        pending.append((match.group(1).split("*", 1)[0], _word_bytes(match)))
+        position = match.end()
+    out.append(_flush(pending, fallback))
+    out.append(text[position:])
+    return _clean("".join(out))
+
+
+def _word_bytes(match: re.Match[str]) -> bytes:
+    encoded = _to_bytes(match.group(3))
+    if match.group(2) in "Bb":
+        return _lenient_base64(encoded)
+    return _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), encoded.replace(b"_", b" "))
+
+
+def _flush(pending: list[tuple[str, bytes]], fallback: str | None) -> str:
+    """Decode collected words, joining the bytes of neighbours in one charset."""
+    parts: list[str] = []
+    while pending:
+        charset, data = pending.pop(0)
+        while pending and pending[0][0].lower() == charset.lower():
+            data += pending.pop(0)[1]
+        parts.append(_decode_bytes(data, charset or fallback))
+    return "".join(parts)
+
+
+def _first_id(values: list[str]) -> str | None:
+    ids = _ids(values[:1])
+    if ids:
+        return ids[0]
+    bare = "".join(values[0].split()).strip("<>") if values else ""
+    return bare or None
+
+
+def _ids(values: Iterable[str]) -> tuple[str, ...]:
+    """Message ids in order and de-duplicated: brackets and whitespace removed."""
+    found: list[str] = []
+    for value in values:
+        bracketed = _ANGLE_ID.findall(value)
+        if bracketed:
+            found += ["".join(item.split()) for item in bracketed]
+        else:
+            found += [token.strip("<>") for token in re.split(r"[\s,]+", value) if "@" in token]
+    return tuple(dict.fromkeys(item for item in found if item))
+
+
+def _addresses(values: Iterable[str], fallback: str | None) -> tuple[Address, ...]:
+    found: dict[str, Address] = {}
+    for value in values:
+        for address in _parse_addresses(value, fallback):
+            found.setdefault(address.email, address)
+    return tuple(found.values())
+
+
+def _parse_addresses(value: str, fallback: str | None) -> list[Address]:
+    """mail-parser's careful address parser; if it finds none, a lone bare address."""
+    try:
+        pairs: list[tuple[str, str]] = get_addresses(value, decode_names=False)
+    except Exception:
+        pairs = []
+    found = [
+        Address(_collapse(_decode_words(str(name), fallback)), "".join(str(addr).split()).lower())
+        for name, addr in pairs
+        if "@" in str(addr)
+    ]
+    if found:
+        return found
+    tokens = set(_ADDR_TOKEN.findall(value))
+    return [Address("", tokens.pop().lower())] if len(tokens) == 1 else []
+
+
+def _date(parser: Any, raw: str) -> datetime | None:
+    """The Date header as an aware datetime in the sender's offset, or None."""
+    value = parser.date if parser is not None else None
+    if isinstance(value, datetime):
+        return _with_offset(value, parser.timezone)
+    if not raw:
+        return None
+    try:
+        parsed = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _with_offset(value: datetime, offset_hours: object) -> datetime:
+    moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        zone = timezone(timedelta(minutes=round(float(str(offset_hours)) * 60)))
+        return moment.astimezone(zone)
+    except (ValueError, OverflowError):
+        return moment

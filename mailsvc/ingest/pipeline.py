@@ -1,0 +1,207 @@
+"""The intake pipeline: parse -> decide -> store, many mails per transaction (group commit).
+
+Every adapter hands a RawMail to ``Pipeline.submit`` and gets an Outcome back only after the
+transaction holding that mail has committed. Mails arriving together share one transaction; each
+mail runs in its own SAVEPOINT so one bad mail never takes the others down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailsvc.config import Settings
+from mailsvc.errors import ParseError, StoreUnavailable
+from mailsvc.ingest.directory import load_facts
+from mailsvc.ingest.outcome import Outcome
+from mailsvc.ingest.parse import dedup_key, parse_mail
+from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email
+from mailsvc.linking.decide import Policy, decide, wanted
+from mailsvc.linking.references import IdPatterns
+from mailsvc.mail import RawMail
+
+logger = logging.getLogger(__name__)
+
+PARSE_IN_THREAD_BYTES = 256 * 1024
+
+
+def prepare(raw: RawMail, max_bytes: int) -> Prepared:
+    """Parse and key one message; what cannot be parsed is prepared for quarantine."""
+    if len(raw.data) > max_bytes:
+        reason = f"message larger than {max_bytes} bytes"
+        return Prepared(raw, dedup_key(None, raw.data), None, reason)
+    try:
+        parsed = parse_mail(raw.data)
+    except ParseError as exc:
+        return Prepared(raw, dedup_key(None, raw.data), None, f"unparseable: {exc}")
+    except Exception as exc:  # a parser bug must not lose the mail: quarantine it
+        logger.exception("parser failed")
+        return Prepared(raw, dedup_key(None, raw.data), None, f"parser error: {exc!r}")
+    return Prepared(raw, dedup_key(parsed, raw.data), parsed)
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        patterns=IdPatterns(settings.opportunity_prefix, settings.ticket_prefix),
+        intake_addresses=frozenset(settings.intake_roles),
+    )
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: Prepared
+    future: asyncio.Future[Outcome]
+
+
+class Pipeline:
+    """Takes mail from every adapter and commits it in groups."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._policy = policy_from(settings)
+        self._on_commit = on_commit
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="pipeline-writer")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the writer."""
+        if self._worker is None:
+            return
+        await self._queue.join()
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        self._worker = None
+
+    async def submit(self, raw: RawMail) -> Outcome:
+        """Process one mail; returns after its transaction committed. Raises StoreUnavailable."""
+        item = await self.prepare(raw)
+        if self._worker is None:
+            return (await self.process([item]))[0]
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(item, future))
+        return await future
+
+    async def prepare(self, raw: RawMail) -> Prepared:
+        if len(raw.data) > PARSE_IN_THREAD_BYTES:
+            return await asyncio.to_thread(prepare, raw, self._settings.max_message_bytes)
+        return prepare(raw, self._settings.max_message_bytes)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self._settings.batch_max_wait_ms / 1000
+            while len(batch) < self._settings.batch_max_size:
+                timeout = deadline - asyncio.get_running_loop().time()
+                try:
+                    batch.append(
+                        self._queue.get_nowait() if timeout <= 0 and not self._queue.empty()
+                        else await asyncio.wait_for(self._queue.get(), max(timeout, 0))
+                    )
+                except (TimeoutError, asyncio.QueueEmpty):
+                    break
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            outcomes = await self.process([p.item for p in batch])
+        except Exception as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
+                    )
+        else:
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(outcome)
+        finally:
+            for _ in batch:
+                self._queue.task_done()
+
+    async def process(self, items: Sequence[Prepared]) -> list[Outcome]:
+        """Store prepared mails in one transaction and return their outcomes after commit."""
+        try:
+            async with self._sessions() as session, session.begin():
+                outcomes = await self._apply_all(session, items)
+        except SQLAlchemyError as exc:
+            logger.error("storage failed for %d message(s): %s", len(items), exc)
+            raise StoreUnavailable(f"storage failed: {type(exc).__name__}") from exc
+        except OSError as exc:
+            logger.error("database unreachable: %s", exc)
+            raise StoreUnavailable(f"database unreachable: {exc}") from exc
+        for item, outcome in zip(items, outcomes, strict=True):
+            logger.info(
+                "message %s: %s email=%s rule=%s", item.parsed.message_id if item.parsed else
+                item.key, outcome.kind, outcome.email_id or outcome.quarantine_id, outcome.rule,
+            )
+        if self._on_commit is not None:
+            self._on_commit()
+        return outcomes
+
+    async def _apply_all(self, session: AsyncSession, items: Sequence[Prepared]) -> list[Outcome]:
+        known = await find_existing(session, sorted({item.key for item in items}))
+        outcomes: list[Outcome] = []
+        for item in items:
+            if item.key in known:
+                outcomes.append(_as_duplicate(known[item.key]))
+                continue
+            outcome = await self._apply_one(session, item)
+            known[item.key] = outcome
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _apply_one(self, session: AsyncSession, item: Prepared) -> Outcome:
+        for attempt in range(2):
+            try:
+                async with session.begin_nested():
+                    return await self._apply(session, item)
+            except IntegrityError:
+                # Another process stored the same mail (or opened the same lead) meanwhile.
+                known = await find_existing(session, [item.key])
+                if item.key in known:
+                    return _as_duplicate(known[item.key])
+                if attempt:
+                    raise
+            except (SQLAlchemyError, OSError):
+                raise
+            except Exception as exc:
+                logger.exception("processing failed, quarantining %s", item.key)
+                async with session.begin_nested():
+                    return await quarantine(session, item, f"processing error: {exc!r}")
+        raise AssertionError("unreachable")
+
+    async def _apply(self, session: AsyncSession, item: Prepared) -> Outcome:
+        if item.parsed is None:
+            return await quarantine(session, item, item.problem or "unparseable")
+        want = wanted(item.parsed, self._policy)
+        facts = await load_facts(session, want, self._settings.default_owner_email)
+        decision = decide(item.parsed, item.raw.envelope, facts, self._policy)
+        return await store_email(session, item, decision)
+
+
+def _as_duplicate(outcome: Outcome) -> Outcome:
+    if outcome.kind == "duplicate":
+        return outcome
+    return Outcome(
+        "duplicate",
+        email_id=outcome.email_id,
+        message_id=outcome.message_id,
+        quarantine_id=outcome.quarantine_id,
+    )

@@ -1,0 +1,103 @@
+"""The SMTP intake (aiosmtpd): intake addresses only, size limit, 250 only after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailsvc.config import Settings
+from mailsvc.errors import StoreUnavailable
+from mailsvc.ingest.pipeline import Pipeline
+from mailsvc.mail import Envelope as MailEnvelope
+from mailsvc.mail import RawMail, Role
+
+logger = logging.getLogger(__name__)
+
+# Replies, named once (RFC 5321 codes with RFC 3463 enhanced status codes).
+OK_RCPT = "250 2.1.5 Recipient ok"
+UNKNOWN_RECIPIENT = "550 5.1.1 No such intake address here; this server does not relay"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+STORAGE_FAILED = "451 4.3.0 Temporary storage failure, please try again later"
+INTERNAL_ERROR = "451 4.3.0 Temporary local error, please try again later"
+
+# When one message is addressed to several intake roles, it is processed once, under this order.
+ROLE_PRECEDENCE: tuple[Role, ...] = ("bcc", "support", "sales")
+
+
+def pick_role(recipients: list[str], roles: dict[str, str]) -> Role:
+    found = {roles[r.lower()] for r in recipients if r.lower() in roles}
+    return next(role for role in ROLE_PRECEDENCE if role in found)
+
+
+class IntakeHandler:
+    """aiosmtpd handler: the protocol stays in aiosmtpd, the decisions stay in the pipeline."""
+
+    def __init__(self, pipeline: Pipeline, settings: Settings) -> None:
+        self._pipeline = pipeline
+        self._roles = settings.intake_roles
+        self._max_recipients = settings.max_recipients
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if "@" not in address:
+            return BAD_RECIPIENT
+        if address.lower() not in self._roles:
+            logger.info("rejected recipient %s from %s", address, envelope.mail_from)
+            return UNKNOWN_RECIPIENT
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            return TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        return OK_RCPT
+
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        data = envelope.original_content or b""
+        raw = RawMail(
+            data=data,
+            envelope=MailEnvelope(
+                mail_from=envelope.mail_from or None,
+                rcpt_tos=tuple(r.lower() for r in envelope.rcpt_tos),
+                role=pick_role(envelope.rcpt_tos, self._roles),
+                source="smtp",
+            ),
+        )
+        try:
+            outcome = await self._pipeline.submit(raw)
+        except StoreUnavailable as exc:
+            logger.error("451 for message from %s: %s", envelope.mail_from, exc)
+            return STORAGE_FAILED
+        except Exception:
+            logger.exception("451 for message from %s: unexpected error", envelope.mail_from)
+            return INTERNAL_ERROR
+        if outcome.kind == "quarantined":
+            return f"250 2.0.0 Accepted into quarantine {outcome.quarantine_id}"
+        return f"250 2.0.0 Ok: {outcome.kind} as email {outcome.email_id}"
+
+
+def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[SMTP]:
+    """A protocol factory for ``loop.create_server`` (one SMTP object per connection)."""
+    return partial(
+        SMTP,
+        IntakeHandler(pipeline, settings),
+        data_size_limit=settings.max_message_bytes,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        hostname=settings.smtp_hostname,
+        ident="mailsvc ESMTP",
+    )
+
+
+async def start_smtp(pipeline: Pipeline, settings: Settings) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port
+    )
+    logger.info("SMTP intake listening on %s:%s", settings.smtp_host, settings.smtp_port)
+    return server

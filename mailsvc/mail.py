@@ -1,0 +1,87 @@
+"""Plain values that travel through the intake: raw bytes with their envelope, a parsed mail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Role = Literal["bcc", "sales", "support"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Who the transport says the mail is from and for, and the intake role it arrived on."""
+
+    mail_from: str | None
+    rcpt_tos: tuple[str, ...]
+    role: Role
+    source: str = "smtp"  # smtp, imap, file, stdin
+
+
+@dataclass(frozen=True, slots=True)
+class RawMail:
+    """The bytes exactly as received, and their envelope."""
+
+    data: bytes
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox: a display name and a lower-cased address."""
+
+    name: str
+    email: str
+
+    @property
+    def domain(self) -> str:
+        return self.email.rpartition("@")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str | None
+    content_type: str
+    content: bytes
+    content_id: str | None = None
+    inline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMail:
+    """What the parser made of a message. Header values are decoded text."""
+
+    message_id: str | None
+    subject: str
+    from_: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    date: datetime | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...]
+    text: str
+    html: str
+    attachments: tuple[Attachment, ...] = ()
+    content_type: str = "text/plain"
+    defects: tuple[str, ...] = ()
+    # Messages carried inside as message/rfc822 parts (forwarded originals), parsed the same way.
+    enclosed: tuple[ParsedMail, ...] = field(default=())
+
+    @property
+    def sender(self) -> Address | None:
+        return self.from_[0] if self.from_ else None
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, matched case-insensitively."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def header_all(self, name: str) -> tuple[str, ...]:
+        wanted = name.lower()
+        return tuple(value for key, value in self.headers if key.lower() == wanted)
