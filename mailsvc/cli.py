@@ -49,6 +49,8 @@ def _settings() -> Settings:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # mail-parser warns about every content type it leaves to us; that is not news.
+    logging.getLogger("mailparser").setLevel(logging.ERROR)
     return settings
 
 

@@ -28,7 +28,7 @@ SALES = "sales@crm.example"
 SUPPORT = "support@crm.example"
 
 # The corpus files that are mail (the rest are expected results and notes).
-_NOT_MAIL = {".md", ".yml", ".json", ".txt"}
+_NOT_MAIL = {".md", ".yml", ".json"}
 
 
 def corpus_messages() -> list[Path]:

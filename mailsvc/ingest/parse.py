@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -20,18 +21,19 @@ import mailparser
 from mailparser.utils import as_string_safe, get_addresses
 
 from mailsvc.errors import ParseError
+from mailsvc.linking.references import normalise_message_id, parse_message_ids
 from mailsvc.mail import Address, Attachment, ParsedMail
 
 __all__ = ["MAX_DEPTH", "dedup_key", "parse_mail"]
 
 MAX_DEPTH = 3  # message/rfc822 parts nested deeper than this stay attachments only
-MAX_MESSAGE_ID = 900  # longer Message-IDs are not trusted as an idempotency key
+MAX_MESSAGE_ID = 900  # longer "ids" are dropped: not plausible, and too long for the store
 
 _HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # what email.feedparser takes as a header
 _CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
 _ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([QqBb])\?([^?]*)\?=")
-_ANGLE_ID = re.compile(r"<([^<>]*)>")
-_ADDR_TOKEN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_ADDR_TOKEN = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_ANGLE_ADDR = re.compile(r"<\s*([^<>@\s]+@[^<>@\s]+)\s*>")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _SPACES = re.compile(r"[ \t\r\n\f\v]+")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -55,7 +57,7 @@ _SUPERSETS = {
 }
 # Charsets that mailers mix up with the declared one (Shift_JIS labelled ISO-2022-JP, ...).
 _RELATED = {
-    "iso2022_jp": ("iso2022_jp_2", "iso2022_jp_ext", "cp932", "euc_jp"),
+    "iso2022_jp": ("iso2022_jp_ext", "iso2022_jp_2", "iso2022_jp_2004", "cp932", "euc_jp"),
     "shift_jis": ("euc_jp",),
     "cp932": ("euc_jp",),
     "euc_jp": ("cp932",),
@@ -71,6 +73,7 @@ class _Content:
     attachments: list[Attachment] = field(default_factory=list)
     enclosed: list[ParsedMail] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    charset: str | None = None  # for raw 8-bit filenames
 
 
 # ---------------------------------------------------------------- public API
@@ -104,24 +107,34 @@ def _parse_bytes(data: bytes, depth: int) -> ParsedMail:
 
 
 def _prepare(data: bytes) -> tuple[bytes, list[str]]:
-    """Normalise line ends, check that a header is there and drop junk lines before it."""
-    text = data.replace(b"\r\n", b"\n")
+    """Normalise line ends, check that a header is there and repair the header block."""
+    text = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n")
     if b"\n" not in text:
         text = text.replace(b"\r", b"\n")  # CR-only line ends (classic Mac OS)
     text = text.lstrip(b" \t\n")
     if not text:
         raise ParseError("empty input")
-    head = text.split(b"\n\n", 1)[0]
+    head, separator, body = text.partition(b"\n\n")
     if _looks_binary(head):
         raise ParseError("binary data, not a mail")
     lines = head.split(b"\n")
-    first = next((i for i, line in enumerate(lines) if _HEADER_LINE.match(line)), None)
-    if first is None:
+    starts = [i for i, line in enumerate(lines) if _HEADER_LINE.match(line)]
+    if not starts:
         raise ParseError("no header found before the first blank line")
-    if first == 0 or (first == 1 and lines[0].startswith(b"From ")):
-        return text, []
-    skipped = sum(len(line) + 1 for line in lines[:first])
-    return text[skipped:], [f"LeadingJunkDefect: {first} line(s) before the first header"]
+    notes: list[str] = []
+    first = starts[0]
+    if first > 1 or (first == 1 and not lines[0].startswith(b"From ")):
+        notes.append(f"LeadingJunkDefect: {first} line(s) before the first header dropped")
+        lines, starts = lines[first:], [i - first for i in starts]
+    broken = {i for i in range(1, starts[-1]) if not _is_header_or_fold(lines[i])}
+    if broken:
+        notes.append(f"BrokenFoldingDefect: {len(broken)} header line(s) taken as folded")
+        lines = [b" " + line if i in broken else line for i, line in enumerate(lines)]
+    return b"\n".join(lines) + separator + body, notes
+
+
+def _is_header_or_fold(line: bytes) -> bool:
+    return line[:1] in (b" ", b"\t") or bool(_HEADER_LINE.match(line))
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -142,8 +155,9 @@ def _load(data: bytes, notes: list[str]) -> tuple[Any, Message]:
             return parser, parser.message
     try:
         return None, email.message_from_bytes(data)
-    except RecursionError as exc:
-        raise ParseError("MIME structure nested too deeply") from exc
+    except RecursionError:
+        notes.append("MimeNestingDefect: MIME parts nested too deeply, body kept unparsed")
+        return None, BytesHeaderParser().parsebytes(data)
 
 
 # ---------------------------------------------------------------- message -> ParsedMail
@@ -153,7 +167,7 @@ def _build(message: Message, parser: Any, depth: int, notes: list[str]) -> Parse
     fallback = _fallback_charset(message)
     raw = [(str(name), str(value)) for name, value in message.raw_items()]
     headers = tuple((_clean(name), _decode_header(value, fallback)) for name, value in raw)
-    content = _walk(message, depth)
+    content = _walk(message, depth, fallback)
     return ParsedMail(
         message_id=_first_id(_values(raw, "message-id", fallback)),
         subject=_collapse(_first(headers, "subject")),
@@ -222,8 +236,8 @@ def _leaves(message: Message) -> Iterator[Message]:
             yield part
 
 
-def _walk(message: Message, depth: int) -> _Content:
-    content = _Content()
+def _walk(message: Message, depth: int, charset: str | None) -> _Content:
+    content = _Content(charset=charset)
     for index, part in enumerate(_leaves(message)):
         try:
             _take(part, depth, content)
@@ -246,24 +260,24 @@ def _take(part: Message, depth: int, content: _Content) -> None:
     if ctype in _ENCLOSED_TYPES:
         _take_enclosed(part, depth, content)
     elif part.get_content_maintype() == "message":
-        content.attachments.append(_attachment(part, _message_bytes(part)))
-    elif _is_body(part, ctype):
+        content.attachments.append(_attachment(part, _message_bytes(part), content.charset))
+    elif _is_body(part, ctype, content.charset):
         text = _decode_text(_payload_bytes(part), _part_charset(part))
         (content.html if ctype == "text/html" else content.text).append(text)
     else:
-        content.attachments.append(_attachment(part, _payload_bytes(part)))
+        content.attachments.append(_attachment(part, _payload_bytes(part), content.charset))
 
 
-def _is_body(part: Message, ctype: str) -> bool:
+def _is_body(part: Message, ctype: str, charset: str | None) -> bool:
     """Unnamed, not-attached text; a multipart without usable boundary counts as text."""
     if ctype not in _BODY_TYPES and part.get_content_maintype() != "multipart":
         return False
-    return part.get_content_disposition() != "attachment" and _filename(part) is None
+    return part.get_content_disposition() != "attachment" and _filename(part, charset) is None
 
 
 def _take_enclosed(part: Message, depth: int, content: _Content) -> None:
     data = _message_bytes(part)
-    content.attachments.append(_attachment(part, data))
+    content.attachments.append(_attachment(part, data, content.charset))
     if depth >= MAX_DEPTH:
         content.notes.append(f"EnclosedDepthLimit: message/rfc822 below depth {MAX_DEPTH}")
         return
@@ -273,9 +287,9 @@ def _take_enclosed(part: Message, depth: int, content: _Content) -> None:
         content.notes.append(f"BrokenEnclosed: {exc}")
 
 
-def _attachment(part: Message, data: bytes) -> Attachment:
+def _attachment(part: Message, data: bytes, charset: str | None) -> Attachment:
     return Attachment(
-        filename=_filename(part),
+        filename=_filename(part, charset),
         content_type=part.get_content_type(),
         content=data,
         content_id=_content_id(part),
@@ -283,13 +297,25 @@ def _attachment(part: Message, data: bytes) -> Attachment:
     )
 
 
-def _filename(part: Message) -> str | None:
-    raw = part.get_filename()
+def _filename(part: Message, charset: str | None) -> str | None:
+    raw = _mime_view(part, _part_charset(part) or charset).get_filename()
     if not raw:
         return None
-    name = _collapse(_decode_words(_decode_8bit(str(raw), _part_charset(part)), None))
+    name = _collapse(_decode_words(str(raw), charset))
     name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()  # drop a sender's directory
     return name or None
+
+
+def _mime_view(part: Message, charset: str | None) -> Message:
+    """The part itself, or a copy of its MIME headers with raw 8-bit octets decoded."""
+    raw = [(str(name), str(value)) for name, value in part.raw_items()]
+    if all(value.isascii() for _, value in raw):
+        return part
+    view = Message()
+    for name, value in raw:
+        if name.lower() in {"content-type", "content-disposition"}:
+            view[name] = _decode_8bit(value, charset)
+    return view
 
 
 def _content_id(part: Message) -> str | None:
@@ -386,14 +412,16 @@ def _decode_bytes(data: bytes, label: str | None) -> str:
     """Decode whatever the charset: strict candidates first, then with replacement."""
     for codec in _candidates(label):
         try:
-            return _clean(data.decode(codec))
+            text = data.decode(codec)
         except (LookupError, UnicodeError, ValueError):
             continue
-    codec = _codec(label)
-    if codec is None:
+        if "\x1b" not in text or b"\x1b" not in data:  # ISO-2022 escapes left undecoded
+            return _clean(text)
+    known = _codec(label)
+    if known is None:
         return _clean(data.decode("latin-1"))
     try:
-        return _clean(data.decode(codec, "replace"))
+        return _clean(data.decode(known, "replace"))
     except (LookupError, UnicodeError, ValueError):
         return _clean(data.decode("utf-8", "replace"))
 
@@ -438,13 +466,17 @@ def _collapse(value: str) -> str:
 
 
 def _decode_header(value: str, fallback: str | None) -> str:
-    return _decode_words(_unfold(_decode_8bit(value, fallback)), fallback)
+    return _decode_words(_unfold(value), fallback)
 
 
 def _decode_words(text: str, fallback: str | None) -> str:
-    """Decode RFC 2047 encoded words; adjacent words share bytes before decoding."""
+    """Decode RFC 2047 encoded words, and raw 8-bit text between them.
+
+    Adjacent words share their bytes before decoding, so a character split over two words
+    survives. Raw octets inside a word (surrogate-escaped) are taken as the word's charset.
+    """
     if "=?" not in text:
-        return text
+        return _decode_8bit(text, fallback)
     out: list[str] = []
     pending: list[tuple[str, bytes]] = []
     position = 0
@@ -452,11 +484,11 @@ def _decode_words(text: str, fallback: str | None) -> str:
         gap = text[position : match.start()]
         if gap.strip(" \t\r\n") or not pending:
             out.append(_flush(pending, fallback))
-            out.append(gap)
+            out.append(_decode_8bit(gap, fallback))
         pending.append((match.group(1).split("*", 1)[0], _word_bytes(match)))
         position = match.end()
     out.append(_flush(pending, fallback))
-    out.append(text[position:])
+    out.append(_decode_8bit(text[position:], fallback))
     return _clean("".join(out))
 
 
@@ -468,7 +500,7 @@ def _word_bytes(match: re.Match[str]) -> bytes:
 
 
 def _flush(pending: list[tuple[str, bytes]], fallback: str | None) -> str:
-    """Decode collected words, joining the bytes of neighbours in one charset."""
+    """Decode (and empty) the collected words, joining the bytes of neighbours in one charset."""
     parts: list[str] = []
     while pending:
         charset, data = pending.pop(0)
@@ -479,23 +511,17 @@ def _flush(pending: list[tuple[str, bytes]], fallback: str | None) -> str:
 
 
 def _first_id(values: list[str]) -> str | None:
-    ids = _ids(values[:1])
-    if ids:
-        return ids[0]
-    bare = "".join(values[0].split()).strip("<>") if values else ""
-    return bare or None
+    """The first id of the first Message-ID header, normalised as the linking core does."""
+    if not values:
+        return None
+    ids = parse_message_ids(values[0]) or (normalise_message_id(values[0]),)
+    return next((item for item in ids if item and len(item) <= MAX_MESSAGE_ID), None)
 
 
 def _ids(values: Iterable[str]) -> tuple[str, ...]:
     """Message ids in order and de-duplicated: brackets and whitespace removed."""
-    found: list[str] = []
-    for value in values:
-        bracketed = _ANGLE_ID.findall(value)
-        if bracketed:
-            found += ["".join(item.split()) for item in bracketed]
-        else:
-            found += [token.strip("<>") for token in re.split(r"[\s,]+", value) if "@" in token]
-    return tuple(dict.fromkeys(item for item in found if item))
+    found = (item for value in values for item in parse_message_ids(value))
+    return tuple(dict.fromkeys(item for item in found if len(item) <= MAX_MESSAGE_ID))
 
 
 def _addresses(values: Iterable[str], fallback: str | None) -> tuple[Address, ...]:
@@ -507,20 +533,31 @@ def _addresses(values: Iterable[str], fallback: str | None) -> tuple[Address, ..
 
 
 def _parse_addresses(value: str, fallback: str | None) -> list[Address]:
-    """mail-parser's careful address parser; if it finds none, a lone bare address."""
+    """mail-parser's careful address parser; if it finds nothing, a cautious recovery."""
     try:
         pairs: list[tuple[str, str]] = get_addresses(value, decode_names=False)
     except Exception:
         pairs = []
-    found = [
-        Address(_collapse(_decode_words(str(name), fallback)), "".join(str(addr).split()).lower())
-        for name, addr in pairs
-        if "@" in str(addr)
-    ]
+    found = [_address(str(name), str(addr), fallback) for name, addr in pairs if "@" in str(addr)]
+    return found or _recover_addresses(value, fallback)
+
+
+def _recover_addresses(value: str, fallback: str | None) -> list[Address]:
+    """Every <angle-addr> with the text before it as name, else one lone bare address."""
+    found: list[Address] = []
+    position = 0
+    for match in _ANGLE_ADDR.finditer(value):
+        name = value[position : match.start()].strip(" \t,;\"'")
+        found.append(_address(name, match.group(1), fallback))
+        position = match.end()
     if found:
         return found
     tokens = set(_ADDR_TOKEN.findall(value))
-    return [Address("", tokens.pop().lower())] if len(tokens) == 1 else []
+    return [_address("", tokens.pop(), fallback)] if len(tokens) == 1 else []
+
+
+def _address(name: str, addr: str, fallback: str | None) -> Address:
+    return Address(_collapse(_decode_words(name, fallback)), "".join(addr.split()).lower())
 
 
 def _date(parser: Any, raw: str) -> datetime | None:
