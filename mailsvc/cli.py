@@ -51,6 +51,8 @@ def _settings() -> Settings:
     )
     # mail-parser warns about every content type it leaves to us; that is not news.
     logging.getLogger("mailparser").setLevel(logging.ERROR)
+    # aiosmtpd logs every SMTP command at INFO; keep it for debugging only.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.root.level))
     return settings
 
 
@@ -239,18 +241,21 @@ def events(
     """List events waiting in the outbox (not yet confirmed by the broker)."""
     from sqlalchemy import select
 
+    from mailsvc.crmstore.db import read_session
     from mailsvc.crmstore.models import OutboxEvent
     from mailsvc.events.relay import pending_count
 
     settings = _settings()
 
     async def go() -> tuple[int, list[OutboxEvent]]:
-        async with open_services(settings) as services, services.sessions() as session:
-            rows = await session.scalars(
-                select(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
-                .order_by(OutboxEvent.seq).limit(limit)
-            )
-            return await pending_count(services.sessions), list(rows)
+        async with open_services(settings) as services:
+            count = await pending_count(services.sessions)
+            async with read_session(services.sessions) as session:
+                rows = await session.scalars(
+                    select(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
+                    .order_by(OutboxEvent.seq).limit(limit)
+                )
+                return count, list(rows)
 
     count, rows = _run(go())
     table = Table(title=f"{count} event(s) waiting")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
@@ -12,6 +14,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
+
+# Execution option: how a SQLite transaction begins. IMMEDIATE (the default) is right for anything
+# that reads and then writes; read-only work passes READ_ONLY to not queue behind writers.
+SQLITE_BEGIN = "sqlite_begin"
+READ_ONLY: dict[str, Any] = {SQLITE_BEGIN: "DEFERRED"}
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
@@ -44,8 +51,17 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        mode = connection.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@asynccontextmanager
+async def read_session(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for reading only: on SQLite it does not take the write lock."""
+    async with sessions() as session:
+        await session.connection(execution_options=READ_ONLY)
+        yield session

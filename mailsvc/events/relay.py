@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mailsvc.crmstore.db import read_session
 from mailsvc.crmstore.models import OutboxEvent
 from mailsvc.events.schema import cloudevent, encode
 
@@ -172,7 +173,7 @@ class Relay:
 
 
 async def pending_count(sessions: async_sessionmaker[AsyncSession]) -> int:
-    async with sessions() as session:
+    async with read_session(sessions) as session:
         count = await session.scalar(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
         )

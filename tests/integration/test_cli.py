@@ -78,7 +78,10 @@ def test_ingest_of_several_files_prints_one_line_each(database_url: str, tmp_pat
 
 
 def test_unknown_opportunity_id_links_nothing_and_says_so(database_url: str) -> None:
-    mail = b"From: someone@nowhere.example\nSubject: about OPP-999999\nMessage-ID: <x1@n.example>\n\nhi\n"
+    mail = (
+        b"From: someone@nowhere.example\nSubject: about OPP-999999\n"
+        b"Message-ID: <x1@n.example>\n\nhi\n"
+    )
     result = mailsvc(database_url, "ingest", "-", stdin=mail)
     [outcome] = lines(result)
     assert outcome["opportunity"] is None

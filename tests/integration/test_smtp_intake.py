@@ -94,8 +94,8 @@ async def test_bcc_mail_with_opportunity_id_is_linked_and_published_once(
             async with services.sessions() as session:
                 email = await session.scalar(select(Email))
                 assert email is not None and email.raw.startswith(b"From: Anna")
-                links = {(str(l.target_type), l.target_id)
-                         for l in await session.scalars(select(EmailLink))}
+                links = {(str(link.target_type), link.target_id)
+                         for link in await session.scalars(select(EmailLink))}
             assert links == {
                 ("opportunity", opportunity["id"]), ("account", opportunity["account_id"]),
                 ("contact", opportunity["contact_id"]), ("owner", opportunity["owner_id"]),
@@ -122,14 +122,16 @@ async def test_bcc_mail_with_opportunity_id_is_linked_and_published_once(
 
 
 async def test_unknown_recipient_is_refused_at_rcpt(make_settings: Callable[..., Settings]) -> None:
-    async with running(make_settings(smtp_port=0)) as (_, port):
-        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client:
-            await client.mail("someone@outside.example")
-            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
-                await client.rcpt("anyone@elsewhere.example")
-            assert refused.value.code == 550
-            ok = await client.rcpt(SALES.upper())
-            assert ok.code == 250
+    async with (
+        running(make_settings(smtp_port=0)) as (_, port),
+        aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client,
+    ):
+        await client.mail("someone@outside.example")
+        with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+            await client.rcpt("anyone@elsewhere.example")
+        assert refused.value.code == 550
+        ok = await client.rcpt(SALES.upper())
+        assert ok.code == 250
 
 
 async def test_oversized_message_gets_552(make_settings: Callable[..., Settings]) -> None:
@@ -150,11 +152,13 @@ async def test_storage_failure_answers_451_and_nothing_is_lost(
     down = base_settings(
         "postgresql+asyncpg://postgres@127.0.0.1:1/none", smtp_port=0, bcc_address=BCC
     )
-    async with running(down) as (_, port):
-        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client:
-            with pytest.raises(aiosmtplib.SMTPDataError) as failed:
-                await client.send_message(bcc_mail("OPP-1"), recipients=[BCC])
-            assert failed.value.code == 451
+    async with (
+        running(down) as (_, port),
+        aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client,
+    ):
+        with pytest.raises(aiosmtplib.SMTPDataError) as failed:
+            await client.send_message(bcc_mail("OPP-1"), recipients=[BCC])
+        assert failed.value.code == 451
     # The client retries once the store is back: now it is stored, once.
     async with running(make_settings(smtp_port=0)) as (services, port):
         await send(port, bcc_mail("OPP-1"))

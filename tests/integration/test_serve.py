@@ -1,0 +1,73 @@
+"""`mailsvc serve` as an operator runs it: a real process, real ports, a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import BCC, SALES, SUPPORT
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port} after {timeout}s")
+
+
+def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_url: str) -> None:
+    smtp_port, api_port = free_port(), free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "MAILSVC_DATABASE_URL": database_url,
+        "MAILSVC_SMTP_PORT": str(smtp_port),
+        "MAILSVC_API_PORT": str(api_port),
+        "MAILSVC_BCC_ADDRESS": BCC,
+        "MAILSVC_SALES_ADDRESS": SALES,
+        "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailsvc", "serve"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until_listening(smtp_port, process)
+        wait_until_listening(api_port, process)
+        with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+            code, _ = smtp.ehlo()
+            assert code == 250
+            refused = smtp.sendmail(
+                "anna@outside.example", [BCC], (EXAMPLES / "bcc-opportunity.eml").read_bytes()
+            )
+            assert refused == {}
+        assert httpx.get(f"http://127.0.0.1:{api_port}/healthz").json() == {"status": "ok"}
+        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["database"] == "ok"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr
+    assert b"stopped" in stderr
