@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = Field(default=2.0, gt=0)
 
     default_owner_email: str | None = None
+    # The user (by e-mail address) who owns what arrives on each intake address when no record,
+    # contact or account names an owner; each falls back to default_owner_email.
+    bcc_owner: str | None = None
+    sales_owner: str | None = None
+    support_owner: str | None = None
     stale_contact_days: int = Field(default=14, ge=1)
     critical_contact_days: int = Field(default=30, ge=1)
 
@@ -119,6 +124,11 @@ class Settings(BaseSettings):
             for address in getattr(self, f"{role}_address"):
                 roles[address] = role
         return roles
+
+    def owner_for(self, role: str) -> str | None:
+        """The default owner's address for mail arriving on the intake address of ``role``."""
+        owner: str | None = getattr(self, f"{role}_owner", None) or self.default_owner_email
+        return owner.strip().lower() if owner else None
 
     @property
     def is_sqlite(self) -> bool:

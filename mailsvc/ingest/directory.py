@@ -14,6 +14,7 @@ from mailsvc.crmstore.models import (
     ContactEmail,
     Email,
     EmailLink,
+    InboxLead,
     LinkTarget,
     Opportunity,
     OpportunityStatus,
@@ -46,15 +47,32 @@ async def load_facts(
     account_ids = {c.account_id for cs in contacts.values() for c in cs if c.account_id}
     account_ids |= {a.id for accounts in by_domain.values() for a in accounts}
     contact_ids = sorted({c.id for cs in contacts.values() for c in cs})
+    thread = await _thread(session, want.message_ids)
+    open_opportunities = await _open_opportunities(session, contact_ids)
+    open_tickets = await _open_tickets(session, contact_ids)
+    # The records a thread or a contact's single open record points to are needed as well.
+    record_ids = dict.fromkeys(want.record_ids)
+    for ref in thread:
+        if ref.opportunity_id:
+            record_ids.setdefault(RecordId("opportunity", ref.opportunity_id))
+        if ref.ticket_id:
+            record_ids.setdefault(RecordId("ticket", ref.ticket_id))
+    for ids in open_opportunities.values():
+        record_ids.update(dict.fromkeys(RecordId("opportunity", i) for i in ids))
+    for ids in open_tickets.values():
+        record_ids.update(dict.fromkeys(RecordId("ticket", i) for i in ids))
+    records = await _records(session, tuple(record_ids))
+    account_ids |= {r.account_id for r in records.values() if r.account_id}
     return Facts(
         users={e: u for e, u in users.items() if e in want.emails},
         contacts=contacts,
         accounts_by_domain=by_domain,
         accounts=await _accounts(session, sorted(account_ids)),
-        records=await _records(session, want.record_ids),
-        thread=await _thread(session, want.message_ids),
-        open_opportunities=await _open_opportunities(session, contact_ids),
-        open_tickets=await _open_tickets(session, contact_ids),
+        records=records,
+        thread=thread,
+        open_opportunities=open_opportunities,
+        open_tickets=open_tickets,
+        open_leads=await _open_leads(session, sorted(want.emails)),
         default_owner_id=users[default_owner_email].id
         if default_owner_email and default_owner_email in users
         else None,
@@ -93,22 +111,34 @@ async def _accounts_by_domain(
     if not domains:
         return {}
     rows = await session.execute(
-        select(AccountDomain.domain, Account.id, Account.owner_id)
+        select(AccountDomain.domain, Account.id, Account.owner_id, Account.name)
         .join(Account, Account.id == AccountDomain.account_id)
         .where(AccountDomain.domain.in_(domains))
         .order_by(Account.id)
     )
     found: dict[str, list[AccountRef]] = defaultdict(list)
-    for domain, aid, owner_id in rows:
-        found[domain].append(AccountRef(aid, owner_id))
+    for domain, aid, owner_id, name in rows:
+        found[domain].append(AccountRef(aid, owner_id, name))
     return {domain: tuple(refs) for domain, refs in found.items()}
 
 
 async def _accounts(session: AsyncSession, ids: list[int]) -> dict[int, AccountRef]:
     if not ids:
         return {}
-    rows = await session.execute(select(Account.id, Account.owner_id).where(Account.id.in_(ids)))
-    return {aid: AccountRef(aid, owner_id) for aid, owner_id in rows}
+    rows = await session.execute(
+        select(Account.id, Account.owner_id, Account.name).where(Account.id.in_(ids))
+    )
+    return {aid: AccountRef(aid, owner_id, name) for aid, owner_id, name in rows}
+
+
+async def _open_leads(session: AsyncSession, emails: list[str]) -> dict[str, int]:
+    """Inbox leads still open for these addresses (the open key is cleared when a lead closes)."""
+    if not emails:
+        return {}
+    rows = await session.execute(
+        select(InboxLead.open_key, InboxLead.id).where(InboxLead.open_key.in_(emails))
+    )
+    return {key: lead_id for key, lead_id in rows if key is not None}
 
 
 async def _records(session: AsyncSession, ids: tuple[RecordId, ...]) -> dict[RecordId, RecordRef]:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc.config import Settings
 from mailsvc.errors import ParseError, StoreUnavailable
+from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_facts
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.parse import dedup_key, parse_mail
@@ -50,6 +51,7 @@ def policy_from(settings: Settings) -> Policy:
     return Policy(
         patterns=IdPatterns(settings.opportunity_prefix, settings.ticket_prefix),
         intake_addresses=frozenset(settings.intake_roles),
+        internal_domains=frozenset(settings.internal_domains),
     )
 
 
@@ -190,9 +192,11 @@ class Pipeline:
     async def _apply(self, session: AsyncSession, item: Prepared) -> Outcome:
         if item.parsed is None:
             return await quarantine(session, item, item.problem or "unparseable")
+        envelope = item.raw.envelope
+        kind = classify(item.parsed, envelope, self._settings.max_received_headers)
         want = wanted(item.parsed, self._policy)
-        facts = await load_facts(session, want, self._settings.default_owner_email)
-        decision = decide(item.parsed, item.raw.envelope, facts, self._policy)
+        facts = await load_facts(session, want, self._settings.owner_for(envelope.role))
+        decision = decide(item.parsed, envelope, facts, self._policy, kind)
         return await store_email(session, item, decision)
 
 

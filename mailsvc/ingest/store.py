@@ -3,11 +3,12 @@ transaction."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailsvc.crmstore import intake
 from mailsvc.crmstore.models import (
     Email,
     EmailAttachment,
@@ -17,7 +18,7 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.ingest.outcome import Outcome, OutcomeKind
-from mailsvc.linking.model import LinkDecision
+from mailsvc.linking.model import LinkDecision, Links
 from mailsvc.mail import Address, ParsedMail, RawMail
 
 
@@ -55,6 +56,7 @@ def build_email(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) ->
         headers=[[name, value] for name, value in mail.headers],
         text_body=mail.text,
         html_body=mail.html,
+        reply_text=decision.reply_text,
         raw=item.raw.data,
         size=len(item.raw.data),
         envelope_from=envelope.mail_from,
@@ -96,32 +98,80 @@ def outcome_kind(decision: LinkDecision) -> OutcomeKind:
 async def store_email(
     session: AsyncSession, item: Prepared, decision: LinkDecision
 ) -> Outcome:
-    """Insert the e-mail with its attachments and links, and record its events."""
+    """Insert the e-mail with its links, create what the decision asks for, record the events."""
+    links = await _create_records(session, decision)
+    decision = replace(decision, links=links)
     kind = outcome_kind(decision)
     email = build_email(item, decision, kind)
-    links = decision.links.as_dict()
+    rule = decision.rule or "address"
     email.links = [
-        EmailLink(target_type=LinkTarget(name), target_id=target, rule=decision.rule or "address")
-        for name, target in links.items()
+        EmailLink(target_type=LinkTarget(name), target_id=target, rule=rule)
+        for name, target in links.as_dict().items()
         if target is not None
     ]
     session.add(email)
     await session.flush()
+    await _after_email(session, email, decision)
     outcome = Outcome(
         kind=kind,
         email_id=email.id,
         message_id=email.message_id,
         rule=decision.rule,
-        links=links,
+        links=links.as_dict(),
         notes=decision.notes,
         automatic=decision.automatic,
     )
     event = {**outcome.to_json(), "subject": email.subject, "from": email.from_email,
-             "intake_role": email.intake_role, "direction": email.direction}
+             "intake_role": email.intake_role, "direction": email.direction,
+             "mail_kind": email.kind}
     record_event(session, "email.received", event, subject=f"email/{email.id}")
     if kind != "ignored":
         record_event(session, "email.linked", event, subject=f"email/{email.id}")
     return outcome
+
+
+async def _create_records(session: AsyncSession, decision: LinkDecision) -> Links:
+    """The inbox lead or ticket the decision asks for; its id joins the links."""
+    links = decision.links
+    if decision.kind == "new_lead" and decision.lead is not None:
+        draft = decision.lead
+        lead = await intake.create_inbox_lead(
+            session, title=draft.title, email=draft.email, first_name=draft.first_name,
+            last_name=draft.last_name, company=draft.company, phone=draft.phone,
+            owner_id=links.owner, account_id=links.account,
+        )
+        return replace(links, inbox_lead=lead.id)
+    if decision.kind == "new_ticket" and decision.ticket is not None:
+        ticket_draft = decision.ticket
+        ticket = await intake.create_ticket_from_mail(
+            session, subject=ticket_draft.subject, description=ticket_draft.description,
+            requester_email=ticket_draft.requester_email,
+            requester_name=ticket_draft.requester_name, account_id=links.account,
+            contact_id=links.contact, owner_id=links.owner, type=ticket_draft.type,
+            priority=ticket_draft.priority,
+        )
+        return replace(links, ticket=ticket.id)
+    return links
+
+
+async def _after_email(session: AsyncSession, email: Email, decision: LinkDecision) -> None:
+    """What needs the stored e-mail: the ticket's log entry, bouncing marks, the timeline."""
+    update = decision.ticket_update
+    if decision.kind == "ticket_update" and update is not None:
+        await intake.append_ticket_update(
+            session, update.ticket_id, body=update.body, author=update.author,
+            email_id=email.id, reopen=update.reopen,
+        )
+    if decision.bounced:
+        await intake.mark_bouncing(session, decision.bounced, email.id)
+    links = decision.links
+    if links.any and not decision.automatic and decision.kind != "ignore":
+        await intake.add_email_activity(
+            session, subject=email.subject, email_id=email.id, owner_id=links.owner,
+            opportunity_id=links.opportunity, ticket_id=links.ticket, account_id=links.account,
+            contact_id=links.contact, inbox_lead_id=links.inbox_lead,
+            notes=(decision.reply_text or "")[:4000] or None,
+        )
 
 
 async def quarantine(session: AsyncSession, item: Prepared, reason: str) -> Outcome:

@@ -9,6 +9,23 @@ from typing import Literal
 from mailsvc.linking.references import RecordId
 
 DecisionKind = Literal["link", "new_lead", "new_ticket", "ticket_update", "ignore"]
+KindName = Literal["human", "auto_reply", "bounce", "list", "loop"]
+
+
+@dataclass(frozen=True, slots=True)
+class MailKind:
+    """What sort of mail this is, why, and (for a bounce) which recipients bounced."""
+
+    name: KindName = "human"
+    reason: str | None = None
+    bounced: tuple[str, ...] = ()
+
+    @property
+    def machine(self) -> bool:
+        return self.name != "human"
+
+
+HUMAN = MailKind()
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +46,7 @@ class ContactRef:
 class AccountRef:
     id: int
     owner_id: int | None
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +92,8 @@ class Facts:
     thread: tuple[ThreadRef, ...] = ()
     open_opportunities: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     open_tickets: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    # Sender address -> the inbox lead still open for it (InboxLead.open_key).
+    open_leads: Mapping[str, int] = field(default_factory=dict)
     default_owner_id: int | None = None
 
 
@@ -103,6 +123,8 @@ class Links:
 
 @dataclass(frozen=True, slots=True)
 class LeadDraft:
+    """A new inbox lead as the mail describes it; ``email`` becomes its open key."""
+
     title: str
     email: str
     first_name: str | None
@@ -117,6 +139,18 @@ class TicketDraft:
     description: str
     requester_email: str
     requester_name: str | None
+    type: str = "question"
+    priority: str = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class TicketUpdateDraft:
+    """An entry for a ticket's log: the new part of the mail, and whether to reopen the ticket."""
+
+    ticket_id: int
+    body: str
+    author: str | None
+    reopen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,4 +166,6 @@ class LinkDecision:
     notes: tuple[str, ...] = ()
     lead: LeadDraft | None = None
     ticket: TicketDraft | None = None
-    reopen_ticket: bool = False
+    ticket_update: TicketUpdateDraft | None = None
+    reply_text: str | None = None
+    bounced: tuple[str, ...] = ()

@@ -41,15 +41,28 @@ def _addresses(items: Iterable[Address], exclude: frozenset[str]) -> tuple[str, 
     return tuple(seen)
 
 
-def find_parties(mail: ParsedMail, facts: Facts, intake: frozenset[str]) -> Parties:
-    """Outgoing when the sender is one of our users; otherwise the sender is the counterparty."""
+def find_parties(
+    mail: ParsedMail, facts: Facts, intake: frozenset[str], internal: frozenset[str] = frozenset()
+) -> Parties:
+    """Outgoing when the sender is one of our users; otherwise the sender is the counterparty.
+
+    Counterparties are never our users, intake addresses or addresses of internal domains.
+    """
     sender = mail.sender
     user = facts.users.get(sender.email) if sender else None
     if user is not None:
         others = _addresses((*mail.to, *mail.cc), intake)
-        return Parties("outgoing", user, tuple(a for a in others if a not in facts.users))
+        return Parties("outgoing", user, _external(others, facts, internal))
     senders = _addresses((*mail.reply_to, *mail.from_), intake)
-    return Parties("incoming", None, tuple(a for a in senders if a not in facts.users))
+    return Parties("incoming", None, _external(senders, facts, internal))
+
+
+def _external(
+    addresses: tuple[str, ...], facts: Facts, internal: frozenset[str]
+) -> tuple[str, ...]:
+    return tuple(
+        a for a in addresses if a not in facts.users and a.rpartition("@")[2] not in internal
+    )
 
 
 def wanted_addresses(mail: ParsedMail) -> frozenset[str]:
@@ -66,26 +79,52 @@ class Counterparty:
     email: str | None
     contact: ContactRef | None
     account: AccountRef | None
-    ambiguous: bool = False
+    ambiguous: tuple[str, ...] = ()
 
 
 def resolve_counterparty(addresses: tuple[str, ...], facts: Facts) -> Counterparty:
     """The first address that is a known contact wins; else the first whose domain is an account's.
 
-    Several contacts on one address: the one with an account is preferred, ties are ambiguous and
-    link the first by id. Several accounts on one domain: no account is linked (ambiguous).
+    Several contacts on one address: the one with an account is preferred, then the lowest id
+    (noted ``ambiguous:contact``). A contact without account takes its domain's account. Several
+    accounts on one domain: no account is linked (``ambiguous:domain``). Other addresses that
+    point to a different account are noted (``ambiguous:several_accounts``), never linked.
     """
     for email in addresses:
         contacts = facts.contacts.get(email, ())
         if contacts:
             ranked = sorted(contacts, key=lambda c: (c.account_id is None, c.id))
             contact = ranked[0]
-            account = facts.accounts.get(contact.account_id) if contact.account_id else None
-            return Counterparty(email, contact, account, ambiguous=len(contacts) > 1)
+            notes: tuple[str, ...] = ("ambiguous:contact",) if len(contacts) > 1 else ()
+            if contact.account_id:
+                account = facts.accounts.get(contact.account_id)
+            else:
+                account, domain_notes = _account_by_domain(email, facts)
+                notes += domain_notes
+            return Counterparty(email, contact, account, notes + _others(addresses, account, facts))
     for email in addresses:
-        candidates = facts.accounts_by_domain.get(email.rpartition("@")[2], ())
-        if len(candidates) == 1:
-            return Counterparty(email, None, candidates[0])
-        if len(candidates) > 1:
-            return Counterparty(email, None, None, ambiguous=True)
+        account, notes = _account_by_domain(email, facts)
+        if account is not None or notes:
+            return Counterparty(email, None, account, notes + _others(addresses, account, facts))
     return Counterparty(addresses[0] if addresses else None, None, None)
+
+
+def _account_by_domain(email: str, facts: Facts) -> tuple[AccountRef | None, tuple[str, ...]]:
+    candidates = facts.accounts_by_domain.get(email.rpartition("@")[2], ())
+    if len(candidates) == 1:
+        return candidates[0], ()
+    if len(candidates) > 1:
+        return None, ("ambiguous:domain",)
+    return None, ()
+
+
+def _others(addresses: tuple[str, ...], chosen: AccountRef | None, facts: Facts) -> tuple[str, ...]:
+    """A note when other counterparties belong to another account than the chosen one."""
+    if chosen is None:
+        return ()
+    accounts: set[int] = set()
+    for email in addresses:
+        accounts |= {c.account_id for c in facts.contacts.get(email, ()) if c.account_id}
+        accounts |= {a.id for a in facts.accounts_by_domain.get(email.rpartition("@")[2], ())}
+    accounts.discard(chosen.id)
+    return ("ambiguous:several_accounts",) if accounts else ()

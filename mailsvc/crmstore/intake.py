@@ -1,0 +1,160 @@
+"""What incoming mail changes in the CRM: inbox leads, tickets and their updates, bouncing
+addresses, e-mail activities. Functions take a session and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.crmstore.base import utcnow
+from mailsvc.crmstore.models import (
+    Activity,
+    ActivityType,
+    ContactEmail,
+    InboxLead,
+    LeadStatus,
+    Opportunity,
+    Ticket,
+    TicketStatus,
+    TicketUpdate,
+)
+from mailsvc.crmstore.outbox import record_event
+
+EMAIL_SOURCE = "e-mail"
+
+
+async def create_inbox_lead(
+    session: AsyncSession, *, title: str, email: str, first_name: str | None,
+    last_name: str | None, company: str | None = None, phone: str | None = None,
+    owner_id: int | None = None, account_id: int | None = None,
+) -> InboxLead:
+    """A new inbox lead from an e-mail; its open key (the address) keeps a second one out.
+
+    A concurrent writer that opened a lead for the same address first makes the flush raise
+    IntegrityError; the caller retries and finds that lead.
+    """
+    address = email.strip().lower()
+    lead = InboxLead(
+        title=title[:300], source=EMAIL_SOURCE, status=LeadStatus.NEW, email=address,
+        open_key=address, first_name=first_name, last_name=last_name, company=company,
+        phone=phone, owner_id=owner_id, account_id=account_id,
+    )
+    session.add(lead)
+    await session.flush()
+    record_event(
+        session, "inbox_lead.created",
+        {"id": lead.id, "title": lead.title, "source": lead.source, "status": str(lead.status),
+         "email": address, "first_name": first_name, "last_name": last_name,
+         "company": company, "phone": phone, "owner_id": owner_id, "account_id": account_id},
+        subject=f"inbox_lead/{lead.id}",
+    )
+    return lead
+
+
+async def create_ticket_from_mail(
+    session: AsyncSession, *, subject: str, description: str, requester_email: str,
+    requester_name: str | None, account_id: int | None = None, contact_id: int | None = None,
+    owner_id: int | None = None, type: str = "question", priority: str = "normal",
+) -> Ticket:
+    ticket = Ticket(
+        subject=subject[:500], description=description, type=type, priority=priority,
+        status=TicketStatus.OPEN, account_id=account_id, contact_id=contact_id,
+        owner_id=owner_id, requester_email=requester_email.strip().lower(),
+        requester_name=requester_name,
+    )
+    session.add(ticket)
+    await session.flush()
+    record_event(
+        session, "ticket.created",
+        {"id": ticket.id, "subject": ticket.subject, "type": type, "priority": priority,
+         "status": str(ticket.status), "account_id": account_id, "contact_id": contact_id,
+         "owner_id": owner_id, "requester_email": ticket.requester_email,
+         "requester_name": requester_name, "source": EMAIL_SOURCE},
+        subject=f"ticket/{ticket.id}",
+    )
+    return ticket
+
+
+async def append_ticket_update(
+    session: AsyncSession, ticket_id: int, *, body: str, author: str | None,
+    email_id: int | None, reopen: bool,
+) -> TicketUpdate | None:
+    """Log a mail on a ticket; ``reopen`` sets a resolved ticket back to open."""
+    ticket = await session.get(Ticket, ticket_id, with_for_update=True)
+    if ticket is None:
+        return None
+    before = ticket.status
+    after = TicketStatus.OPEN if reopen and before == TicketStatus.RESOLVED else before
+    update = TicketUpdate(
+        ticket_id=ticket_id, body=body, author=author, email_id=email_id,
+        status_from=str(before) if after != before else None,
+        status_to=str(after) if after != before else None,
+    )
+    if after != before:
+        ticket.status = after
+        ticket.resolved_at = None
+    session.add(update)
+    await session.flush()
+    record_event(
+        session, "ticket.updated",
+        {"id": ticket_id, "update_id": update.id, "email_id": email_id, "author": author,
+         "status": str(after), "status_from": update.status_from, "status_to": update.status_to,
+         "reopened": after != before},
+        subject=f"ticket/{ticket_id}",
+    )
+    return update
+
+
+async def mark_bouncing(
+    session: AsyncSession, addresses: Iterable[str], email_id: int | None,
+    at: datetime | None = None,
+) -> list[ContactEmail]:
+    """Flag contact addresses that bounced; each newly flagged address is one event."""
+    wanted = sorted({a.strip().lower() for a in addresses if a})
+    if not wanted:
+        return []
+    rows = list(
+        await session.scalars(
+            select(ContactEmail).where(
+                ContactEmail.email.in_(wanted), ContactEmail.bouncing.is_(False)
+            ).order_by(ContactEmail.id)
+        )
+    )
+    when = at or utcnow()
+    for row in rows:
+        row.bouncing = True
+        row.bounced_at = when
+        record_event(
+            session, "contact.bouncing",
+            {"contact_id": row.contact_id, "email": row.email, "email_id": email_id},
+            subject=f"contact/{row.contact_id}",
+        )
+    await session.flush()
+    return rows
+
+
+async def add_email_activity(
+    session: AsyncSession, *, subject: str, email_id: int, notes: str | None = None,
+    owner_id: int | None = None, opportunity_id: int | None = None,
+    ticket_id: int | None = None, account_id: int | None = None, contact_id: int | None = None,
+    inbox_lead_id: int | None = None, at: datetime | None = None,
+) -> Activity:
+    """The mail on the records' timeline: a done activity of type e-mail."""
+    when = at or utcnow()
+    activity = Activity(
+        type=ActivityType.EMAIL, subject=(subject or "(no subject)")[:500], notes=notes,
+        done=True, done_at=when, owner_id=owner_id, opportunity_id=opportunity_id,
+        ticket_id=ticket_id, account_id=account_id, contact_id=contact_id,
+        inbox_lead_id=inbox_lead_id, email_id=email_id,
+    )
+    session.add(activity)
+    if opportunity_id is not None:
+        # The traffic light counts from the last contact with the customer.
+        opportunity = await session.get(Opportunity, opportunity_id)
+        if opportunity is not None:
+            opportunity.last_contact_at = when
+    await session.flush()
+    return activity

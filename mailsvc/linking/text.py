@@ -1,0 +1,92 @@
+"""The text of a mail: its body as plain text, the new part of a reply, names and phone numbers."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+from mailparser_reply import EmailReplyParser
+
+from mailsvc.mail import Address, ParsedMail
+
+# Quote stripping is regex work over the whole body; the new part of a reply sits at its top.
+MAX_REPLY_INPUT = 100_000
+
+_TAG = re.compile(r"<[^>]*>")
+_BLOCK_END = re.compile(r"</?(?:p|div|br|tr|li|h[1-6]|blockquote)\b[^>]*>", re.I)
+_INVISIBLE = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.I | re.S)
+_BLANK_RUNS = re.compile(r"\n{3,}")
+_PHONE_LINE = re.compile(
+    r"^\W*(?:tel(?:efon|ephone)?|phone|fon|mobil(?:e)?|mob|handy|cell|t|m)\.?\s*[:.]?\s*"
+    r"(?P<number>\+?[0-9][0-9 ()/.\-]{5,}[0-9])\s*$",
+    re.I,
+)
+_REPLY_PARSER = EmailReplyParser(languages=["en", "de"])
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The new part of a mail (without quoted history and signature) and its signature."""
+
+    text: str
+    signature: str
+
+
+def body_text(mail: ParsedMail) -> str:
+    """The plain text body, or the HTML body reduced to text when there is no plain part."""
+    if mail.text.strip():
+        return mail.text
+    return html_to_text(mail.html)
+
+
+def html_to_text(markup: str) -> str:
+    text = _INVISIBLE.sub("", markup)
+    text = _BLOCK_END.sub("\n", text)
+    text = html.unescape(_TAG.sub("", text))
+    return _BLANK_RUNS.sub("\n\n", "\n".join(line.strip() for line in text.splitlines())).strip()
+
+
+def split_reply(text: str) -> Reply:
+    """The newest reply in ``text`` (mail-parser-reply, German and English quote headers)."""
+    if not text.strip():
+        return Reply("", "")
+    replies = _REPLY_PARSER.read(text[:MAX_REPLY_INPUT]).replies
+    if not replies:
+        return Reply(text.strip(), "")
+    first = replies[0]
+    return Reply(_drop_trailing_quotes(first.body), first.signatures or "")
+
+
+def _drop_trailing_quotes(text: str) -> str:
+    """Quoted lines (``>``) under the reply without a quote header are history too."""
+    lines = text.splitlines()
+    while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith(">")):
+        lines.pop()
+    return "\n".join(lines).strip()
+
+
+def phone_from_signature(reply: Reply) -> str | None:
+    """The phone number of a simple signature: exactly one labelled number, else nothing."""
+    lines = reply.signature.splitlines() or reply.text.splitlines()[-6:]
+    numbers = {
+        re.sub(r"\s+", " ", match["number"]).strip()
+        for line in lines
+        if (match := _PHONE_LINE.match(line.strip()))
+        and sum(c.isdigit() for c in match["number"]) >= 6
+    }
+    return numbers.pop() if len(numbers) == 1 else None
+
+
+def split_name(address: Address) -> tuple[str | None, str | None]:
+    """First and last name from a display name (``Last, First`` too); nothing for an address."""
+    name = address.name.strip().strip("\"'")
+    if not name or "@" in name:
+        return None, None
+    if "," in name:
+        last, _, first = name.partition(",")
+        return first.strip() or None, last.strip() or None
+    parts = name.split()
+    if len(parts) == 1:
+        return None, parts[0]
+    return " ".join(parts[:-1]), parts[-1]
