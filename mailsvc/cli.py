@@ -32,6 +32,8 @@ EX_CONFIG = 78
 app = typer.Typer(help="E-mail intake for a CRM.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+quarantine_app = typer.Typer(help="Mail that could not be processed.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
 err = Console(stderr=True)
 logger = logging.getLogger("mailsvc")
 
@@ -288,6 +290,67 @@ def relay() -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     _run(go())
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    limit: Annotated[int, typer.Option(help="How many to show.")] = 50,
+) -> None:
+    """List quarantined mail with the reason."""
+    from mailsvc.ingest.quarantine import list_quarantined
+
+    settings = _settings()
+
+    async def go() -> list[Any]:
+        async with open_services(settings) as services:
+            return await list_quarantined(services.sessions, limit=limit)
+
+    rows = _run(go())
+    table = Table(title=f"{len(rows)} quarantined")
+    for column in ("id", "received_at", "role", "source", "size", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row.id), row.received_at.isoformat(timespec="seconds"),
+                      row.intake_role, row.source, str(row.size), row.reason)
+    Console().print(table)
+
+
+@quarantine_app.command("export")
+def quarantine_export(
+    quarantine_id: Annotated[int, typer.Argument(help="The quarantine id.")],
+) -> None:
+    """Write the raw bytes of a quarantined mail to stdout."""
+    from mailsvc.ingest.quarantine import list_quarantined
+
+    settings = _settings()
+
+    async def go() -> list[Any]:
+        async with open_services(settings) as services:
+            return await list_quarantined(services.sessions, [quarantine_id])
+
+    rows = _run(go())
+    if not rows:
+        err.print(f"[red]no quarantined mail with id {quarantine_id}[/red]")
+        raise typer.Exit(EX_NOINPUT)
+    sys.stdout.buffer.write(rows[0].raw)
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Quarantine ids (default: all).")] = None,
+) -> None:
+    """Run quarantined mail through the pipeline again (after a fix); prints one JSON line each."""
+    from mailsvc.ingest.quarantine import retry_quarantined
+
+    settings = _settings()
+
+    async def go() -> list[tuple[int, Outcome]]:
+        async with open_services(settings) as services:
+            return await retry_quarantined(services.pipeline, services.sessions, ids or ())
+
+    for quarantine_id, outcome in _run(go()):
+        line = {"retried": quarantine_id, **outcome.to_json()}
+        sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def main() -> None:

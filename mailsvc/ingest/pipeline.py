@@ -13,10 +13,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc.config import Settings
+from mailsvc.crmstore.models import QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_facts
@@ -137,10 +139,20 @@ class Pipeline:
             for _ in batch:
                 self._queue.task_done()
 
-    async def process(self, items: Sequence[Prepared]) -> list[Outcome]:
-        """Store prepared mails in one transaction and return their outcomes after commit."""
+    async def process(
+        self, items: Sequence[Prepared], *, release: Sequence[int] = ()
+    ) -> list[Outcome]:
+        """Store prepared mails in one transaction and return their outcomes after commit.
+
+        ``release`` names quarantine entries that these items replace (a retry): they are removed
+        in the same transaction, so a retried mail is either stored or quarantined anew.
+        """
         try:
             async with self._sessions() as session, session.begin():
+                if release:
+                    await session.execute(
+                        delete(QuarantinedMail).where(QuarantinedMail.id.in_(release))
+                    )
                 outcomes = await self._apply_all(session, items)
         except SQLAlchemyError as exc:
             logger.error("storage failed for %d message(s): %s", len(items), exc)
