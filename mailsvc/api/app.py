@@ -1,28 +1,71 @@
-"""The FastAPI application factory."""
+"""The FastAPI application factory: /api/v1 resources, health, metrics, problem errors."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from mailsvc import __version__
+from mailsvc.api import problems
+from mailsvc.api.deps import require_api_key
+from mailsvc.api.routes import (
+    activities,
+    documents,
+    emails,
+    inbox,
+    opportunities,
+    people,
+    reports,
+    settings,
+    tickets,
+)
 from mailsvc.bootstrap import Services
+from mailsvc.metrics import record_request
+
+DESCRIPTION = """The CRM store of mailsvc: accounts, contacts, inbox leads, opportunities,
+tickets, activities, quotes, orders, invoices, e-mails with their links, and dashboard reports.
+
+Errors are RFC 9457 problem documents (`application/problem+json`). Authentication: an API key
+from `MAILSVC_API_KEYS` as `Authorization: Bearer <key>` (with no key configured the API is open
+and listens on loopback only)."""
 
 
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="mailsvc", version=__version__, openapi_url="/api/v1/openapi.json")
+    app = FastAPI(title="mailsvc", version=__version__, description=DESCRIPTION,
+                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
     app.state.services = services
+    problems.register(app)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                    ) -> Response:
+        response = await call_next(request)
+        record_request(request.method, response.status_code)
+        return response
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], responses={
+        401: {"model": problems_model(), "description": "No or a wrong API key"},
+        404: {"model": problems_model(), "description": "Not found"},
+        409: {"model": problems_model(), "description": "Conflict"},
+        422: {"model": problems_model(), "description": "Invalid request or rule violation"},
+    })
+    for module in (people, opportunities, inbox, tickets, activities, documents, emails,
+                   settings, reports):
+        api.include_router(module.router)
+    app.include_router(api)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
+        services: Services = request.app.state.services
         checks: dict[str, Any] = {}
         try:
             async with services.sessions() as session:
@@ -43,3 +86,9 @@ def create_app(services: Services) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def problems_model() -> type:
+    from mailsvc.api.schemas import Problem
+
+    return Problem

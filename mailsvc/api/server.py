@@ -32,6 +32,11 @@ async def serve_api(services: Services) -> None:
         host = "127.0.0.1"
     else:
         host = settings.api_host
+    if not settings.api_keys:
+        logger.warning(
+            "no MAILSVC_API_KEYS: the API is open without authentication, on loopback only (%s)",
+            host,
+        )
     config = uvicorn.Config(
         create_app(services), host=host, port=settings.api_port,
         log_level=settings.log_level.lower(), lifespan="off", access_log=False,

@@ -12,7 +12,10 @@ from mailsvc.crmstore import services
 from mailsvc.crmstore.models import (
     Account,
     Contact,
+    LossReason,
     Opportunity,
+    OpportunityKind,
+    Pipeline,
     Ticket,
     User,
     UserRole,
@@ -26,6 +29,12 @@ ACCOUNTS = (
     ("Acme GmbH", "acme.example", "Berlin"),
     ("Globex Ltd", "globex.example", "London"),
 )
+PIPELINES = (
+    ("Leads", OpportunityKind.LEAD, (("New", 5), ("Contacted", 10), ("Qualified", 25))),
+    ("Deals", OpportunityKind.DEAL, (("Needs analysis", 30), ("Proposal", 50),
+                                     ("Negotiation", 75), ("Verbal yes", 90))),
+)
+LOSS_REASONS = ("Price", "Competitor", "No budget", "No decision", "Timing")
 CONTACTS = (
     ("Carla", "Customer", "carla.customer@acme.example", 0),
     ("Gordon", "Buyer", "gordon.buyer@globex.example", 1),
@@ -37,6 +46,7 @@ async def seed(
 ) -> dict[str, list[dict[str, Any]]]:
     """Create the demo rows, or return them if they exist already (safe to run twice)."""
     users = [await _user(session, *row) for row in USERS]
+    await _settings(session)
     accounts = [await _account(session, name, domain, city, users[0].id)
                 for name, domain, city in ACCOUNTS]
     contacts = [
@@ -99,3 +109,21 @@ async def _contact(
             session, last, email, first_name=first, account_id=account_id, owner_id=owner_id
         )
     )
+
+
+async def _settings(session: AsyncSession) -> None:
+    """Pipelines with stages and default probabilities, an activity plan, loss reasons."""
+    for name, kind, stages in PIPELINES:
+        if await session.scalar(select(Pipeline.id).where(Pipeline.name == name)) is None:
+            pipeline = await services.create_pipeline(
+                session, name, kind, [services.StageSpec(s, p) for s, p in stages]
+            )
+            if kind == OpportunityKind.DEAL:
+                await services.set_activity_plan(session, pipeline.id, [
+                    services.PlanStepSpec("Kick-off call", 0),
+                    services.PlanStepSpec("Send proposal", 3),
+                    services.PlanStepSpec("Follow up on proposal", 10),
+                ])
+    for reason in LOSS_REASONS:
+        if await session.scalar(select(LossReason.id).where(LossReason.name == reason)) is None:
+            await services.create_loss_reason(session, reason)

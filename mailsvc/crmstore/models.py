@@ -90,6 +90,7 @@ class User(Timestamped, Base):
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[UserRole] = mapped_column(_enum(UserRole), default=UserRole.SALES)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("sales_teams.id"), index=True)
 
     addresses: Mapped[list[UserEmail]] = relationship(
         back_populates="user", cascade="all, delete-orphan", lazy="selectin"
@@ -122,6 +123,13 @@ class Account(Timestamped, Base):
     country: Mapped[str | None] = mapped_column(String(100))
     industry: Mapped[str | None] = mapped_column(String(100))
     size: Mapped[str | None] = mapped_column(String(50))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    website: Mapped[str | None] = mapped_column(String(300))
+    territory_id: Mapped[int | None] = mapped_column(ForeignKey("territories.id"), index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("sales_teams.id"), index=True)
+    customer_since: Mapped[datetime | None]
+    # The name reduced for duplicate checks (see services.normalise_company).
+    name_key: Mapped[str | None] = mapped_column(String(300), index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     domains: Mapped[list[AccountDomain]] = relationship(
@@ -159,6 +167,7 @@ class Contact(Timestamped, Base):
     addresses: Mapped[list[ContactEmail]] = relationship(
         back_populates="contact", cascade="all, delete-orphan", lazy="selectin"
     )
+    tags: Mapped[list[Tag]] = relationship(secondary="contact_tags", lazy="selectin")
 
 
 class ContactEmail(Base):
@@ -251,6 +260,18 @@ class Opportunity(Timestamped, Base):
     lost_at: Mapped[datetime | None]
     last_contact_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When the opportunity became a deal (equal to created_at when it was created as one).
+    deal_at: Mapped[datetime | None]
+    stage_changed_at: Mapped[datetime | None]
+    loss_note: Mapped[str | None] = mapped_column(Text)
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    territory_id: Mapped[int | None] = mapped_column(ForeignKey("territories.id"), index=True)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("sales_teams.id"), index=True)
+
+    tags: Mapped[list[Tag]] = relationship(secondary="opportunity_tags", lazy="selectin")
+    subscribers: Mapped[list[OpportunitySubscriber]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin"
+    )
 
 
 class TicketType(enum.StrEnum):
@@ -264,6 +285,9 @@ class Ticket(Timestamped, Base):
     """A service ticket; its id is the number shown in subjects (``TCK-<id>``)."""
 
     __tablename__ = "tickets"
+    __table_args__ = (
+        CheckConstraint("order_id IS NULL OR invoice_id IS NULL", name="one_document"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subject: Mapped[str] = mapped_column(String(500))
@@ -280,6 +304,10 @@ class Ticket(Timestamped, Base):
     requester_email: Mapped[str | None] = mapped_column(String(320), index=True)
     requester_name: Mapped[str | None] = mapped_column(String(200))
     resolved_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    # A ticket may concern one order or one invoice, never both.
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"), index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     updates: Mapped[list[TicketUpdate]] = relationship(
@@ -331,6 +359,7 @@ class InboxLead(Timestamped, Base):
     qualified_at: Mapped[datetime | None]
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     archived_at: Mapped[datetime | None]
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
 
 
 class Activity(Timestamped, Base):
@@ -350,6 +379,7 @@ class Activity(Timestamped, Base):
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
     inbox_lead_id: Mapped[int | None] = mapped_column(ForeignKey("inbox_leads.id"))
     email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), index=True)
+    plan_step_id: Mapped[int | None] = mapped_column(ForeignKey("activity_plan_steps.id"))
 
 
 class Email(Base):
@@ -481,3 +511,233 @@ class MailboxState(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class QuoteStatus(enum.StrEnum):
+    OPEN = "open"
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class OrderStatus(enum.StrEnum):
+    OPEN = "open"
+    CONFIRMED = "confirmed"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+
+
+class InvoiceStatus(enum.StrEnum):
+    """Stored status; ``overdue`` is derived (open and past its due date), never stored."""
+
+    OPEN = "open"
+    PAID = "paid"
+    CANCELLED = "cancelled"
+
+
+class Territory(Timestamped, Base):
+    __tablename__ = "territories"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+
+
+class SalesTeam(Timestamped, Base):
+    __tablename__ = "sales_teams"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    territory_id: Mapped[int | None] = mapped_column(ForeignKey("territories.id"))
+
+
+class Campaign(Timestamped, Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    start_date: Mapped[date | None]
+    end_date: Mapped[date | None]
+    budget: Mapped[Decimal | None] = mapped_column(Money)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class OpportunityTag(Base):
+    __tablename__ = "opportunity_tags"
+
+    opportunity_id: Mapped[int] = mapped_column(
+        ForeignKey("opportunities.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+
+
+class ContactTag(Base):
+    __tablename__ = "contact_tags"
+
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+
+
+class OpportunitySubscriber(Timestamped, Base):
+    """A user who follows an opportunity (shown on their board)."""
+
+    __tablename__ = "opportunity_subscribers"
+
+    opportunity_id: Mapped[int] = mapped_column(
+        ForeignKey("opportunities.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+
+
+class ChoiceOption(Base):
+    """An admin-added value of an extensible list (lead source, priority, ticket type)."""
+
+    __tablename__ = "choice_options"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(100))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class StageChange(Base):
+    """One move of an opportunity between stages (or pipelines)."""
+
+    __tablename__ = "stage_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    opportunity_id: Mapped[int] = mapped_column(
+        ForeignKey("opportunities.id", ondelete="CASCADE"), index=True
+    )
+    from_stage_id: Mapped[int | None] = mapped_column(ForeignKey("stages.id"))
+    to_stage_id: Mapped[int | None] = mapped_column(ForeignKey("stages.id"))
+    probability: Mapped[int] = mapped_column(Integer, default=0)
+    changed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OpportunitySnapshot(Base):
+    """The state of an open opportunity at the start of a month, for trend reports."""
+
+    __tablename__ = "opportunity_snapshots"
+    __table_args__ = (UniqueConstraint("month", "opportunity_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    month: Mapped[date] = mapped_column(index=True)
+    opportunity_id: Mapped[int] = mapped_column(ForeignKey("opportunities.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    pipeline_id: Mapped[int | None] = mapped_column(ForeignKey("pipelines.id"))
+    stage_id: Mapped[int | None] = mapped_column(ForeignKey("stages.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    probability: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ActivityPlanStep(Base):
+    """A standard task of a pipeline's activity plan, due ``offset_days`` after the start date."""
+
+    __tablename__ = "activity_plan_steps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(
+        ForeignKey("pipelines.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    type: Mapped[ActivityType] = mapped_column(_enum(ActivityType), default=ActivityType.TASK)
+    subject: Mapped[str] = mapped_column(String(500))
+    offset_days: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Quote(Timestamped, Base):
+    __tablename__ = "quotes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    valid_until: Mapped[date | None]
+    status: Mapped[QuoteStatus] = mapped_column(
+        _enum(QuoteStatus), default=QuoteStatus.OPEN, index=True
+    )
+    opportunity_id: Mapped[int | None] = mapped_column(ForeignKey("opportunities.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    sent_at: Mapped[datetime | None]
+    decided_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Order(Timestamped, Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    delivery_date: Mapped[date | None]
+    delivered_at: Mapped[datetime | None]
+    status: Mapped[OrderStatus] = mapped_column(
+        _enum(OrderStatus), default=OrderStatus.OPEN, index=True
+    )
+    quote_id: Mapped[int | None] = mapped_column(ForeignKey("quotes.id"))
+    opportunity_id: Mapped[int | None] = mapped_column(ForeignKey("opportunities.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Invoice(Timestamped, Base):
+    __tablename__ = "invoices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str | None] = mapped_column(String(50), unique=True)
+    amount: Mapped[Decimal] = mapped_column(Money)
+    issued_on: Mapped[date]
+    due_date: Mapped[date] = mapped_column(index=True)
+    paid_date: Mapped[date | None]
+    status: Mapped[InvoiceStatus] = mapped_column(
+        _enum(InvoiceStatus), default=InvoiceStatus.OPEN, index=True
+    )
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
+    opportunity_id: Mapped[int | None] = mapped_column(ForeignKey("opportunities.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Budget(Timestamped, Base):
+    """Revenue targets of one year; its 12 months are created with it."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, unique=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+
+    months: Mapped[list[BudgetMonth]] = relationship(
+        cascade="all, delete-orphan", order_by="BudgetMonth.month", lazy="selectin"
+    )
+
+
+class BudgetMonth(Base):
+    __tablename__ = "budget_months"
+    __table_args__ = (
+        UniqueConstraint("budget_id", "month"),
+        CheckConstraint("month >= 1 AND month <= 12", name="month_range"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    month: Mapped[int] = mapped_column(Integer)
+    target: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"))

@@ -1,0 +1,48 @@
+"""Request dependencies: the unit of work (one transaction per request) and API-key auth."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.bootstrap import Services
+from mailsvc.config import Settings
+
+bearer = HTTPBearer(auto_error=False, description="An API key from MAILSVC_API_KEYS.")
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_settings(request: Request) -> Settings:
+    return get_services(request).settings
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the handler returns, rolled back on error."""
+    async with get_services(request).sessions() as session, session.begin():
+        yield session
+
+
+async def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    keys = get_settings(request).api_keys
+    if not keys:
+        return  # open API: serve_api binds it to loopback only
+    supplied = credentials.credentials if credentials else ""
+    if not any(secrets.compare_digest(supplied.encode(), key.encode()) for key in keys):
+        raise HTTPException(401, "a valid API key is required (Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+AppSettings = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,32 @@
+"""Pieces shared by the routers: id parameters and the e-mail timeline of a record."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from mailsvc.api import schemas as s
+from mailsvc.api import views
+from mailsvc.api.deps import Session
+from mailsvc.crmstore import services
+from mailsvc.crmstore.models import LinkTarget
+
+PathId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+Limit = Annotated[int, Query(ge=1, le=200)]
+Offset = Annotated[int, Query(ge=0, le=s.MAX_ID)]
+
+
+def add_timeline(router: APIRouter, prefix: str, target: LinkTarget, what: str) -> None:
+    """``GET {prefix}/{id}/emails``: the record's e-mails, newest first."""
+
+    @router.get(f"{prefix}/{{record_id}}/emails", summary=f"E-mail timeline of a {what}",
+                operation_id=f"timeline_{target.value}")
+    async def timeline(
+        record_id: PathId, session: Session, limit: Limit = 50, offset: Offset = 0,
+    ) -> s.Page[s.TimelineEntry]:
+        rows, total = await services.timeline(session, target, record_id, limit=limit,
+                                              offset=offset)
+        items = [s.TimelineEntry(email=views.email(email), linked_by=rule)
+                 for email, rule in rows]
+        return s.Page(items=items, total=total, limit=limit, offset=offset)

@@ -1,0 +1,169 @@
+"""Users, accounts and contacts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from mailsvc.api import schemas as s
+from mailsvc.api import views
+from mailsvc.api.deps import Session
+from mailsvc.api.listing import equality_filters, page
+from mailsvc.api.routes.common import PathId, add_timeline
+from mailsvc.crmstore import services
+from mailsvc.crmstore.models import (
+    Account,
+    AccountDomain,
+    AccountStatus,
+    Contact,
+    ContactEmail,
+    ContactTag,
+    LinkTarget,
+    Tag,
+    User,
+    UserRole,
+)
+from mailsvc.crmstore.services.common import get_or_404
+
+router = APIRouter()
+
+
+class UserQuery(s.ListQuery):
+    role: UserRole | None = None
+    active: bool | None = None
+    team_id: s.Id | None = None
+
+
+@router.get("/users", tags=["users"])
+async def list_users(query: Annotated[UserQuery, Query()], session: Session) -> s.Page[s.UserOut]:
+    rows, total = await page(session, User, query, conditions=equality_filters(User, query),
+                             search=(User.name, User.email), sorts=("id", "name", "email",
+                                                                    "created_at"))
+    return s.Page(items=[views.user(r) for r in rows], total=total, limit=query.limit,
+                  offset=query.offset)
+
+
+@router.post("/users", tags=["users"], status_code=201)
+async def create_user(body: s.UserIn, session: Session) -> s.UserOut:
+    user = await services.create_user(session, body.email, body.name, body.role, body.aliases,
+                                      team_id=body.team_id)
+    return views.user(user)
+
+
+@router.get("/users/{user_id}", tags=["users"])
+async def get_user(user_id: PathId, session: Session) -> s.UserOut:
+    return views.user(await get_or_404(session, User, user_id))
+
+
+@router.patch("/users/{user_id}", tags=["users"])
+async def update_user(user_id: PathId, body: s.UserPatch, session: Session) -> s.UserOut:
+    user = await services.update_user(session, user_id, body.model_dump(exclude_unset=True))
+    return views.user(user)
+
+
+class AccountQuery(s.ListQuery):
+    status: AccountStatus | None = None
+    owner_id: s.Id | None = None
+    territory_id: s.Id | None = None
+    team_id: s.Id | None = None
+    city: s.Str200 | None = None
+    industry: s.Str100 | None = None
+    domain: s.Str300 | None = None
+
+
+@router.get("/accounts", tags=["accounts"])
+async def list_accounts(
+    query: Annotated[AccountQuery, Query()], session: Session
+) -> s.Page[s.AccountOut]:
+    conditions = equality_filters(Account, query)
+    if query.domain:
+        conditions.append(Account.id.in_(
+            select(AccountDomain.account_id)
+            .where(AccountDomain.domain == query.domain.strip().lower().lstrip("@"))
+        ))
+    rows, total = await page(session, Account, query, conditions=conditions,
+                             search=(Account.name, Account.city),
+                             sorts=("id", "name", "city", "created_at", "updated_at"))
+    return s.Page(items=[views.account(r) for r in rows], total=total, limit=query.limit,
+                  offset=query.offset)
+
+
+@router.post("/accounts", tags=["accounts"], status_code=201)
+async def create_account(body: s.AccountIn, session: Session) -> s.AccountOut:
+    fields = body.model_dump(exclude={"name", "domains", "owner_id"})
+    account = await services.create_account(session, body.name, body.domains,
+                                            owner_id=body.owner_id, **fields)
+    return views.account(account)
+
+
+@router.get("/accounts/{account_id}", tags=["accounts"])
+async def get_account(account_id: PathId, session: Session) -> s.AccountOut:
+    return views.account(await get_or_404(session, Account, account_id))
+
+
+@router.patch("/accounts/{account_id}", tags=["accounts"])
+async def update_account(
+    account_id: PathId, body: s.AccountPatch, session: Session
+) -> s.AccountOut:
+    changes = body.model_dump(exclude_unset=True)
+    return views.account(await services.update_account(session, account_id, changes))
+
+
+class ContactQuery(s.ListQuery):
+    account_id: s.Id | None = None
+    owner_id: s.Id | None = None
+    active: bool | None = None
+    email: s.Str320 | None = None
+    tag: s.Str100 | None = None
+
+
+@router.get("/contacts", tags=["contacts"])
+async def list_contacts(
+    query: Annotated[ContactQuery, Query()], session: Session
+) -> s.Page[s.ContactOut]:
+    conditions = equality_filters(Contact, query, skip=("email",))
+    if query.email:
+        conditions.append(Contact.id.in_(
+            select(ContactEmail.contact_id)
+            .where(ContactEmail.email == services.normalise_email(query.email))
+        ))
+    if query.tag:
+        conditions.append(Contact.id.in_(
+            select(ContactTag.contact_id).join(Tag).where(Tag.name == query.tag)
+        ))
+    rows, total = await page(session, Contact, query, conditions=conditions,
+                             search=(Contact.first_name, Contact.last_name, Contact.email,
+                                     Contact.phone),
+                             sorts=("id", "last_name", "first_name", "created_at", "updated_at"))
+    return s.Page(items=[views.contact(r) for r in rows], total=total, limit=query.limit,
+                  offset=query.offset)
+
+
+@router.post("/contacts", tags=["contacts"], status_code=201)
+async def create_contact(body: s.ContactIn, session: Session) -> s.ContactOut:
+    contact = await services.create_contact(
+        session, body.last_name, body.email, first_name=body.first_name,
+        account_id=body.account_id, owner_id=body.owner_id, aliases=body.aliases,
+        phone=body.phone, role=body.role, tags=body.tags, active=body.active,
+    )
+    return views.contact(contact)
+
+
+@router.get("/contacts/{contact_id}", tags=["contacts"])
+async def get_contact(contact_id: PathId, session: Session) -> s.ContactOut:
+    return views.contact(await get_or_404(session, Contact, contact_id))
+
+
+@router.patch("/contacts/{contact_id}", tags=["contacts"])
+async def update_contact(
+    contact_id: PathId, body: s.ContactPatch, session: Session
+) -> s.ContactOut:
+    changes = body.model_dump(exclude_unset=True)
+    return views.contact(await services.update_contact(session, contact_id, changes))
+
+
+add_timeline(router, "/accounts", LinkTarget.ACCOUNT, "account")
+add_timeline(router, "/contacts", LinkTarget.CONTACT, "contact")
+add_timeline(router, "/users", LinkTarget.OWNER, "user (as owner)")

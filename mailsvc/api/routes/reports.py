@@ -1,0 +1,61 @@
+"""Dashboard reports, computed in the database (see crmstore.reports)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from mailsvc.api import schemas as s
+from mailsvc.api.deps import AppSettings, Session
+from mailsvc.crmstore import reports
+from mailsvc.crmstore.base import utcnow
+from mailsvc.errors import RuleViolation
+
+router = APIRouter(tags=["reports"])
+Year = Annotated[int, Query(ge=2000, le=2100)]
+
+
+def _period(date_from: date | None, date_to: date | None) -> reports.Period:
+    """From/to are inclusive days; the default is the current month."""
+    now = utcnow()
+    if date_from is None and date_to is None:
+        return reports.Period.month(now.year, now.month)
+    start = datetime.combine(date_from or date(now.year, 1, 1), time(0), tzinfo=UTC)
+    end_day = date_to or now.date()
+    end = datetime.combine(end_day, time(0), tzinfo=UTC) + timedelta(days=1)
+    if end <= start:
+        raise RuleViolation("date_to must not be before date_from")
+    return reports.Period(start, end)
+
+
+@router.get("/reports/dashboard", summary="Every dashboard KPI for a period (default: this "
+            "month), optionally for one owner")
+async def dashboard(
+    session: Session, settings: AppSettings,
+    date_from: Annotated[s.Day | None, Query()] = None,
+    date_to: Annotated[s.Day | None, Query()] = None,
+    owner_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
+    inactive_days: Annotated[int | None, Query(ge=1, le=3650)] = None,
+) -> dict[str, Any]:
+    return await reports.dashboard(
+        session, _period(date_from, date_to), owner_id, now=utcnow(),
+        inactive_days=inactive_days or settings.stale_contact_days,
+    )
+
+
+@router.get("/reports/team", summary="Won / lost / owned deals and revenue per user")
+async def team(
+    session: Session, date_from: Annotated[s.Day | None, Query()] = None,
+    date_to: Annotated[s.Day | None, Query()] = None,
+) -> list[dict[str, Any]]:
+    return await reports.team(session, _period(date_from, date_to))
+
+
+@router.get("/reports/months", summary="Revenue, budget target and forecast per month of a year")
+async def months(
+    session: Session, year: Year,
+    owner_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
+) -> list[dict[str, Any]]:
+    return await reports.months(session, year, owner_id)

@@ -1,0 +1,85 @@
+"""Service tickets, their updates and status changes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from mailsvc.api import schemas as s
+from mailsvc.api import views
+from mailsvc.api.deps import AppSettings, Session
+from mailsvc.api.listing import equality_filters, page
+from mailsvc.api.routes.common import PathId, add_timeline
+from mailsvc.crmstore import services
+from mailsvc.crmstore.models import LinkTarget, Ticket, TicketStatus, TicketUpdate
+from mailsvc.crmstore.services.common import get_or_404
+
+router = APIRouter(tags=["tickets"])
+
+
+class TicketQuery(s.ListQuery):
+    status: TicketStatus | None = None
+    type: s.Str50 | None = None
+    priority: s.Str50 | None = None
+    account_id: s.Id | None = None
+    contact_id: s.Id | None = None
+    owner_id: s.Id | None = None
+    order_id: s.Id | None = None
+    invoice_id: s.Id | None = None
+
+
+@router.get("/tickets")
+async def list_tickets(
+    query: Annotated[TicketQuery, Query()], session: Session, settings: AppSettings
+) -> s.Page[s.TicketOut]:
+    rows, total = await page(
+        session, Ticket, query, conditions=equality_filters(Ticket, query),
+        search=(Ticket.subject, Ticket.requester_email, Ticket.requester_name),
+        sorts=("id", "subject", "created_at", "updated_at", "value_eur", "priority"),
+    )
+    return s.Page(items=[views.ticket(r, settings) for r in rows], total=total,
+                  limit=query.limit, offset=query.offset)
+
+
+@router.post("/tickets", status_code=201)
+async def create_ticket(body: s.TicketIn, session: Session, settings: AppSettings) -> s.TicketOut:
+    ticket = await services.create_ticket(session, **body.model_dump())
+    return views.ticket(ticket, settings)
+
+
+@router.get("/tickets/{ticket_id}")
+async def get_ticket(ticket_id: PathId, session: Session, settings: AppSettings) -> s.TicketOut:
+    return views.ticket(await get_or_404(session, Ticket, ticket_id), settings)
+
+
+@router.patch("/tickets/{ticket_id}")
+async def update_ticket(
+    ticket_id: PathId, body: s.TicketPatch, session: Session, settings: AppSettings
+) -> s.TicketOut:
+    ticket = await services.update_ticket(session, ticket_id, body.model_dump(exclude_unset=True))
+    return views.ticket(ticket, settings)
+
+
+@router.get("/tickets/{ticket_id}/updates")
+async def list_updates(ticket_id: PathId, session: Session) -> list[s.TicketUpdateOut]:
+    await get_or_404(session, Ticket, ticket_id)
+    rows = await session.scalars(
+        select(TicketUpdate).where(TicketUpdate.ticket_id == ticket_id)
+        .order_by(TicketUpdate.id).limit(1000)
+    )
+    return [s.TicketUpdateOut.model_validate(r) for r in rows]
+
+
+@router.post("/tickets/{ticket_id}/updates", status_code=201,
+             summary="Add a progress entry, optionally changing the status")
+async def add_update(
+    ticket_id: PathId, body: s.TicketUpdateIn, session: Session
+) -> s.TicketUpdateOut:
+    update = await services.add_ticket_update(session, ticket_id, body.body, author=body.author,
+                                              status=body.status)
+    return s.TicketUpdateOut.model_validate(update)
+
+
+add_timeline(router, "/tickets", LinkTarget.TICKET, "ticket")

@@ -1,0 +1,429 @@
+"""Dashboard KPIs (DOMAIN.md), per period and per owner, computed in the database with aggregates.
+
+Every function takes a half-open period [start, end) and an optional owner; "now"-style figures
+(open, overdue) use ``now``. Days are averaged as fractional days; rates are percentages.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.crmstore.models import (
+    Account,
+    Activity,
+    Budget,
+    BudgetMonth,
+    Contact,
+    InboxLead,
+    Invoice,
+    InvoiceStatus,
+    LossReason,
+    Opportunity,
+    OpportunityKind,
+    OpportunityStatus,
+    Order,
+    OrderStatus,
+    Pipeline,
+    Quote,
+    QuoteStatus,
+    Stage,
+    Ticket,
+    TicketStatus,
+    User,
+)
+
+logger = logging.getLogger(__name__)
+
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def month(cls, year: int, month: int) -> Period:
+        start = datetime(year, month, 1, tzinfo=UTC)
+        days = calendar.monthrange(year, month)[1]
+        return cls(start, start + timedelta(days=days))
+
+    @classmethod
+    def year(cls, year: int) -> Period:
+        return cls(datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC))
+
+    def contains(self, column: Any) -> ColumnElement[bool]:
+        return and_(column >= self.start, column < self.end)
+
+    def contains_date(self, column: Any) -> ColumnElement[bool]:
+        return and_(column >= self.start.date(), column < self.end.date())
+
+
+# ---------------------------------------------------------------- dialect-aware helpers
+def _is_sqlite(session: AsyncSession) -> bool:
+    bind = session.bind
+    assert bind is not None, "reports need a session bound to an engine"
+    return bind.dialect.name == "sqlite"
+
+
+def days_between(session: AsyncSession, end: Any, start: Any) -> ColumnElement[Any]:
+    """Fractional days from ``start`` to ``end`` (timestamps)."""
+    if _is_sqlite(session):
+        return func.julianday(end) - func.julianday(start)
+    return func.extract("epoch", end - start) / 86400.0
+
+
+def date_days_between(session: AsyncSession, end: Any, start: Any) -> ColumnElement[Any]:
+    """Whole days from ``start`` to ``end`` (dates)."""
+    if _is_sqlite(session):
+        return func.julianday(end) - func.julianday(start)
+    days: ColumnElement[Any] = end - start  # PostgreSQL: date - date is an integer of days
+    return days
+
+
+def month_of(session: AsyncSession, column: Any, is_date: bool = False) -> ColumnElement[str]:
+    """'YYYY-MM' of a timestamp (in UTC) or a date."""
+    if _is_sqlite(session):
+        return func.strftime("%Y-%m", column)
+    value = column if is_date else func.timezone("UTC", column)
+    return func.to_char(value, "YYYY-MM")
+
+
+def _money(value: Any) -> Decimal:
+    return Decimal(str(value or 0)).quantize(CENT)
+
+
+def _days(value: Any) -> float | None:
+    return None if value is None else round(float(value), 2)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return None if not whole else round(100.0 * part / whole, 1)
+
+
+async def _one(session: AsyncSession, stmt: Any) -> Any:
+    return (await session.execute(stmt)).one()
+
+
+def _owned(model: Any, owner_id: int | None) -> list[ColumnElement[bool]]:
+    return [] if owner_id is None else [model.owner_id == owner_id]
+
+
+def _count_if(condition: Any) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _sum_if(condition: ColumnElement[bool], value: Any) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(case((condition, value), else_=0)), 0)
+
+
+# ---------------------------------------------------------------- sections
+async def inbox_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                     ) -> dict[str, Any]:
+    created = period.contains(InboxLead.created_at)
+    row = await _one(session, select(
+        _count_if(created).label("total"),
+        _count_if(and_(created, InboxLead.opportunity_id.is_not(None))).label("converted"),
+        _count_if(period.contains(InboxLead.archived_at)).label("archived"),
+        func.avg(case((period.contains(InboxLead.qualified_at),
+                       days_between(session, InboxLead.qualified_at, InboxLead.created_at))))
+        .label("qualification"),
+    ).where(*_owned(InboxLead, owner_id)))
+    return {"total": row.total, "converted": row.converted,
+            "conversion_rate": _rate(row.converted, row.total), "archived": row.archived,
+            "avg_qualification_days": _days(row.qualification)}
+
+
+def _created_as_lead() -> ColumnElement[bool]:
+    return or_(Opportunity.deal_at.is_(None), Opportunity.deal_at != Opportunity.created_at)
+
+
+async def lead_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                    ) -> dict[str, Any]:
+    is_lead = Opportunity.kind == OpportunityKind.LEAD
+    as_lead = _created_as_lead()
+    intake = and_(period.contains(Opportunity.created_at), as_lead)
+    left_at = func.coalesce(Opportunity.deal_at, Opportunity.won_at, Opportunity.lost_at)
+    no_activity = ~exists().where(Activity.opportunity_id == Opportunity.id)
+    row = await _one(session, select(
+        _count_if(and_(is_lead, Opportunity.status == OpportunityStatus.OPEN)).label("open"),
+        _count_if(intake).label("intake"),
+        _count_if(and_(intake, Opportunity.deal_at.is_not(None))).label("to_deal"),
+        _count_if(and_(is_lead, period.contains(Opportunity.won_at))).label("won"),
+        _count_if(and_(is_lead, period.contains(Opportunity.lost_at))).label("lost"),
+        func.avg(case((and_(as_lead, period.contains(left_at)),
+                       days_between(session, left_at, Opportunity.created_at)))).label("dwell"),
+        _count_if(and_(is_lead, Opportunity.status == OpportunityStatus.OPEN, no_activity))
+        .label("idle"),
+    ).where(*_owned(Opportunity, owner_id)))
+    return {"open": row.open, "intake": row.intake, "won": row.won, "lost": row.lost,
+            "converted_to_deal": row.to_deal,
+            "deal_conversion_rate": _rate(row.to_deal, row.intake),
+            "avg_dwell_days": _days(row.dwell), "without_activity": row.idle,
+            "loss_reasons": await loss_reasons(session, period, OpportunityKind.LEAD, owner_id)}
+
+
+async def loss_reasons(
+    session: AsyncSession, period: Period, kind: OpportunityKind | None = None,
+    owner_id: int | None = None,
+) -> list[dict[str, Any]]:
+    conditions = [period.contains(Opportunity.lost_at), *_owned(Opportunity, owner_id)]
+    if kind is not None:
+        conditions.append(Opportunity.kind == kind)
+    rows = await session.execute(
+        select(LossReason.name, func.count(Opportunity.id).label("count"))
+        .join(Opportunity, Opportunity.loss_reason_id == LossReason.id).where(*conditions)
+        .group_by(LossReason.name).order_by(func.count(Opportunity.id).desc(), LossReason.name)
+    )
+    return [{"reason": name, "count": count} for name, count in rows]
+
+
+async def deal_kpis(
+    session: AsyncSession, period: Period, owner_id: int | None = None, *,
+    now: datetime, inactive_days: int = 14,
+) -> dict[str, Any]:
+    is_deal = Opportunity.kind == OpportunityKind.DEAL
+    is_open = and_(is_deal, Opportunity.status == OpportunityStatus.OPEN)
+    closed_at = func.coalesce(Opportunity.won_at, Opportunity.lost_at)
+    since = now - timedelta(days=inactive_days)
+    recent = exists().where(Activity.opportunity_id == Opportunity.id,
+                            func.coalesce(Activity.done_at, Activity.created_at) >= since)
+    weighted = Opportunity.amount * Opportunity.probability / 100
+    row = await _one(session, select(
+        _count_if(is_open).label("open"),
+        _count_if(period.contains(Opportunity.deal_at)).label("intake"),
+        _count_if(and_(is_deal, period.contains(Opportunity.won_at))).label("won"),
+        _count_if(and_(is_deal, period.contains(Opportunity.lost_at))).label("lost"),
+        func.avg(case((and_(is_deal, period.contains(closed_at)),
+                       days_between(session, closed_at, Opportunity.deal_at)))).label("dwell"),
+        _sum_if(is_open, Opportunity.amount).label("pipeline"),
+        _sum_if(is_open, weighted).label("weighted"),
+        _count_if(and_(is_open, ~recent)).label("idle"),
+    ).where(*_owned(Opportunity, owner_id)))
+    return {"open": row.open, "intake": row.intake, "won": row.won, "lost": row.lost,
+            "win_rate": _rate(row.won, row.won + row.lost), "avg_dwell_days": _days(row.dwell),
+            "pipeline_value": _money(row.pipeline), "weighted_pipeline_value": _money(row.weighted),
+            "without_activity": row.idle, "inactive_days": inactive_days,
+            "forecast_by_stage": await forecast_by_stage(session, owner_id),
+            "loss_reasons": await loss_reasons(session, period, OpportunityKind.DEAL, owner_id)}
+
+
+async def forecast_by_stage(session: AsyncSession, owner_id: int | None = None
+                            ) -> list[dict[str, Any]]:
+    weighted = Opportunity.amount * Opportunity.probability / 100
+    rows = await session.execute(
+        select(Pipeline.name, Stage.name, Stage.position, func.count(Opportunity.id),
+               func.coalesce(func.sum(Opportunity.amount), 0),
+               func.coalesce(func.sum(weighted), 0))
+        .join(Stage, Stage.id == Opportunity.stage_id)
+        .join(Pipeline, Pipeline.id == Stage.pipeline_id)
+        .where(Opportunity.status == OpportunityStatus.OPEN,
+               Opportunity.kind == OpportunityKind.DEAL, *_owned(Opportunity, owner_id))
+        .group_by(Pipeline.name, Stage.name, Stage.position)
+        .order_by(Pipeline.name, Stage.position)
+    )
+    return [{"pipeline": p, "stage": st, "count": n, "amount": _money(a),
+             "weighted": _money(w)} for p, st, _pos, n, a, w in rows]
+
+
+async def activity_kpis(session: AsyncSession, period: Period, owner_id: int | None = None, *,
+                        now: datetime) -> dict[str, Any]:
+    is_open = Activity.done.is_(False)
+    row = await _one(session, select(
+        _count_if(is_open).label("open"),
+        _count_if(and_(is_open, Activity.due_at < now)).label("overdue"),
+        _count_if(period.contains(Activity.done_at)).label("done"),
+    ).where(*_owned(Activity, owner_id)))
+    by_type = await session.execute(
+        select(Activity.type, func.count()).where(period.contains(Activity.created_at),
+                                                  *_owned(Activity, owner_id))
+        .group_by(Activity.type).order_by(Activity.type)
+    )
+    return {"open": row.open, "overdue": row.overdue, "done": row.done,
+            "by_type": {str(t): n for t, n in by_type}}
+
+
+async def quote_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                     ) -> dict[str, Any]:
+    created = period.contains(Quote.created_at)
+    submitted = Quote.status.in_([QuoteStatus.SENT, QuoteStatus.ACCEPTED, QuoteStatus.REJECTED])
+    row = await _one(session, select(
+        _count_if(created).label("count"),
+        _sum_if(created, Quote.amount).label("volume"),
+        func.avg(case((created, Quote.amount))).label("avg_amount"),
+        _count_if(Quote.status.in_([QuoteStatus.OPEN, QuoteStatus.SENT])).label("open"),
+        _count_if(period.contains(Quote.sent_at)).label("sent"),
+        _count_if(and_(created, submitted)).label("submitted"),
+        _count_if(and_(created, Quote.status == QuoteStatus.ACCEPTED)).label("accepted"),
+        func.avg(case((period.contains(Quote.decided_at),
+                       days_between(session, Quote.decided_at, Quote.created_at))))
+        .label("duration"),
+    ).where(*_owned(Quote, owner_id)))
+    return {"count": row.count, "volume": _money(row.volume), "open": row.open, "sent": row.sent,
+            "acceptance_rate": _rate(row.accepted, row.submitted),
+            "avg_amount": _money(row.avg_amount) if row.avg_amount is not None else None,
+            "avg_duration_days": _days(row.duration)}
+
+
+async def order_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                     ) -> dict[str, Any]:
+    created = and_(period.contains(Order.created_at), Order.status != OrderStatus.CANCELLED)
+    row = await _one(session, select(
+        _count_if(created).label("count"),
+        _sum_if(created, Order.amount).label("volume"),
+        func.avg(case((created, Order.amount))).label("avg_amount"),
+        func.avg(case((period.contains(Order.delivered_at),
+                       days_between(session, Order.delivered_at, Order.created_at))))
+        .label("delivery"),
+    ).where(*_owned(Order, owner_id)))
+    return {"count": row.count, "volume": _money(row.volume),
+            "avg_amount": _money(row.avg_amount) if row.avg_amount is not None else None,
+            "avg_delivery_days": _days(row.delivery)}
+
+
+async def invoice_kpis(session: AsyncSession, period: Period, owner_id: int | None = None, *,
+                       today: date) -> dict[str, Any]:
+    is_open = Invoice.status == InvoiceStatus.OPEN
+    month_end = today.replace(day=calendar.monthrange(today.year, today.month)[1])
+    due_soon = and_(is_open, Invoice.due_date >= today, Invoice.due_date <= month_end)
+    overdue = and_(is_open, Invoice.due_date < today)
+    paid = and_(Invoice.status == InvoiceStatus.PAID, period.contains_date(Invoice.paid_date))
+    row = await _one(session, select(
+        _count_if(due_soon).label("due"), _sum_if(due_soon, Invoice.amount).label("due_amount"),
+        _count_if(overdue).label("overdue"),
+        _sum_if(overdue, Invoice.amount).label("overdue_amount"),
+        _count_if(paid).label("paid"),
+        _count_if(and_(paid, Invoice.paid_date <= Invoice.due_date)).label("on_time"),
+        func.avg(case((paid, date_days_between(session, Invoice.paid_date, Invoice.issued_on))))
+        .label("days_to_pay"),
+    ).where(*_owned(Invoice, owner_id)))
+    return {"due_this_month": row.due, "due_this_month_amount": _money(row.due_amount),
+            "overdue": row.overdue, "overdue_amount": _money(row.overdue_amount),
+            "paid": row.paid, "avg_days_to_pay": _days(row.days_to_pay),
+            "paid_on_time_rate": _rate(row.on_time, row.paid)}
+
+
+async def contact_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                       ) -> dict[str, Any]:
+    row = await _one(session, select(
+        func.count(Contact.id).label("total"), _count_if(Contact.active).label("active"),
+    ).where(*_owned(Contact, owner_id)))
+    return {"total": row.total, "active": row.active,
+            "top_customers": await top_customers(session, period, owner_id)}
+
+
+async def top_customers(session: AsyncSession, period: Period, owner_id: int | None = None,
+                        limit: int = 10) -> list[dict[str, Any]]:
+    revenue = func.sum(Opportunity.amount)
+    rows = await session.execute(
+        select(Account.id, Account.name, revenue.label("revenue"))
+        .join(Opportunity, Opportunity.account_id == Account.id)
+        .where(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at),
+               *_owned(Opportunity, owner_id))
+        .group_by(Account.id, Account.name).order_by(revenue.desc(), Account.id).limit(limit)
+    )
+    return [{"account_id": i, "name": n, "revenue": _money(r)} for i, n, r in rows]
+
+
+async def ticket_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                      ) -> dict[str, Any]:
+    row = await _one(session, select(
+        _count_if(period.contains(Ticket.created_at)).label("created"),
+        _count_if(Ticket.status.in_([TicketStatus.OPEN, TicketStatus.IN_PROGRESS]))
+        .label("open"),
+        func.avg(case((period.contains(Ticket.resolved_at),
+                       days_between(session, Ticket.resolved_at, Ticket.created_at))))
+        .label("dwell"),
+    ).where(*_owned(Ticket, owner_id)))
+    statuses = await session.execute(
+        select(Ticket.status, func.count()).where(*_owned(Ticket, owner_id))
+        .group_by(Ticket.status).order_by(Ticket.status)
+    )
+    return {"created": row.created, "open": row.open, "avg_dwell_days": _days(row.dwell),
+            "by_status": {str(st): n for st, n in statuses}}
+
+
+async def sales_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                     ) -> dict[str, Any]:
+    won = and_(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at))
+    row = await _one(session, select(
+        _sum_if(won, Opportunity.amount).label("revenue"), _count_if(won).label("won"),
+    ).where(*_owned(Opportunity, owner_id)))
+    return {"revenue": _money(row.revenue), "won": row.won}
+
+
+async def dashboard(
+    session: AsyncSession, period: Period, owner_id: int | None = None, *,
+    now: datetime, inactive_days: int = 14,
+) -> dict[str, Any]:
+    """Every dashboard KPI of DOMAIN.md for the period (and owner)."""
+    return {
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
+        "owner_id": owner_id,
+        "sales": await sales_kpis(session, period, owner_id),
+        "inbox": await inbox_kpis(session, period, owner_id),
+        "leads": await lead_kpis(session, period, owner_id),
+        "deals": await deal_kpis(session, period, owner_id, now=now,
+                                 inactive_days=inactive_days),
+        "activities": await activity_kpis(session, period, owner_id, now=now),
+        "quotes": await quote_kpis(session, period, owner_id),
+        "orders": await order_kpis(session, period, owner_id),
+        "invoices": await invoice_kpis(session, period, owner_id, today=now.date()),
+        "contacts": await contact_kpis(session, period, owner_id),
+        "tickets": await ticket_kpis(session, period, owner_id),
+    }
+
+
+async def team(session: AsyncSession, period: Period) -> list[dict[str, Any]]:
+    """Per owner: deals won / lost in the period, deals owned (open), revenue in the period."""
+    won = and_(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at))
+    rows = await session.execute(
+        select(User.id, User.name,
+               _count_if(won).label("won"),
+               _count_if(and_(Opportunity.status == OpportunityStatus.LOST,
+                              period.contains(Opportunity.lost_at))).label("lost"),
+               _count_if(Opportunity.status == OpportunityStatus.OPEN).label("owned_open"),
+               _sum_if(won, Opportunity.amount).label("revenue"))
+        .join(Opportunity, Opportunity.owner_id == User.id)
+        .group_by(User.id, User.name).order_by(User.name, User.id)
+    )
+    return [{"owner_id": r.id, "name": r.name, "won": r.won, "lost": r.lost,
+             "owned_open": r.owned_open, "revenue": _money(r.revenue)} for r in rows]
+
+
+async def months(session: AsyncSession, year: int, owner_id: int | None = None
+                 ) -> list[dict[str, Any]]:
+    """Per month of ``year``: revenue won, budget target, and the weighted forecast of open
+    opportunities by their close date."""
+    period = Period.year(year)
+    won_month = month_of(session, Opportunity.won_at)
+    revenue: dict[str, Any] = dict(list(await session.execute(
+        select(won_month, func.sum(Opportunity.amount))
+        .where(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at),
+               *_owned(Opportunity, owner_id)).group_by(won_month)
+    )))
+    close_month = month_of(session, Opportunity.close_date, is_date=True)
+    forecast: dict[str, Any] = dict(list(await session.execute(
+        select(close_month, func.sum(Opportunity.amount * Opportunity.probability / 100))
+        .where(Opportunity.status == OpportunityStatus.OPEN,
+               period.contains_date(Opportunity.close_date), *_owned(Opportunity, owner_id))
+        .group_by(close_month)
+    )))
+    targets: dict[int, Any] = dict(list(await session.execute(
+        select(BudgetMonth.month, BudgetMonth.target).join(Budget).where(Budget.year == year)
+    )))
+    result = []
+    for month in range(1, 13):
+        key = f"{year:04d}-{month:02d}"
+        result.append({"month": key, "revenue": _money(revenue.get(key)),
+                       "target": _money(targets.get(month)) if month in targets else None,
+                       "forecast": _money(forecast.get(key))})
+    return result

@@ -1,0 +1,188 @@
+"""Activities (call, e-mail, meeting, task), activity plans, and mail on the timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.crmstore.base import utcnow
+from mailsvc.crmstore.models import (
+    Account,
+    Activity,
+    ActivityPlanStep,
+    ActivityType,
+    Contact,
+    Email,
+    EmailLink,
+    InboxLead,
+    LinkTarget,
+    Opportunity,
+    Ticket,
+    User,
+)
+from mailsvc.crmstore.outbox import record_event
+from mailsvc.crmstore.services.common import apply_changes, ensure_exists, get_or_404
+from mailsvc.errors import Conflict, RuleViolation
+
+ACTIVITY_FIELDS = ("type", "subject", "notes", "due_at", "owner_id", "opportunity_id",
+                   "ticket_id", "account_id", "contact_id", "inbox_lead_id")
+# Activities that count as contact with the customer (they reset the traffic light).
+CONTACT_TYPES = frozenset({ActivityType.CALL, ActivityType.EMAIL, ActivityType.MEETING})
+
+
+async def _check_links(session: AsyncSession, fields: Mapping[str, Any]) -> None:
+    await ensure_exists(session, User, fields.get("owner_id"), "user")
+    await ensure_exists(session, Opportunity, fields.get("opportunity_id"), "opportunity")
+    await ensure_exists(session, Ticket, fields.get("ticket_id"), "ticket")
+    await ensure_exists(session, Account, fields.get("account_id"), "account")
+    await ensure_exists(session, Contact, fields.get("contact_id"), "contact")
+    await ensure_exists(session, InboxLead, fields.get("inbox_lead_id"), "inbox lead")
+
+
+async def _touch_opportunity(
+    session: AsyncSession, opportunity_id: int | None, when: datetime
+) -> None:
+    if opportunity_id is None:
+        return
+    opportunity = await session.get(Opportunity, opportunity_id)
+    if opportunity is not None and (opportunity.last_contact_at is None
+                                    or opportunity.last_contact_at < when):
+        opportunity.last_contact_at = when
+
+
+async def create_activity(
+    session: AsyncSession, type: ActivityType, subject: str, *, notes: str | None = None,
+    due_at: datetime | None = None, done: bool = False, owner_id: int | None = None,
+    opportunity_id: int | None = None, ticket_id: int | None = None,
+    account_id: int | None = None, contact_id: int | None = None,
+    inbox_lead_id: int | None = None,
+) -> Activity:
+    if not subject.strip():
+        raise RuleViolation("an activity needs a subject")
+    fields = {"owner_id": owner_id, "opportunity_id": opportunity_id, "ticket_id": ticket_id,
+              "account_id": account_id, "contact_id": contact_id, "inbox_lead_id": inbox_lead_id}
+    await _check_links(session, fields)
+    now = utcnow()
+    activity = Activity(type=type, subject=subject.strip(), notes=notes, due_at=due_at,
+                        done=done, done_at=now if done else None, **fields)
+    session.add(activity)
+    if done and type in CONTACT_TYPES:
+        await _touch_opportunity(session, opportunity_id, now)
+    await session.flush()
+    record_event(session, "activity.created",
+                 {"id": activity.id, "type": str(type), "opportunity_id": opportunity_id,
+                  "ticket_id": ticket_id}, subject=f"activity/{activity.id}")
+    return activity
+
+
+async def update_activity(
+    session: AsyncSession, activity_id: int, changes: Mapping[str, Any]
+) -> Activity:
+    activity = await get_or_404(session, Activity, activity_id)
+    changes = dict(changes)
+    done = changes.pop("done", None)
+    await _check_links(session, changes)
+    if "subject" in changes and not (changes["subject"] or "").strip():
+        raise RuleViolation("an activity needs a subject")
+    changed = apply_changes(activity, changes, ACTIVITY_FIELDS)
+    if done is True and not activity.done:
+        await complete_activity(session, activity_id)
+        changed["done"] = True
+    elif done is False and activity.done:
+        activity.done = False
+        activity.done_at = None
+        changed["done"] = False
+    if changed:
+        await session.flush()
+        record_event(session, "activity.updated", {"id": activity.id, "changed": sorted(changed)},
+                     subject=f"activity/{activity.id}")
+    return activity
+
+
+async def complete_activity(session: AsyncSession, activity_id: int) -> Activity:
+    activity = await get_or_404(session, Activity, activity_id)
+    if activity.done:
+        raise Conflict(f"activity {activity_id} is done already")
+    now = utcnow()
+    activity.done = True
+    activity.done_at = now
+    if activity.type in CONTACT_TYPES:
+        await _touch_opportunity(session, activity.opportunity_id, now)
+    await session.flush()
+    record_event(session, "activity.completed", {"id": activity.id},
+                 subject=f"activity/{activity.id}")
+    return activity
+
+
+async def schedule_activity_plan(
+    session: AsyncSession, opportunity_id: int, start: date, owner_id: int | None = None,
+) -> list[Activity]:
+    """Schedule the pipeline's standard tasks in order, each ``offset_days`` after ``start``."""
+    opportunity = await get_or_404(session, Opportunity, opportunity_id)
+    if opportunity.pipeline_id is None:
+        raise RuleViolation(f"opportunity {opportunity_id} is in no pipeline, so it has no "
+                            "activity plan")
+    steps = list(await session.scalars(
+        select(ActivityPlanStep).where(ActivityPlanStep.pipeline_id == opportunity.pipeline_id)
+        .order_by(ActivityPlanStep.offset_days, ActivityPlanStep.position)
+    ))
+    if not steps:
+        raise RuleViolation(f"pipeline {opportunity.pipeline_id} has no activity plan")
+    owner = owner_id if owner_id is not None else opportunity.owner_id
+    await ensure_exists(session, User, owner, "user")
+    start_at = datetime.combine(start, time(9, 0), tzinfo=UTC)
+    created = [
+        Activity(type=step.type, subject=step.subject,
+                 due_at=start_at + timedelta(days=step.offset_days),
+                 owner_id=owner, opportunity_id=opportunity.id,
+                 account_id=opportunity.account_id, contact_id=opportunity.contact_id,
+                 plan_step_id=step.id)
+        for step in steps
+    ]
+    session.add_all(created)
+    if opportunity.start_date is None:
+        opportunity.start_date = start
+    await session.flush()
+    record_event(session, "activity_plan.scheduled",
+                 {"opportunity_id": opportunity.id, "start": start.isoformat(),
+                  "activity_ids": [a.id for a in created]},
+                 subject=f"opportunity/{opportunity.id}")
+    return created
+
+
+async def log_email_activity(session: AsyncSession, email_id: int) -> Activity:
+    """Put a stored mail on its records' timelines as a done e-mail activity (idempotent).
+
+    The intake calls this after linking; the opportunity's last contact moves to the mail's
+    time, which resets its traffic light.
+    """
+    email = await get_or_404(session, Email, email_id, "e-mail")
+    links = list(await session.execute(
+        select(EmailLink.target_type, EmailLink.target_id).where(EmailLink.email_id == email_id)
+        .order_by(EmailLink.id)
+    ))
+    first: dict[LinkTarget, int] = {}
+    for target_type, target_id in links:
+        first.setdefault(target_type, target_id)
+    activity = await session.scalar(select(Activity).where(Activity.email_id == email_id))
+    when = email.sent_at or email.received_at
+    if activity is None:
+        subject = (email.subject or "(no subject)")[:500]
+        activity = Activity(type=ActivityType.EMAIL, subject=subject, done=True, done_at=when,
+                            email_id=email_id)
+        session.add(activity)
+    activity.opportunity_id = activity.opportunity_id or first.get(LinkTarget.OPPORTUNITY)
+    activity.ticket_id = activity.ticket_id or first.get(LinkTarget.TICKET)
+    activity.account_id = activity.account_id or first.get(LinkTarget.ACCOUNT)
+    activity.contact_id = activity.contact_id or first.get(LinkTarget.CONTACT)
+    activity.inbox_lead_id = activity.inbox_lead_id or first.get(LinkTarget.INBOX_LEAD)
+    activity.owner_id = activity.owner_id or first.get(LinkTarget.OWNER)
+    for target_type, target_id in links:
+        if target_type == LinkTarget.OPPORTUNITY:
+            await _touch_opportunity(session, target_id, when)
+    await session.flush()
+    return activity

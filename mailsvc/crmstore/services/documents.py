@@ -1,0 +1,237 @@
+"""Quotes, orders and invoices, with their status rules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc.crmstore.base import utcnow
+from mailsvc.crmstore.models import (
+    Account,
+    Contact,
+    Invoice,
+    InvoiceStatus,
+    Opportunity,
+    Order,
+    OrderStatus,
+    Quote,
+    QuoteStatus,
+    User,
+)
+from mailsvc.crmstore.outbox import record_event
+from mailsvc.crmstore.services.common import apply_changes, ensure_exists, get_or_404
+from mailsvc.errors import Conflict, RuleViolation
+
+QUOTE_MOVES = {
+    QuoteStatus.OPEN: {QuoteStatus.SENT, QuoteStatus.ACCEPTED, QuoteStatus.REJECTED},
+    QuoteStatus.SENT: {QuoteStatus.ACCEPTED, QuoteStatus.REJECTED},
+    QuoteStatus.ACCEPTED: set(),
+    QuoteStatus.REJECTED: set(),
+}
+ORDER_MOVES = {
+    OrderStatus.OPEN: {OrderStatus.CONFIRMED, OrderStatus.DELIVERED, OrderStatus.CANCELLED},
+    OrderStatus.CONFIRMED: {OrderStatus.DELIVERED, OrderStatus.CANCELLED},
+    OrderStatus.DELIVERED: set(),
+    OrderStatus.CANCELLED: set(),
+}
+
+
+def invoice_status(invoice: Invoice, today: date) -> str:
+    """The status a user sees: ``overdue`` is an open invoice past its due date."""
+    if invoice.status == InvoiceStatus.OPEN and invoice.due_date < today:
+        return "overdue"
+    return str(invoice.status)
+
+
+async def _defaults_from_opportunity(
+    session: AsyncSession, fields: dict[str, Any]
+) -> dict[str, Any]:
+    await ensure_exists(session, Account, fields.get("account_id"), "account")
+    await ensure_exists(session, User, fields.get("owner_id"), "user")
+    await ensure_exists(session, Contact, fields.get("contact_id"), "contact")
+    if fields.get("opportunity_id") is not None:
+        opportunity = await get_or_404(session, Opportunity, fields["opportunity_id"])
+        if opportunity.status == "lost":
+            raise RuleViolation(f"opportunity {opportunity.id} is lost: no new documents")
+        for name in ("account_id", "owner_id", "contact_id"):
+            if name in fields and fields[name] is None:
+                fields[name] = getattr(opportunity, name)
+    if fields.get("amount") is not None and fields["amount"] < 0:
+        raise RuleViolation("an amount cannot be negative")
+    return fields
+
+
+async def create_quote(
+    session: AsyncSession, title: str, amount: Decimal, *, valid_until: date | None = None,
+    opportunity_id: int | None = None, account_id: int | None = None,
+    contact_id: int | None = None, owner_id: int | None = None,
+) -> Quote:
+    if not title.strip():
+        raise RuleViolation("a quote needs a title")
+    fields = await _defaults_from_opportunity(session, {
+        "opportunity_id": opportunity_id, "account_id": account_id, "contact_id": contact_id,
+        "owner_id": owner_id, "amount": amount})
+    quote = Quote(title=title.strip(), valid_until=valid_until, **fields)
+    session.add(quote)
+    await session.flush()
+    record_event(session, "quote.created", {"id": quote.id, "amount": str(amount),
+                                            "opportunity_id": quote.opportunity_id},
+                 subject=f"quote/{quote.id}")
+    return quote
+
+
+async def update_quote(session: AsyncSession, quote_id: int, changes: Mapping[str, Any]) -> Quote:
+    quote = await get_or_404(session, Quote, quote_id)
+    if quote.status in (QuoteStatus.ACCEPTED, QuoteStatus.REJECTED):
+        raise RuleViolation(f"quote {quote_id} is {quote.status} and can no longer change")
+    if changes.get("amount") is not None and changes["amount"] < 0:
+        raise RuleViolation("an amount cannot be negative")
+    await ensure_exists(session, User, changes.get("owner_id"), "user")
+    apply_changes(quote, changes, ("title", "amount", "valid_until", "owner_id"))
+    await session.flush()
+    return quote
+
+
+async def set_quote_status(session: AsyncSession, quote_id: int, status: QuoteStatus) -> Quote:
+    quote = await get_or_404(session, Quote, quote_id)
+    if status not in QUOTE_MOVES[quote.status]:
+        raise RuleViolation(f"quote {quote_id} cannot go from {quote.status} to {status}")
+    now = utcnow()
+    quote.status = status
+    if status == QuoteStatus.SENT:
+        quote.sent_at = now
+    else:
+        quote.sent_at = quote.sent_at or now
+        quote.decided_at = now
+    await session.flush()
+    record_event(session, f"quote.{status}", {"id": quote.id}, subject=f"quote/{quote.id}")
+    return quote
+
+
+async def create_order(
+    session: AsyncSession, title: str, amount: Decimal, *, delivery_date: date | None = None,
+    quote_id: int | None = None, opportunity_id: int | None = None,
+    account_id: int | None = None, owner_id: int | None = None,
+) -> Order:
+    if not title.strip():
+        raise RuleViolation("an order needs a title")
+    if quote_id is not None:
+        quote = await get_or_404(session, Quote, quote_id)
+        if quote.status != QuoteStatus.ACCEPTED:
+            raise RuleViolation(f"quote {quote_id} is {quote.status}: only an accepted quote "
+                                "becomes an order")
+        opportunity_id = opportunity_id or quote.opportunity_id
+        account_id = account_id or quote.account_id
+    fields = await _defaults_from_opportunity(session, {
+        "opportunity_id": opportunity_id, "account_id": account_id, "owner_id": owner_id,
+        "amount": amount})
+    order = Order(title=title.strip(), delivery_date=delivery_date, quote_id=quote_id, **fields)
+    session.add(order)
+    await session.flush()
+    record_event(session, "order.created", {"id": order.id, "amount": str(amount),
+                                            "opportunity_id": order.opportunity_id},
+                 subject=f"order/{order.id}")
+    return order
+
+
+async def update_order(session: AsyncSession, order_id: int, changes: Mapping[str, Any]) -> Order:
+    order = await get_or_404(session, Order, order_id)
+    if order.status in (OrderStatus.DELIVERED, OrderStatus.CANCELLED):
+        raise RuleViolation(f"order {order_id} is {order.status} and can no longer change")
+    if changes.get("amount") is not None and changes["amount"] < 0:
+        raise RuleViolation("an amount cannot be negative")
+    await ensure_exists(session, User, changes.get("owner_id"), "user")
+    apply_changes(order, changes, ("title", "amount", "delivery_date", "owner_id"))
+    await session.flush()
+    return order
+
+
+async def set_order_status(session: AsyncSession, order_id: int, status: OrderStatus) -> Order:
+    order = await get_or_404(session, Order, order_id)
+    if status not in ORDER_MOVES[order.status]:
+        raise RuleViolation(f"order {order_id} cannot go from {order.status} to {status}")
+    order.status = status
+    if status == OrderStatus.DELIVERED:
+        order.delivered_at = utcnow()
+    await session.flush()
+    record_event(session, f"order.{status}", {"id": order.id}, subject=f"order/{order.id}")
+    return order
+
+
+async def create_invoice(
+    session: AsyncSession, amount: Decimal, due_date: date, *, issued_on: date | None = None,
+    number: str | None = None, order_id: int | None = None, opportunity_id: int | None = None,
+    account_id: int | None = None, owner_id: int | None = None,
+) -> Invoice:
+    issued_on = issued_on or utcnow().date()
+    if due_date < issued_on:
+        raise RuleViolation("an invoice cannot be due before it is issued")
+    if order_id is not None:
+        order = await get_or_404(session, Order, order_id)
+        if order.status == OrderStatus.CANCELLED:
+            raise RuleViolation(f"order {order_id} is cancelled: no invoice for it")
+        opportunity_id = opportunity_id or order.opportunity_id
+        account_id = account_id or order.account_id
+    if number and await session.scalar(select(Invoice.id).where(Invoice.number == number)):
+        raise Conflict(f"invoice number {number} exists already")
+    fields = await _defaults_from_opportunity(session, {
+        "opportunity_id": opportunity_id, "account_id": account_id, "owner_id": owner_id,
+        "amount": amount})
+    invoice = Invoice(issued_on=issued_on, due_date=due_date, number=number, order_id=order_id,
+                      **fields)
+    session.add(invoice)
+    await session.flush()
+    if not number:
+        invoice.number = f"INV-{issued_on.year}-{invoice.id:05d}"
+        await session.flush()
+    record_event(session, "invoice.created", {"id": invoice.id, "number": invoice.number,
+                                              "amount": str(amount)},
+                 subject=f"invoice/{invoice.id}")
+    return invoice
+
+
+async def update_invoice(
+    session: AsyncSession, invoice_id: int, changes: Mapping[str, Any]
+) -> Invoice:
+    invoice = await get_or_404(session, Invoice, invoice_id)
+    if invoice.status != InvoiceStatus.OPEN:
+        raise RuleViolation(f"invoice {invoice_id} is {invoice.status} and can no longer change")
+    if changes.get("amount") is not None and changes["amount"] < 0:
+        raise RuleViolation("an amount cannot be negative")
+    await ensure_exists(session, User, changes.get("owner_id"), "user")
+    apply_changes(invoice, changes, ("amount", "due_date", "owner_id"))
+    if invoice.due_date < invoice.issued_on:
+        raise RuleViolation("an invoice cannot be due before it is issued")
+    await session.flush()
+    return invoice
+
+
+async def pay_invoice(session: AsyncSession, invoice_id: int, paid_date: date) -> Invoice:
+    invoice = await get_or_404(session, Invoice, invoice_id)
+    if invoice.status != InvoiceStatus.OPEN:
+        raise RuleViolation(f"invoice {invoice_id} is {invoice.status}: only an open invoice "
+                            "can be paid")
+    if paid_date < invoice.issued_on:
+        raise RuleViolation("an invoice cannot be paid before it is issued")
+    invoice.status = InvoiceStatus.PAID
+    invoice.paid_date = paid_date
+    await session.flush()
+    record_event(session, "invoice.paid", {"id": invoice.id, "paid_date": paid_date.isoformat()},
+                 subject=f"invoice/{invoice.id}")
+    return invoice
+
+
+async def cancel_invoice(session: AsyncSession, invoice_id: int) -> Invoice:
+    invoice = await get_or_404(session, Invoice, invoice_id)
+    if invoice.status != InvoiceStatus.OPEN:
+        raise RuleViolation(f"invoice {invoice_id} is {invoice.status} and cannot be cancelled")
+    invoice.status = InvoiceStatus.CANCELLED
+    await session.flush()
+    record_event(session, "invoice.cancelled", {"id": invoice.id},
+                 subject=f"invoice/{invoice.id}")
+    return invoice
