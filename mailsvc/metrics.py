@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 INTAKE_OUTCOMES = Counter(
     "mailsvc_intake_messages",
     "Messages processed by the intake, by outcome (linked, lead_created, ticket_created, "
     "ticket_updated, duplicate, ignored, quarantined).",
     ["outcome"],
+)
+INTAKE_BATCH = Histogram(
+    "mailsvc_intake_batch_messages", "Messages committed together in one transaction.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+INTAKE_COMMIT = Histogram(
+    "mailsvc_intake_commit_seconds", "Time to process and commit one batch of messages.",
 )
 API_REQUESTS = Counter(
     "mailsvc_api_requests", "API requests answered, by method and status class.",
@@ -19,6 +26,11 @@ API_REQUESTS = Counter(
 def record_outcome(kind: str) -> None:
     """Count one processed message by its outcome kind."""
     INTAKE_OUTCOMES.labels(outcome=kind).inc()
+
+
+def record_batch(size: int, seconds: float) -> None:
+    INTAKE_BATCH.observe(size)
+    INTAKE_COMMIT.observe(seconds)
 
 
 def record_request(method: str, status: int) -> None:

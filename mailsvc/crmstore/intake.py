@@ -11,12 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
-    Activity,
-    ActivityType,
     ContactEmail,
     InboxLead,
     LeadStatus,
-    Opportunity,
     Ticket,
     TicketStatus,
     TicketUpdate,
@@ -134,27 +131,3 @@ async def mark_bouncing(
         )
     await session.flush()
     return rows
-
-
-async def add_email_activity(
-    session: AsyncSession, *, subject: str, email_id: int, notes: str | None = None,
-    owner_id: int | None = None, opportunity_id: int | None = None,
-    ticket_id: int | None = None, account_id: int | None = None, contact_id: int | None = None,
-    inbox_lead_id: int | None = None, at: datetime | None = None,
-) -> Activity:
-    """The mail on the records' timeline: a done activity of type e-mail."""
-    when = at or utcnow()
-    activity = Activity(
-        type=ActivityType.EMAIL, subject=(subject or "(no subject)")[:500], notes=notes,
-        done=True, done_at=when, owner_id=owner_id, opportunity_id=opportunity_id,
-        ticket_id=ticket_id, account_id=account_id, contact_id=contact_id,
-        inbox_lead_id=inbox_lead_id, email_id=email_id,
-    )
-    session.add(activity)
-    if opportunity_id is not None:
-        # The traffic light counts from the last contact with the customer.
-        opportunity = await session.get(Opportunity, opportunity_id)
-        if opportunity is not None:
-            opportunity.last_contact_at = when
-    await session.flush()
-    return activity

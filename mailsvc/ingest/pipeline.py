@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mailsvc import metrics
 from mailsvc.config import Settings
 from mailsvc.crmstore.models import QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
@@ -147,6 +149,7 @@ class Pipeline:
         ``release`` names quarantine entries that these items replace (a retry): they are removed
         in the same transaction, so a retried mail is either stored or quarantined anew.
         """
+        started = time.perf_counter()
         try:
             async with self._sessions() as session, session.begin():
                 if release:
@@ -160,7 +163,9 @@ class Pipeline:
         except OSError as exc:
             logger.error("database unreachable: %s", exc)
             raise StoreUnavailable(f"database unreachable: {exc}") from exc
+        metrics.record_batch(len(items), time.perf_counter() - started)
         for item, outcome in zip(items, outcomes, strict=True):
+            metrics.record_outcome(outcome.kind)
             logger.info(
                 "message %s: %s email=%s rule=%s", item.parsed.message_id if item.parsed else
                 item.key, outcome.kind, outcome.email_id or outcome.quarantine_id, outcome.rule,

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.crmstore import intake
+from mailsvc.crmstore import intake, services
+from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
     Email,
     EmailAttachment,
@@ -166,8 +167,9 @@ async def _after_email(session: AsyncSession, email: Email, decision: LinkDecisi
         await intake.mark_bouncing(session, decision.bounced, email.id)
     links = decision.links
     if links.any and not decision.automatic and decision.kind != "ignore":
-        await intake.add_email_activity(
-            session, subject=email.subject, email_id=email.id, owner_id=links.owner,
+        await services.add_email_activity(
+            session, subject=email.subject, email_id=email.id, at=email.sent_at or utcnow(),
+            owner_id=links.owner,
             opportunity_id=links.opportunity, ticket_id=links.ticket, account_id=links.account,
             contact_id=links.contact, inbox_lead_id=links.inbox_lead,
             notes=(decision.reply_text or "")[:4000] or None,

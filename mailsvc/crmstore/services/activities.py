@@ -154,12 +154,29 @@ async def schedule_activity_plan(
     return created
 
 
-async def log_email_activity(session: AsyncSession, email_id: int) -> Activity:
-    """Put a stored mail on its records' timelines as a done e-mail activity (idempotent).
+async def add_email_activity(
+    session: AsyncSession, *, email_id: int, subject: str, at: datetime,
+    owner_id: int | None = None, opportunity_id: int | None = None,
+    ticket_id: int | None = None, account_id: int | None = None, contact_id: int | None = None,
+    inbox_lead_id: int | None = None, notes: str | None = None,
+) -> Activity:
+    """The mail on its records' timelines: a done e-mail activity. The opportunity's last contact
+    moves to the mail's time, which resets its traffic light."""
+    activity = Activity(
+        type=ActivityType.EMAIL, subject=(subject or "(no subject)")[:500], notes=notes,
+        done=True, done_at=at, owner_id=owner_id, opportunity_id=opportunity_id,
+        ticket_id=ticket_id, account_id=account_id, contact_id=contact_id,
+        inbox_lead_id=inbox_lead_id, email_id=email_id,
+    )
+    session.add(activity)
+    await _touch_opportunity(session, opportunity_id, at)
+    await session.flush()
+    return activity
 
-    The intake calls this after linking; the opportunity's last contact moves to the mail's
-    time, which resets its traffic light.
-    """
+
+async def log_email_activity(session: AsyncSession, email_id: int) -> Activity:
+    """Put a stored mail on the timelines of the records it is linked to (idempotent): used after
+    a link made by hand; the intake, which knows the links already, calls add_email_activity."""
     email = await get_or_404(session, Email, email_id, "e-mail")
     links = list(await session.execute(
         select(EmailLink.target_type, EmailLink.target_id).where(EmailLink.email_id == email_id)
@@ -168,21 +185,23 @@ async def log_email_activity(session: AsyncSession, email_id: int) -> Activity:
     first: dict[LinkTarget, int] = {}
     for target_type, target_id in links:
         first.setdefault(target_type, target_id)
-    activity = await session.scalar(select(Activity).where(Activity.email_id == email_id))
     when = email.sent_at or email.received_at
+    activity = await session.scalar(select(Activity).where(Activity.email_id == email_id))
     if activity is None:
-        subject = (email.subject or "(no subject)")[:500]
-        activity = Activity(type=ActivityType.EMAIL, subject=subject, done=True, done_at=when,
-                            email_id=email_id)
-        session.add(activity)
+        return await add_email_activity(
+            session, email_id=email_id, subject=email.subject, at=when,
+            owner_id=first.get(LinkTarget.OWNER),
+            opportunity_id=first.get(LinkTarget.OPPORTUNITY),
+            ticket_id=first.get(LinkTarget.TICKET), account_id=first.get(LinkTarget.ACCOUNT),
+            contact_id=first.get(LinkTarget.CONTACT),
+            inbox_lead_id=first.get(LinkTarget.INBOX_LEAD),
+        )
     activity.opportunity_id = activity.opportunity_id or first.get(LinkTarget.OPPORTUNITY)
     activity.ticket_id = activity.ticket_id or first.get(LinkTarget.TICKET)
     activity.account_id = activity.account_id or first.get(LinkTarget.ACCOUNT)
     activity.contact_id = activity.contact_id or first.get(LinkTarget.CONTACT)
     activity.inbox_lead_id = activity.inbox_lead_id or first.get(LinkTarget.INBOX_LEAD)
     activity.owner_id = activity.owner_id or first.get(LinkTarget.OWNER)
-    for target_type, target_id in links:
-        if target_type == LinkTarget.OPPORTUNITY:
-            await _touch_opportunity(session, target_id, when)
+    await _touch_opportunity(session, activity.opportunity_id, when)
     await session.flush()
     return activity
