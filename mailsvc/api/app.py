@@ -25,6 +25,7 @@ from mailsvc.api.routes import (
     tickets,
 )
 from mailsvc.bootstrap import Services
+from mailsvc.crmstore.db import read_session
 from mailsvc.metrics import record_request
 
 DESCRIPTION = """The CRM store of mailsvc: accounts, contacts, inbox leads, opportunities,
@@ -68,7 +69,7 @@ def create_app(services: Services) -> FastAPI:
         services: Services = request.app.state.services
         checks: dict[str, Any] = {}
         try:
-            async with services.sessions() as session:
+            async with read_session(services.sessions) as session:
                 await session.execute(text("SELECT 1"))
             checks["database"] = "ok"
         except Exception as exc:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.bootstrap import Services
 from mailsvc.config import Settings
+from mailsvc.crmstore.db import READ_ONLY
 
 bearer = HTTPBearer(auto_error=False, description="An API key from MAILSVC_API_KEYS.")
 
@@ -26,9 +27,17 @@ def get_settings(request: Request) -> Settings:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the handler returns, rolled back on error."""
-    async with get_services(request).sessions() as session, session.begin():
-        yield session
+    """One transaction per request: committed when the handler returns, rolled back on error.
+
+    Reads (GET, HEAD) begin as read-only transactions, so on SQLite they never wait behind the
+    intake's writes."""
+    async with get_services(request).sessions() as session:
+        if request.method in ("GET", "HEAD"):
+            await session.connection(execution_options=READ_ONLY)
+            yield session  # nothing to commit: closing the session ends the transaction
+            return
+        async with session.begin():
+            yield session
 
 
 async def require_api_key(
