@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.models import OutboxEvent
 
 
 def record_event(
-    session: AsyncSession, event_type: str, data: Mapping[str, Any], subject: str | None = None
-) -> OutboxEvent:
-    """Add an event to the session; it becomes visible to the relay when the caller commits."""
-    event = OutboxEvent(type=event_type, subject=subject, data=dict(data))
-    session.add(event)
-    return event
+    session: AsyncSession, event_type: str, data: Mapping[str, Any], subject: str | None = None,
+    *, batch: list[dict[str, Any]] | None = None,
+) -> None:
+    """Add an event to the session; it becomes visible to the relay when the caller commits.
+
+    With ``batch`` the event is only collected there; ``write_events`` then inserts a whole
+    group's events with one statement.
+    """
+    if batch is not None:
+        batch.append({"type": event_type, "subject": subject, "data": dict(data)})
+        return
+    session.add(OutboxEvent(type=event_type, subject=subject, data=dict(data)))
+
+
+async def write_events(session: AsyncSession, batch: Sequence[Mapping[str, Any]]) -> None:
+    """The events collected with ``record_event(..., batch=...)``, in order, after what the
+    session holds already."""
+    if not batch:
+        return
+    await session.flush()
+    await session.execute(insert(OutboxEvent), [dict(row) for row in batch])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,7 +42,18 @@ OPEN_TICKET = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
 async def load_facts(
     session: AsyncSession, want: Wanted, default_owner_email: str | None = None
 ) -> Facts:
-    emails = sorted(want.emails | ({default_owner_email} if default_owner_email else set()))
+    owners = (default_owner_email,) if default_owner_email else ()
+    facts, owner_ids = await load_batch_facts(session, want, owners)
+    return replace(facts, default_owner_id=owner_ids.get(default_owner_email or ""))
+
+
+async def load_batch_facts(
+    session: AsyncSession, want: Wanted, owner_emails: Iterable[str] = ()
+) -> tuple[Facts, dict[str, int]]:
+    """Facts for ``want`` (a group's merged Wanted is fine: every value is a keyed lookup) and the
+    user ids of ``owner_emails`` (the default owners), in the same queries."""
+    owner_emails = tuple(owner_emails)
+    emails = sorted(want.emails | set(owner_emails))
     users = await _users(session, emails)
     contacts = await _contacts(session, sorted(want.emails))
     by_domain = await _accounts_by_domain(session, sorted(want.domains))
@@ -63,7 +76,7 @@ async def load_facts(
         record_ids.update(dict.fromkeys(RecordId("ticket", i) for i in ids))
     records = await _records(session, tuple(record_ids))
     account_ids |= {r.account_id for r in records.values() if r.account_id}
-    return Facts(
+    facts = Facts(
         users={e: u for e, u in users.items() if e in want.emails},
         contacts=contacts,
         accounts_by_domain=by_domain,
@@ -73,10 +86,8 @@ async def load_facts(
         open_opportunities=open_opportunities,
         open_tickets=open_tickets,
         open_leads=await _open_leads(session, sorted(want.emails)),
-        default_owner_id=users[default_owner_email].id
-        if default_owner_email and default_owner_email in users
-        else None,
     )
+    return facts, {e: users[e].id for e in owner_emails if e in users}
 
 
 async def _users(session: AsyncSession, emails: list[str]) -> dict[str, UserRef]:

@@ -11,11 +11,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
@@ -23,12 +29,15 @@ from mailsvc.config import Settings
 from mailsvc.crmstore.models import QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
 from mailsvc.ingest.classify import classify
-from mailsvc.ingest.directory import load_facts
+from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.parse import dedup_key, parse_mail
-from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email
-from mailsvc.linking.decide import Policy, decide, wanted
+from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email, store_emails
+from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
+from mailsvc.linking.decide import Policy, decide, reply_of, wanted
+from mailsvc.linking.model import LinkDecision, MailKind, Wanted
 from mailsvc.linking.references import IdPatterns
+from mailsvc.linking.text import Reply
 from mailsvc.mail import RawMail
 
 logger = logging.getLogger(__name__)
@@ -77,6 +86,10 @@ class Pipeline:
         self._sessions = sessions
         self._settings = settings
         self._policy = policy_from(settings)
+        # Every intake role's default owner, looked up with each group's facts.
+        self._owners = tuple(
+            sorted({o for r in ("bcc", "sales", "support") if (o := settings.owner_for(r))})
+        )
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -106,8 +119,24 @@ class Pipeline:
 
     async def prepare(self, raw: RawMail) -> Prepared:
         if len(raw.data) > PARSE_IN_THREAD_BYTES:
-            return await asyncio.to_thread(prepare, raw, self._settings.max_message_bytes)
-        return prepare(raw, self._settings.max_message_bytes)
+            return await asyncio.to_thread(self._prepare, raw)
+        return self._prepare(raw)
+
+    def _prepare(self, raw: RawMail) -> Prepared:
+        """Parse, then do the pure per-mail work too, so the writer only decides and stores."""
+        item = prepare(raw, self._settings.max_message_bytes)
+        if item.parsed is None:
+            return item
+        try:
+            return replace(
+                item,
+                kind=classify(item.parsed, raw.envelope, self._settings.max_received_headers),
+                want=wanted(item.parsed, self._policy),
+                reply=reply_of(item.parsed),
+            )
+        except Exception:  # the writer tries again and quarantines the mail if it fails there
+            logger.exception("preparing %s failed", item.key)
+            return item
 
     async def _run(self) -> None:
         while True:
@@ -151,12 +180,15 @@ class Pipeline:
         """
         started = time.perf_counter()
         try:
-            async with self._sessions() as session, session.begin():
-                if release:
-                    await session.execute(
-                        delete(QuarantinedMail).where(QuarantinedMail.id.in_(release))
-                    )
-                outcomes = await self._apply_all(session, items)
+            try:
+                outcomes = await self._transaction(items, release, self._apply_batch)
+            except Exception as exc:
+                if _unavailable(exc):
+                    raise
+                # A concurrent writer or one odd mail: redo the group mail by mail, where each
+                # mail has its own SAVEPOINT and a failing one is retried or quarantined alone.
+                logger.warning("group of %d redone mail by mail: %r", len(items), exc)
+                outcomes = await self._transaction(items, release, self._apply_all)
         except SQLAlchemyError as exc:
             logger.error("storage failed for %d message(s): %s", len(items), exc)
             raise StoreUnavailable(f"storage failed: {type(exc).__name__}") from exc
@@ -174,7 +206,96 @@ class Pipeline:
             self._on_commit()
         return outcomes
 
+    async def _transaction(
+        self,
+        items: Sequence[Prepared],
+        release: Sequence[int],
+        apply: Callable[[AsyncSession, Sequence[Prepared]], Awaitable[list[Outcome]]],
+    ) -> list[Outcome]:
+        async with self._sessions() as session, session.begin():
+            if release:
+                await session.execute(
+                    delete(QuarantinedMail).where(QuarantinedMail.id.in_(release))
+                )
+            return await apply(session, items)
+
+    async def _apply_batch(
+        self, session: AsyncSession, items: Sequence[Prepared]
+    ) -> list[Outcome]:
+        """The fast path: the whole group without savepoints, decided in rounds on shared facts.
+
+        Anything raising here fails the transaction; ``process`` then redoes the group on the
+        safe path (``_apply_all``).
+        """
+        known = await find_existing(session, sorted({item.key for item in items}))
+        outcomes: list[Outcome | None] = [None] * len(items)
+        first: dict[str, int] = {}
+        todo: list[int] = []
+        for n, item in enumerate(items):
+            if item.key in known:
+                outcomes[n] = _as_duplicate(known[item.key])
+            elif item.key not in first:
+                first[item.key] = n
+                if item.parsed is None:
+                    outcomes[n] = await quarantine(session, item, item.problem or "unparseable")
+                else:
+                    todo.append(n)
+        while todo:
+            todo = await self._round(session, items, todo, outcomes)
+        done: list[Outcome] = []
+        for n, item in enumerate(items):
+            outcome = outcomes[n]
+            if outcome is None:  # the same mail twice in the group
+                outcome = outcomes[first[item.key]]
+                assert outcome is not None
+                outcome = _as_duplicate(outcome)
+            done.append(outcome)
+        return done
+
+    async def _round(
+        self,
+        session: AsyncSession,
+        items: Sequence[Prepared],
+        todo: list[int],
+        outcomes: list[Outcome | None],
+    ) -> list[int]:
+        """Decide the mails in ``todo`` in order on one facts load and store them; a mail whose
+        facts an earlier mail of the round may change waits for the next round (returned)."""
+        inputs = {n: self._inputs(items[n]) for n in todo}
+        facts, owners = await load_batch_facts(
+            session, merge_wanted(want for _, want, _ in inputs.values()), self._owners
+        )
+        changed: set[str] = set()
+        deferred: list[int] = []
+        decided: list[tuple[int, LinkDecision]] = []
+        for n in todo:
+            item = items[n]
+            assert item.parsed is not None
+            kind, want, reply = inputs[n]
+            envelope = item.raw.envelope
+            owner = self._settings.owner_for(envelope.role)
+            mine = facts_for(facts, want, owners.get(owner) if owner else None)
+            deps = dependencies(want, mine)
+            if not changed.isdisjoint(deps):
+                deferred.append(n)
+                changed |= may_change(item.parsed.message_id, deps, mine)
+                continue
+            decision = decide(item.parsed, envelope, mine, self._policy, kind, reply)
+            changed |= effects(item.parsed.message_id, decision, mine)
+            decided.append((n, decision))
+        stored = await store_emails(session, [(items[n], d) for n, d in decided])
+        for (n, _), outcome in zip(decided, stored, strict=True):
+            outcomes[n] = outcome
+        return deferred
+
+    def _inputs(self, item: Prepared) -> tuple[MailKind, Wanted, Reply]:
+        mail = item.parsed
+        assert mail is not None
+        kind = item.kind or classify(mail, item.raw.envelope, self._settings.max_received_headers)
+        return kind, item.want or wanted(mail, self._policy), item.reply or reply_of(mail)
+
     async def _apply_all(self, session: AsyncSession, items: Sequence[Prepared]) -> list[Outcome]:
+        """The safe path: each mail in its own SAVEPOINT."""
         known = await find_existing(session, sorted({item.key for item in items}))
         outcomes: list[Outcome] = []
         for item in items:
@@ -210,11 +331,17 @@ class Pipeline:
         if item.parsed is None:
             return await quarantine(session, item, item.problem or "unparseable")
         envelope = item.raw.envelope
-        kind = classify(item.parsed, envelope, self._settings.max_received_headers)
-        want = wanted(item.parsed, self._policy)
+        kind, want, reply = self._inputs(item)
         facts = await load_facts(session, want, self._settings.owner_for(envelope.role))
-        decision = decide(item.parsed, envelope, facts, self._policy, kind)
+        decision = decide(item.parsed, envelope, facts, self._policy, kind, reply)
         return await store_email(session, item, decision)
+
+
+def _unavailable(exc: Exception) -> bool:
+    """The database is gone (not a problem of the mails): trying again mail by mail won't help."""
+    if isinstance(exc, OSError | OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _as_duplicate(outcome: Outcome) -> Outcome:

@@ -3,9 +3,11 @@ transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore import intake, services
@@ -17,9 +19,10 @@ from mailsvc.crmstore.models import (
     LinkTarget,
     QuarantinedMail,
 )
-from mailsvc.crmstore.outbox import record_event
+from mailsvc.crmstore.outbox import record_event, write_events
 from mailsvc.ingest.outcome import Outcome, OutcomeKind
-from mailsvc.linking.model import LinkDecision, Links
+from mailsvc.linking.model import LinkDecision, Links, MailKind, Wanted
+from mailsvc.linking.text import Reply
 from mailsvc.mail import Address, ParsedMail, RawMail
 
 
@@ -31,57 +34,67 @@ class Prepared:
     key: str
     parsed: ParsedMail | None
     problem: str | None = None
+    # Pure work done before the queue (None: not done, the writer does it).
+    kind: MailKind | None = None
+    want: Wanted | None = None
+    reply: Reply | None = None
 
 
 def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
     return [{"name": a.name, "email": a.email} for a in items]
 
 
-def build_email(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -> Email:
+def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -> dict[str, Any]:
+    """The ``emails`` row of a decided mail."""
     mail = item.parsed
     assert mail is not None
     sender = mail.sender
     envelope = item.raw.envelope
-    return Email(
-        dedup_key=item.key,
-        message_id=mail.message_id,
-        subject=mail.subject,
-        from_email=sender.email if sender else None,
-        from_name=sender.name if sender else None,
-        to=_addresses(mail.to),
-        cc=_addresses(mail.cc),
-        reply_to=_addresses(mail.reply_to),
-        sent_at=mail.date,
-        in_reply_to=list(mail.in_reply_to),
-        references=list(mail.references),
-        headers=[[name, value] for name, value in mail.headers],
-        text_body=mail.text,
-        html_body=mail.html,
-        reply_text=decision.reply_text,
-        raw=item.raw.data,
-        size=len(item.raw.data),
-        envelope_from=envelope.mail_from,
-        envelope_to=list(envelope.rcpt_tos),
-        intake_role=envelope.role,
-        source=envelope.source,
-        kind=decision.mail_kind,
-        direction=decision.direction,
-        automatic=decision.automatic,
-        outcome=outcome,
-        rule=decision.rule,
-        notes=list(decision.notes),
-        attachments=[
-            EmailAttachment(
-                filename=a.filename,
-                content_type=a.content_type,
-                content_id=a.content_id,
-                inline=a.inline,
-                size=len(a.content),
-                content=a.content,
-            )
-            for a in mail.attachments
-        ],
-    )
+    return {
+        "dedup_key": item.key,
+        "message_id": mail.message_id,
+        "subject": mail.subject,
+        "from_email": sender.email if sender else None,
+        "from_name": sender.name if sender else None,
+        "to": _addresses(mail.to),
+        "cc": _addresses(mail.cc),
+        "reply_to": _addresses(mail.reply_to),
+        "sent_at": mail.date,
+        "in_reply_to": list(mail.in_reply_to),
+        "references": list(mail.references),
+        "headers": [[name, value] for name, value in mail.headers],
+        "text_body": mail.text,
+        "html_body": mail.html,
+        "reply_text": decision.reply_text,
+        "raw": item.raw.data,
+        "size": len(item.raw.data),
+        "envelope_from": envelope.mail_from,
+        "envelope_to": list(envelope.rcpt_tos),
+        "intake_role": envelope.role,
+        "source": envelope.source,
+        "kind": decision.mail_kind,
+        "direction": decision.direction,
+        "automatic": decision.automatic,
+        "outcome": outcome,
+        "rule": decision.rule,
+        "notes": list(decision.notes),
+        "received_at": utcnow(),
+    }
+
+
+def attachment_values(mail: ParsedMail, email_id: int | None = None) -> list[dict[str, Any]]:
+    return [
+        {
+            "email_id": email_id,
+            "filename": a.filename,
+            "content_type": a.content_type,
+            "content_id": a.content_id,
+            "inline": a.inline,
+            "size": len(a.content),
+            "content": a.content,
+        }
+        for a in mail.attachments
+    ]
 
 
 def outcome_kind(decision: LinkDecision) -> OutcomeKind:
@@ -100,34 +113,78 @@ async def store_email(
     session: AsyncSession, item: Prepared, decision: LinkDecision
 ) -> Outcome:
     """Insert the e-mail with its links, create what the decision asks for, record the events."""
-    links = await _create_records(session, decision)
-    decision = replace(decision, links=links)
-    kind = outcome_kind(decision)
-    email = build_email(item, decision, kind)
-    rule = decision.rule or "address"
-    email.links = [
-        EmailLink(target_type=LinkTarget(name), target_id=target, rule=rule)
-        for name, target in links.as_dict().items()
-        if target is not None
+    return (await store_emails(session, [(item, decision)]))[0]
+
+
+async def store_emails(
+    session: AsyncSession, decided: Sequence[tuple[Prepared, LinkDecision]]
+) -> list[Outcome]:
+    """Store a group of decided mails in stages, so each table gets one statement for the whole
+    group: new leads and tickets (rare, one by one), the e-mails, their attachments, their links,
+    then ticket logs and bounce marks (rare), the events, the activities and one UPDATE of the
+    opportunities' last contact."""
+    if not decided:
+        return []
+    decisions = []
+    for _, decision in decided:
+        links = await _create_records(session, decision)
+        decisions.append(replace(decision, links=links))
+    rows = [
+        email_values(item, decision, outcome_kind(decision))
+        for (item, _), decision in zip(decided, decisions, strict=True)
     ]
-    session.add(email)
-    await session.flush()
-    await _after_email(session, email, decision)
+    inserted = await session.execute(insert(Email).returning(Email.id, Email.dedup_key), rows)
+    ids = {key: email_id for email_id, key in inserted}
+    attachments: list[dict[str, Any]] = []
+    link_rows: list[dict[str, Any]] = []
+    for (item, _), decision, row in zip(decided, decisions, rows, strict=True):
+        assert item.parsed is not None
+        row["id"] = ids[item.key]
+        attachments += attachment_values(item.parsed, row["id"])
+        link_rows += [
+            {"email_id": row["id"], "target_type": LinkTarget(name), "target_id": target,
+             "rule": decision.rule or "address"}
+            for name, target in decision.links.as_dict().items()
+            if target is not None
+        ]
+    if attachments:
+        await session.execute(insert(EmailAttachment), attachments)
+    if link_rows:
+        await session.execute(insert(EmailLink), link_rows)
+    outcomes = []
+    activities = []
+    events: list[dict[str, Any]] = []
+    for row, decision in zip(rows, decisions, strict=True):
+        activity = await _after_email(session, row, decision)
+        if activity is not None:
+            activities.append(activity)
+        outcomes.append(_email_events(session, row, decision, events))
+    await write_events(session, events)
+    await services.add_email_activities(session, activities)
+    return outcomes
+
+
+def _email_events(
+    session: AsyncSession, row: dict[str, Any], decision: LinkDecision,
+    events: list[dict[str, Any]],
+) -> Outcome:
+    kind = outcome_kind(decision)
     outcome = Outcome(
         kind=kind,
-        email_id=email.id,
-        message_id=email.message_id,
+        email_id=row["id"],
+        message_id=row["message_id"],
         rule=decision.rule,
-        links=links.as_dict(),
+        links=decision.links.as_dict(),
         notes=decision.notes,
         automatic=decision.automatic,
     )
-    event = {**outcome.to_json(), "subject": email.subject, "from": email.from_email,
-             "intake_role": email.intake_role, "direction": email.direction,
-             "mail_kind": email.kind}
-    record_event(session, "email.received", event, subject=f"email/{email.id}")
+    event = {**outcome.to_json(), "subject": row["subject"], "from": row["from_email"],
+             "intake_role": row["intake_role"], "direction": row["direction"],
+             "mail_kind": row["kind"]}
+    subject = f"email/{row['id']}"
+    record_event(session, "email.received", event, subject=subject, batch=events)
     if kind != "ignored":
-        record_event(session, "email.linked", event, subject=f"email/{email.id}")
+        record_event(session, "email.linked", event, subject=subject, batch=events)
     return outcome
 
 
@@ -155,25 +212,29 @@ async def _create_records(session: AsyncSession, decision: LinkDecision) -> Link
     return links
 
 
-async def _after_email(session: AsyncSession, email: Email, decision: LinkDecision) -> None:
-    """What needs the stored e-mail: the ticket's log entry, bouncing marks, the timeline."""
+async def _after_email(
+    session: AsyncSession, email: dict[str, Any], decision: LinkDecision
+) -> dict[str, Any] | None:
+    """What needs the stored e-mail: the ticket's log entry, bouncing marks; the timeline entry
+    is returned, to be added with the group's."""
     update = decision.ticket_update
     if decision.kind == "ticket_update" and update is not None:
         await intake.append_ticket_update(
             session, update.ticket_id, body=update.body, author=update.author,
-            email_id=email.id, reopen=update.reopen,
+            email_id=email["id"], reopen=update.reopen,
         )
     if decision.bounced:
-        await intake.mark_bouncing(session, decision.bounced, email.id)
+        await intake.mark_bouncing(session, decision.bounced, email["id"])
     links = decision.links
     if links.any and not decision.automatic and decision.kind != "ignore":
-        await services.add_email_activity(
-            session, subject=email.subject, email_id=email.id, at=email.sent_at or utcnow(),
+        return services.email_activity(
+            subject=email["subject"], email_id=email["id"], at=email["sent_at"] or utcnow(),
             owner_id=links.owner,
             opportunity_id=links.opportunity, ticket_id=links.ticket, account_id=links.account,
             contact_id=links.contact, inbox_lead_id=links.inbox_lead,
             notes=(decision.reply_text or "")[:4000] or None,
         )
+    return None
 
 
 async def quarantine(session: AsyncSession, item: Prepared, reason: str) -> Outcome:

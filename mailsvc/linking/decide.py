@@ -102,9 +102,13 @@ def decide(
     facts: Facts,
     policy: Policy,
     kind: MailKind = HUMAN,
+    reply: Reply | None = None,
 ) -> LinkDecision:
-    """Apply the rules in order; the first that decides names itself in ``rule``."""
-    view = _view(mail, facts, policy)
+    """Apply the rules in order; the first that decides names itself in ``rule``.
+
+    ``reply`` is ``reply_of(mail)`` when the caller worked it out already (it is pure and costly).
+    """
+    view = _view(mail, facts, policy, reply)
     base = LinkDecision(
         "ignore", None, direction=view.parties.direction, automatic=kind.machine,
         mail_kind=kind.name, notes=view.notes, reply_text=view.reply.text,
@@ -133,11 +137,16 @@ def decide(
     return _by_addresses(replace(base, notes=notes), view, facts, policy, envelope.role)
 
 
-def _view(mail: ParsedMail, facts: Facts, policy: Policy) -> _View:
+def reply_of(mail: ParsedMail) -> Reply:
+    """The new part of the mail's own text (a forwarded original's is worked out in ``decide``)."""
+    return split_reply(body_text(mail))
+
+
+def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = None) -> _View:
     parties = find_parties(mail, facts, policy.intake_addresses, policy.internal_domains)
     names = {a.email: a for a in (*mail.cc, *mail.to, *mail.from_, *mail.reply_to)}
     forwarded = None
-    reply = split_reply(body_text(mail))
+    reply = own if own is not None else reply_of(mail)
     notes: tuple[str, ...] = ()
     if parties.user is not None and not parties.counterparties:
         # A user who sends a mail to no outside address but forwards one means its original.

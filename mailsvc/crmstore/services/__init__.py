@@ -3,11 +3,14 @@ owns the transaction. Rule violations raise RuleViolation, missing records NotFo
 Conflict (mailsvc.errors); every change records its event in the outbox."""
 
 from mailsvc.crmstore.services.activities import (
+    add_email_activities,
     add_email_activity,
     complete_activity,
     create_activity,
+    email_activity,
     log_email_activity,
     schedule_activity_plan,
+    touch_opportunities,
     update_activity,
 )
 from mailsvc.crmstore.services.admin import (
@@ -100,6 +103,7 @@ __all__ = [
     "StageSpec",
     "activity_plan",
     "add_choice",
+    "add_email_activities",
     "add_email_activity",
     "add_stage",
     "add_ticket_update",
@@ -130,6 +134,7 @@ __all__ = [
     "create_ticket",
     "create_user",
     "delete_stage",
+    "email_activity",
     "find_account_duplicate",
     "find_contact_duplicate",
     "find_user",
@@ -150,6 +155,7 @@ __all__ = [
     "stage_history",
     "subscribe",
     "timeline",
+    "touch_opportunities",
     "traffic_light",
     "unlink_email",
     "unsubscribe",

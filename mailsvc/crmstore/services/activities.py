@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import utcnow
@@ -154,6 +154,22 @@ async def schedule_activity_plan(
     return created
 
 
+def email_activity(
+    *, email_id: int, subject: str, at: datetime, owner_id: int | None = None,
+    opportunity_id: int | None = None, ticket_id: int | None = None,
+    account_id: int | None = None, contact_id: int | None = None,
+    inbox_lead_id: int | None = None, notes: str | None = None,
+) -> dict[str, Any]:
+    """What a mail on its records' timelines is: the values of a done e-mail activity."""
+    return {
+        "type": ActivityType.EMAIL, "subject": (subject or "(no subject)")[:500], "notes": notes,
+        "done": True, "done_at": at, "due_at": None, "owner_id": owner_id,
+        "opportunity_id": opportunity_id, "ticket_id": ticket_id, "account_id": account_id,
+        "contact_id": contact_id, "inbox_lead_id": inbox_lead_id, "email_id": email_id,
+        "plan_step_id": None,
+    }
+
+
 async def add_email_activity(
     session: AsyncSession, *, email_id: int, subject: str, at: datetime,
     owner_id: int | None = None, opportunity_id: int | None = None,
@@ -162,16 +178,50 @@ async def add_email_activity(
 ) -> Activity:
     """The mail on its records' timelines: a done e-mail activity. The opportunity's last contact
     moves to the mail's time, which resets its traffic light."""
-    activity = Activity(
-        type=ActivityType.EMAIL, subject=(subject or "(no subject)")[:500], notes=notes,
-        done=True, done_at=at, owner_id=owner_id, opportunity_id=opportunity_id,
-        ticket_id=ticket_id, account_id=account_id, contact_id=contact_id,
-        inbox_lead_id=inbox_lead_id, email_id=email_id,
-    )
+    activity = Activity(**email_activity(
+        email_id=email_id, subject=subject, at=at, owner_id=owner_id,
+        opportunity_id=opportunity_id, ticket_id=ticket_id, account_id=account_id,
+        contact_id=contact_id, inbox_lead_id=inbox_lead_id, notes=notes,
+    ))
     session.add(activity)
     await _touch_opportunity(session, opportunity_id, at)
     await session.flush()
     return activity
+
+
+async def add_email_activities(
+    session: AsyncSession, activities: Sequence[Mapping[str, Any]]
+) -> None:
+    """Many e-mail activities (``email_activity`` values) at once, as the intake stores a group of
+    mails: one INSERT for all, one UPDATE for all the opportunities' last contact."""
+    if not activities:
+        return
+    await session.execute(insert(Activity), [dict(a) for a in activities])
+    latest: dict[int, datetime] = {}
+    for activity in activities:
+        oid, at = activity["opportunity_id"], activity["done_at"]
+        if oid is not None:
+            latest[oid] = max(latest[oid], at) if oid in latest else at
+    await touch_opportunities(session, latest)
+
+
+async def touch_opportunities(session: AsyncSession, contacts: Mapping[int, datetime]) -> None:
+    """Move each opportunity's last contact forward to the given time (never backwards), without
+    loading the opportunities: one UPDATE, executed for all of them at once."""
+    if not contacts:
+        return
+    # The table, not the entity: an ORM UPDATE by primary key takes no extra WHERE criteria.
+    table = cast(Table, Opportunity.__table__)
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("oid"),
+            or_(table.c.last_contact_at.is_(None), table.c.last_contact_at < bindparam("when")),
+        )
+        .values(last_contact_at=bindparam("when"))
+    )
+    params = [{"oid": oid, "when": when} for oid, when in sorted(contacts.items())]
+    await session.execute(statement, params)
 
 
 async def log_email_activity(session: AsyncSession, email_id: int) -> Activity:
