@@ -17,6 +17,10 @@ INTAKE_BATCH = Histogram(
 INTAKE_COMMIT = Histogram(
     "mailsvc_intake_commit_seconds", "Time to process and commit one batch of messages.",
 )
+INTAKE_FALLBACKS = Counter(
+    "mailsvc_intake_fallbacks",
+    "Groups redone mail by mail after the fast path failed (a concurrent writer, an odd mail).",
+)
 API_REQUESTS = Counter(
     "mailsvc_api_requests", "API requests answered, by method and status class.",
     ["method", "status"],
@@ -31,6 +35,10 @@ def record_outcome(kind: str) -> None:
 def record_batch(size: int, seconds: float) -> None:
     INTAKE_BATCH.observe(size)
     INTAKE_COMMIT.observe(seconds)
+
+
+def record_fallback() -> None:
+    INTAKE_FALLBACKS.inc()
 
 
 def record_request(method: str, status: int) -> None:

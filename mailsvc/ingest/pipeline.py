@@ -188,6 +188,7 @@ class Pipeline:
                 # A concurrent writer or one odd mail: redo the group mail by mail, where each
                 # mail has its own SAVEPOINT and a failing one is retried or quarantined alone.
                 logger.warning("group of %d redone mail by mail: %r", len(items), exc)
+                metrics.record_fallback()
                 outcomes = await self._transaction(items, release, self._apply_all)
         except SQLAlchemyError as exc:
             logger.error("storage failed for %d message(s): %s", len(items), exc)

@@ -3,11 +3,13 @@ on each other come out as if they had arrived one by one."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import Any
 
+from prometheus_client import REGISTRY
 from sqlalchemy import event, func, select
 
 from mailsvc.bootstrap import Services, open_services
@@ -16,6 +18,7 @@ from mailsvc.crmstore.models import (
     Activity,
     Contact,
     ContactEmail,
+    Email,
     EmailLink,
     InboxLead,
     Opportunity,
@@ -25,7 +28,8 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.mail import Envelope, RawMail
-from tests.conftest import BCC, SALES
+from tests.conftest import BCC, SALES, _truncate_postgres, base_settings
+from tests.support.waiting import wait_for
 
 MAILS = 50
 # Measured: 15 on SQLite (BEGIN included), 14 on PostgreSQL; one query per mail more fails this.
@@ -153,3 +157,43 @@ async def test_a_reply_in_the_same_group_is_linked_by_thread(
         # Events of each mail in order, the mails in the order they were stored.
         subjects = [e.data["email_id"] for e in events if e.type == "email.received"]
         assert sorted(subjects) == sorted(o.email_id for o in (offer, reply, other))
+
+
+async def test_a_concurrent_writer_sends_the_group_down_the_safe_path(
+    postgres_database: str,
+) -> None:
+    """Another process commits the same mail while our group is in flight: our fast path fails on
+    the unique key, the group is redone mail by mail, and the mail comes out as a duplicate."""
+    await _truncate_postgres(postgres_database)
+    raw = RawMail(
+        message("Carla <carla@acme.example>", BCC, "race", "<race-1@acme.example>"),
+        Envelope(None, (BCC,), "bcc", "smtp"),
+    )
+    settings = base_settings(postgres_database)
+    async with (
+        open_services(settings, migrate=False) as ours,
+        open_services(settings, migrate=False) as theirs,
+    ):
+        item = await ours.pipeline.prepare(raw)
+        fallbacks = REGISTRY.get_sample_value("mailsvc_intake_fallbacks_total") or 0.0
+        async with theirs.sessions() as other, other.begin():
+            other.add(Email(dedup_key=item.key, raw=raw.data, size=len(raw.data),
+                            intake_role="bcc", outcome="ignored"))
+            await other.flush()  # holds the unique key until it commits
+            ours_task = asyncio.create_task(ours.pipeline.process([item]))
+
+            async def blocked() -> bool:
+                async with theirs.engine.connect() as probe:
+                    waiting = await probe.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                    return bool(waiting.scalar())
+
+            await wait_for(blocked, what="our insert waiting on their unique key")
+        [outcome] = await ours_task
+        assert outcome.kind == "duplicate"
+        assert REGISTRY.get_sample_value("mailsvc_intake_fallbacks_total") == fallbacks + 1
+        async with ours.sessions() as session:
+            assert await session.scalar(select(func.count()).select_from(Email)) == 1
+            assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
