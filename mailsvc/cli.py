@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,6 +19,7 @@ from rich.table import Table
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
+from mailsvc.ingest.files import Importer
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.mail import Envelope, RawMail, Role
 
@@ -34,7 +36,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 quarantine_app = typer.Typer(help="Mail that could not be processed.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger("mailsvc")
 
 T = TypeVar("T")
@@ -77,6 +79,7 @@ def serve() -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    from mailsvc.ingest.imap import start_imap_pollers
     from mailsvc.ingest.smtp import start_smtp
 
     stop = asyncio.Event()
@@ -86,6 +89,7 @@ async def _serve(settings: Settings) -> None:
     async with open_services(settings) as services:
         await services.pipeline.start()
         smtp = await start_smtp(services.pipeline, settings)
+        pollers = start_imap_pollers(services.pipeline, services.sessions, settings)
         tasks: list[asyncio.Task[None]] = []
         if services.relay is not None:
             tasks.append(asyncio.create_task(services.relay.run(), name="relay"))
@@ -96,6 +100,9 @@ async def _serve(settings: Settings) -> None:
         await stop.wait()
         logger.info("shutting down: no new mail, finishing what is in flight")
         smtp.close()
+        for poller in pollers:  # a mail committed but not yet flagged is replayed as duplicate
+            poller.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
         await smtp.wait_closed()
         await services.pipeline.stop()
         for task in tasks:
@@ -168,6 +175,74 @@ async def _ingest(settings: Settings, raws: list[RawMail]) -> list[Outcome]:
         return await services.pipeline.process(prepared)
 
 
+@app.command("import")
+def import_mail(
+    paths: Annotated[list[Path], typer.Argument(help=".eml files, directories, mbox, Maildir.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="The intake address (default: the Smart BCC).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Messages per transaction.")] = 200,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Import existing mail; safe to re-run (what is stored already counts as duplicate).
+
+    Directories are walked recursively for *.eml files, mbox files and Maildir folders.
+    Exit status (sysexits): 0 done, 64 --to is not an intake address, 66 a path is missing or
+    holds no mail, 75 the store is unavailable (run the same command again later).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from mailsvc.ingest.files import discover
+
+    settings = _settings()
+    role, address = _role_for(settings, to)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        err.print(f"[red]no such file or directory: {', '.join(missing)}[/red]")
+        raise typer.Exit(EX_NOINPUT)
+    found = discover(paths)
+    if not found.messages:
+        err.print(f"[red]no mail found ({len(found.skipped)} other file(s) skipped)[/red]")
+        raise typer.Exit(EX_NOINPUT)
+    # One log line per message would drown the progress bar; outcomes go to the summary.
+    logging.getLogger("mailsvc.ingest.pipeline").setLevel(logging.WARNING)
+    progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, disable=quiet)
+    task = progress.add_task("importing", total=len(found.messages))
+    started = time.monotonic()
+    runs: list[Importer] = []  # kept outside go(): the summary shows what committed, even on 75
+
+    async def go() -> None:
+        async with open_services(settings) as services:
+            run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
+                           batch_size, on_progress=lambda n: progress.advance(task, n))
+            runs.append(run)
+            await run.run(found.messages)
+
+    try:
+        with progress:
+            _run(go())
+    finally:
+        found.close()
+        if runs:
+            _print_import_summary(runs[0], len(found.skipped), time.monotonic() - started)
+
+
+def _print_import_summary(run: Importer, skipped: int, seconds: float) -> None:
+    table = Table(title="import")
+    table.add_column("outcome")
+    table.add_column("messages", justify="right")
+    for kind, n in sorted(run.counts.items(), key=lambda item: -item[1]):
+        table.add_row(kind, str(n))
+    total = sum(run.counts.values())
+    table.add_row("total", str(total), style="bold")
+    if skipped:
+        table.add_row("files skipped (not mail)", str(skipped))
+    console = Console()
+    console.print(table)
+    console.print(f"{total} message(s) in {seconds:.1f}s, {total / max(seconds, 1e-9):.0f}/s")
+
+
 @app.command("seed-demo")
 def seed_demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
@@ -197,6 +272,38 @@ def seed_demo(
         for row in rows:
             table.add_row(*(str(v) for v in row.values()))
         console.print(table)
+
+
+@app.command("import-contacts")
+def import_contacts(
+    file: Annotated[Path, typer.Argument(help="A CSV file with a header row.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check only, save nothing.")] = False,
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="E-mail of the user who owns the new rows.")
+    ] = None,
+) -> None:
+    """Import accounts and contacts from CSV; duplicates are reported, not created.
+
+    Column mapping: see docs/crm.md (company, domain, first_name, last_name, email, phone, role,
+    street, zip, city, country, industry, size, tags, owner; English or German headers).
+    """
+    from mailsvc.contacts_import import ImportFileError, read_file, summary_tables
+    from mailsvc.contacts_import import import_contacts as run_import
+
+    settings = _settings()
+    try:
+        text = read_file(file)
+    except OSError as exc:
+        err.print(f"[red]cannot read {file}: {exc.strerror}[/red]")
+        raise typer.Exit(EX_NOINPUT) from None
+    try:
+        report = _run(run_import(settings, text, name=file.name, dry_run=dry_run,
+                                 owner_email=owner))
+    except ImportFileError as exc:
+        err.print(f"[red]{file}: {exc}[/red]")
+        raise typer.Exit(EX_DATAERR) from None
+    for table in summary_tables(report, dry_run):
+        Console().print(table)
 
 
 @db_app.command("upgrade")

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import tomllib
 from functools import cached_property
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mailsvc.errors import ConfigError
 
@@ -17,6 +28,72 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+class ImapMailbox(BaseModel):
+    """One mailbox an IMAP poller watches (docs/mailboxes.md); its role plays the recipient."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)  # default: 993 for ssl, else 143
+    tls: Literal["ssl", "starttls", "none"] = "ssl"
+    verify: bool = True
+    ca_file: FilePath | None = None
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_file: FilePath | None = None
+    folder: str = Field(default="INBOX", min_length=1)
+    role: Literal["bcc", "sales", "support"] = "bcc"
+    processed: Literal["seen", "move"] = "seen"
+    processed_folder: str = Field(default="Processed", min_length=1)
+    quarantine_folder: str | None = "Quarantine"
+    idle: bool = True
+    # RFC 2177 asks clients to re-IDLE at least every 29 minutes; NATs often drop sooner.
+    idle_timeout: float = Field(default=300.0, gt=0, le=1740)
+    poll_interval: float = Field(default=60.0, gt=0)
+    fetch_batch: int = Field(default=50, ge=1, le=1000)
+    timeout: float = Field(default=60.0, gt=0)
+    backoff_initial: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImapMailbox:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError(f"mailbox {self.name!r}: set exactly one of password, password_file")
+        if self.processed == "move" and self.processed_folder == self.folder:
+            raise ValueError(f"mailbox {self.name!r}: processed_folder must differ from folder")
+        if self.quarantine_folder == self.folder:
+            raise ValueError(f"mailbox {self.name!r}: quarantine_folder must differ from folder")
+        if self.ca_file is not None and not self.verify:
+            raise ValueError(f"mailbox {self.name!r}: ca_file is set but verify is false")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(f"mailbox {self.name!r}: backoff_max is below backoff_initial")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.tls == "ssl" else 143)
+
+    def secret(self) -> str:
+        """The password, read from password_file on each call so a rotated file is picked up."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        assert self.password_file is not None
+        return self.password_file.read_text().strip()
+
+
+def _read_imap_config(path: str) -> list[Any]:
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read the IMAP mailbox file {path}: {exc}") from None
+    mailboxes = document.get("mailbox", [])
+    if not isinstance(mailboxes, list):
+        raise ValueError(f"{path}: write each mailbox as a [[mailbox]] table")
+    return mailboxes
 
 
 class Settings(BaseSettings):
@@ -65,7 +142,23 @@ class Settings(BaseSettings):
     stale_contact_days: int = Field(default=14, ge=1)
     critical_contact_days: int = Field(default=30, ge=1)
 
+    # IMAP mailboxes: a JSON list in MAILSVC_IMAP_MAILBOXES, and/or [[mailbox]] tables in the TOML
+    # file MAILSVC_IMAP_CONFIG names (docs/mailboxes.md).
+    imap_mailboxes: tuple[ImapMailbox, ...] = ()
+    imap_config: Path | None = None
+
     log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _imap_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("imap_config"):
+            listed = data.get("imap_mailboxes") or []
+            if isinstance(listed, str | bytes):
+                raise ValueError("imap_mailboxes must be a JSON list")
+            from_file = _read_imap_config(str(data["imap_config"]))
+            data = {**data, "imap_mailboxes": [*listed, *from_file]}
+        return data
 
     @field_validator(
         "bcc_address", "sales_address", "support_address", "internal_domains", "api_keys",
@@ -112,6 +205,9 @@ class Settings(BaseSettings):
                 seen[address] = role
         if self.opportunity_prefix.upper() == self.ticket_prefix.upper():
             raise ValueError("opportunity_prefix and ticket_prefix must differ")
+        names = [mailbox.name for mailbox in self.imap_mailboxes]
+        if len(names) != len(set(names)):
+            raise ValueError(f"IMAP mailbox names must be unique: {', '.join(names)}")
         if self.critical_contact_days < self.stale_contact_days:
             raise ValueError("critical_contact_days must not be below stale_contact_days")
         return self
@@ -135,13 +231,20 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
+def _describe(location: tuple[int | str, ...], message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    if not location:
+        return message
+    return f"MAILSVC_{'_'.join(str(part) for part in location).upper()}: {message}"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings; a wrong value raises ConfigError naming the variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"MAILSVC_{'_'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_describe(err["loc"], err["msg"]) for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
+    except SettingsError as exc:  # e.g. MAILSVC_IMAP_MAILBOXES that is not JSON
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid configuration: {exc}{cause}") from None

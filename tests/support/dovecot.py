@@ -9,15 +9,17 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imapclient import IMAPClient
 
 PASSWORD = "secret"  # every test user has it
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")  # quicker than RSA
 
 
 def free_port() -> int:
@@ -33,9 +35,9 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_test_ca(directory: Path, name: str = "mailsvc test CA") -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1/localhost signed by it: (ca, cert, key)."""
     directory.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+    _openssl("req", "-x509", *EC_KEY, "-nodes", "-days", "2",
              "-subj", f"/CN={name}", "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+    _openssl("req", *EC_KEY, "-nodes", "-subj", "/CN=localhost",
              "-keyout", "server.key", "-out", "server.csr", cwd=directory)
     (directory / "san.ext").write_text(
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
@@ -49,9 +51,11 @@ def make_test_ca(directory: Path, name: str = "mailsvc test CA") -> tuple[Path, 
 
 @dataclass
 class Dovecot:
-    """One Dovecot instance; ``start`` daemonises it, ``kill`` SIGKILLs its master."""
+    """One Dovecot instance; ``start`` daemonises it, ``kill`` crashes it."""
 
-    root: Path
+    # Its own 0755 dir under /tmp: the unprivileged Dovecot processes cannot traverse pytest's
+    # 0700 tmp_path.
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mailsvc-dovecot-")))
     users: tuple[str, ...] = ("alice", "bob")
     plain_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
@@ -84,6 +88,8 @@ default_login_user = dovenull
 first_valid_uid = 1
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# No delay after a failed login: the tests log in with wrong passwords on purpose.
+auth_failure_delay = 0
 mail_location = maildir:~/Maildir
 ssl = yes
 ssl_cert = <{cert}
@@ -120,29 +126,50 @@ userdb {{
             return None
 
     def start(self) -> None:
-        subprocess.run(["dovecot", "-c", str(self.config)], check=True, capture_output=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection((self.host, self.plain_port), timeout=1):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"dovecot did not start:\n{self.log}") from None
-                time.sleep(0.02)
+        # The daemon inherits stdout/stderr: a pipe there would never reach EOF.
+        with (self.root / "log" / "start.log").open("ab") as out:
+            subprocess.run(["dovecot", "-c", str(self.config)], check=True,
+                           stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        deadline = time.monotonic() + 30
+        while not (self._pid() and self._listening() and self._can_log_in()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dovecot did not start:\n{self.log}")
+            time.sleep(0.02)
+
+    def _can_log_in(self) -> bool:
+        """Ready means a login works, not just an open port (after a crash that can lag)."""
+        try:
+            client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=2)
+            client.login(self.users[0], PASSWORD)
+            client.logout()
+        except Exception:
+            return False
+        return True
 
     def stop(self) -> None:
-        pid = self._pid()
-        subprocess.run(["dovecot", "-c", str(self.config), "stop"], capture_output=True)
-        if pid is not None:
-            self._wait_gone(pid)
+        """Stop at once (a clean stop takes seconds); unreaped processes are left to init."""
+        self._crash(reaped=False)
 
     def kill(self) -> None:
-        """SIGKILL the master, as a crash would; its children notice and exit."""
+        """SIGKILL the master and its processes, as a crash of the host would.
+
+        Killing the master alone leaves the imap processes of open sessions serving them (Dovecot
+        does that on purpose), so a client would not notice the crash at all.
+        """
+        self._crash(reaped=True)
+
+    def _crash(self, *, reaped: bool) -> None:
         pid = self._pid()
-        assert pid is not None, "dovecot is not running"
-        os.kill(pid, signal.SIGKILL)
-        self._wait_gone(pid)
+        if pid is None:
+            return
+        group = _process_group(pid)
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the daemon leads its own process group
+        # A dead process that init has not reaped yet still "exists": the restarted Dovecot
+        # would take the crashed one's locks (dovecot-uidlist.lock) for live ones and wait.
+        for each in group if reaped else [pid]:
+            self._wait_gone(each, zombie_ok=not reaped)
+        (self.root / "run" / "master.pid").unlink(missing_ok=True)
         deadline = time.monotonic() + 10
         while self._listening() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -155,12 +182,11 @@ userdb {{
             return False
 
     @staticmethod
-    def _wait_gone(pid: int) -> None:
+    def _wait_gone(pid: int, *, zombie_ok: bool) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            state = _state(pid)
+            if state is None or (zombie_ok and state == "Z"):
                 return
             time.sleep(0.02)
 
@@ -174,10 +200,8 @@ userdb {{
         try:
             yield client
         finally:
-            try:
+            with suppress(OSError, ssl.SSLError):
                 client.logout()
-            except (OSError, ssl.SSLError):
-                pass
 
     def append(self, raw: bytes, user: str = "alice", folder: str = "INBOX") -> None:
         with self.client(user, None) as client:
@@ -189,8 +213,8 @@ userdb {{
             if not client.folder_exists(folder):
                 return {}
             client.select_folder(folder, readonly=True)
-            found = client.fetch("1:*", ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]) \
-                if client.folder_status(folder, ["MESSAGES"])[b"MESSAGES"] else {}
+            found = client.fetch(client.search("ALL"),
+                                 ["FLAGS", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
             result: dict[bytes, list[str]] = {}
             for data in found.values():
                 header = data[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].strip()
@@ -199,11 +223,32 @@ userdb {{
             return result
 
 
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return None
+
+
+def _process_group(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
 @contextmanager
-def running_dovecot(root: Path) -> Iterator[Dovecot]:
-    server = Dovecot(root)
+def running_dovecot(users: tuple[str, ...] = ("alice", "bob")) -> Iterator[Dovecot]:
+    server = Dovecot(users=users)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        if not os.environ.get("KEEP_DOVECOT"):  # KEEP_DOVECOT=1 keeps config and logs to read
+            shutil.rmtree(server.root, ignore_errors=True)

@@ -1,0 +1,392 @@
+"""IMAP intake: one poller per configured mailbox, feeding the same pipeline as SMTP.
+
+Each poller owns one thread (imapclient blocks) and one connection. It fetches the messages above
+the last UID it committed, hands them to the pipeline, and only after their commit flags them
+\\Seen or moves them (quarantined ones to the quarantine folder), then records the new last UID.
+The UID is recorded right after the commit, not inside it: the pipeline's group commit mixes mails
+from every adapter in one transaction, and a crash between the two only replays mails that the
+idempotency key turns into harmless ``duplicate`` outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from imapclient import DELETED, SEEN, IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailsvc.config import ImapMailbox, Settings
+from mailsvc.crmstore.models import MailboxState
+from mailsvc.errors import StoreUnavailable
+from mailsvc.ingest.outcome import Outcome
+from mailsvc.ingest.pipeline import Pipeline
+from mailsvc.mail import Envelope, RawMail
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How long one blocking IDLE wait lasts before the thread comes back to the event loop, so a
+# shutdown never waits on a thread parked in IDLE for minutes.
+IDLE_SLICE_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class Connection:
+    """A logged-in client with the selected folder's facts."""
+
+    client: IMAPClient
+    uidvalidity: int
+    can_idle: bool
+    can_move: bool
+    can_uid_expunge: bool
+    idling: bool = False
+
+
+def backoff_delay(attempt: int, initial: float, cap: float) -> float:
+    """Exponential backoff with jitter: half fixed, half random, so pollers do not march in step."""
+    delay = min(cap, initial * 2.0 ** min(attempt, 30))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def tls_context(mailbox: ImapMailbox) -> ssl.SSLContext:
+    context = ssl.create_default_context(
+        cafile=str(mailbox.ca_file) if mailbox.ca_file else None
+    )
+    if not mailbox.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class MailboxPoller:
+    """Watches one folder of one mailbox until cancelled; reconnects on any failure."""
+
+    def __init__(
+        self,
+        mailbox: ImapMailbox,
+        pipeline: Pipeline,
+        sessions: async_sessionmaker[AsyncSession],
+        address: str,
+    ) -> None:
+        self.mailbox = mailbox
+        self._pipeline = pipeline
+        self._sessions = sessions
+        self._envelope = Envelope(None, (address,), mailbox.role, "imap")
+        self._state_name = f"{mailbox.name}/{mailbox.folder}"
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{mailbox.name}")
+        self.counts: Counter[str] = Counter()  # outcomes seen, by kind
+        self.connects = 0
+        self.last_error: str | None = None
+        self.waiting = False  # caught up, waiting in IDLE or between polls
+        self._progressed = False  # this connection committed mail or caught up
+
+    async def _call(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, partial(func, *args)
+        )
+
+    async def run(self) -> None:
+        attempt = 0
+        try:
+            while True:
+                connection: Connection | None = None
+                self._progressed = False
+                try:
+                    connection = await self._call(self._connect)
+                    self.connects += 1
+                    logger.info(
+                        "mailbox %s: connected to %s:%s, watching %s (%s)",
+                        self.mailbox.name, self.mailbox.host, self.mailbox.effective_port,
+                        self.mailbox.folder,
+                        "IDLE" if connection.can_idle and self.mailbox.idle else
+                        f"polling every {self.mailbox.poll_interval:g}s",
+                    )
+                    await self._watch(connection)
+                except Exception as exc:
+                    self._report(exc)
+                finally:
+                    if connection is not None:
+                        # Queued on the poller's thread; never awaited, so cancellation is quick.
+                        self._executor.submit(self._close, connection)
+                if self._progressed:  # it worked for a while: start the backoff afresh
+                    attempt = 0
+                delay = backoff_delay(
+                    attempt, self.mailbox.backoff_initial, self.mailbox.backoff_max
+                )
+                attempt += 1
+                logger.info("mailbox %s: reconnecting in %.1fs", self.mailbox.name, delay)
+                await asyncio.sleep(delay)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _report(self, exc: Exception) -> None:
+        name, where = self.mailbox.name, f"{self.mailbox.host}:{self.mailbox.effective_port}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            hint = ("check host" if "hostname" in str(exc.verify_message).lower()
+                    else "for a private CA set ca_file")
+            message = f"TLS certificate of {where} not trusted ({exc.verify_message}); {hint}"
+        elif isinstance(exc, LoginError):
+            message = f"login as {self.mailbox.username} refused by {where}: {_text(exc)}"
+        elif isinstance(exc, StoreUnavailable):
+            message = f"store unavailable, messages stay in the mailbox: {exc}"
+        elif isinstance(exc, IMAPClientError | OSError):
+            message = f"IMAP error with {where}: {type(exc).__name__}: {_text(exc)}"
+        else:
+            logger.exception("mailbox %s: unexpected error", name)
+            message = f"unexpected error: {exc!r}"
+        self.last_error = message
+        logger.error("mailbox %s: %s", name, message)
+
+    # --- blocking side, run on the poller's own thread -------------------------------------
+
+    def _connect(self) -> Connection:
+        mailbox = self.mailbox
+        context = tls_context(mailbox) if mailbox.tls != "none" else None
+        client = IMAPClient(
+            mailbox.host, port=mailbox.effective_port, ssl=mailbox.tls == "ssl",
+            ssl_context=context, timeout=mailbox.timeout,
+        )
+        try:
+            if mailbox.tls == "starttls":
+                client.starttls(context)
+            client.login(mailbox.username, mailbox.secret())
+            for folder in self._side_folders():
+                if not client.folder_exists(folder):
+                    client.create_folder(folder)
+            selected = client.select_folder(mailbox.folder)
+            capabilities = set(client.capabilities())
+        except BaseException:
+            client.shutdown()
+            raise
+        return Connection(
+            client,
+            int(selected[b"UIDVALIDITY"]),
+            can_idle=b"IDLE" in capabilities,
+            can_move=b"MOVE" in capabilities,
+            can_uid_expunge=b"UIDPLUS" in capabilities,
+        )
+
+    def _side_folders(self) -> list[str]:
+        folders = []
+        if self.mailbox.processed == "move":
+            folders.append(self.mailbox.processed_folder)
+        if self.mailbox.quarantine_folder:
+            folders.append(self.mailbox.quarantine_folder)
+        return folders
+
+    @staticmethod
+    def _new_uids(connection: Connection, last_uid: int) -> list[int]:
+        # "n:*" always matches the newest message even below n, hence the filter.
+        found = connection.client.search(["UID", f"{last_uid + 1}:*", "NOT", "DELETED"])
+        return sorted(uid for uid in found if uid > last_uid)
+
+    @staticmethod
+    def _fetch(connection: Connection, uids: Sequence[int]) -> dict[int, bytes]:
+        # BODY.PEEK leaves \Seen alone: the flag is set only after the commit.
+        response = connection.client.fetch(uids, ["BODY.PEEK[]"])
+        return {uid: data[b"BODY[]"] for uid, data in response.items() if b"BODY[]" in data}
+
+    def _settle(self, connection: Connection, done: list[int], quarantined: list[int]) -> None:
+        mailbox = self.mailbox
+        if quarantined and mailbox.quarantine_folder:
+            self._move(connection, quarantined, mailbox.quarantine_folder)
+        else:
+            done = done + quarantined
+        if not done:
+            return
+        if mailbox.processed == "move":
+            self._move(connection, done, mailbox.processed_folder)
+        else:
+            connection.client.add_flags(done, [SEEN])
+
+    @staticmethod
+    def _move(connection: Connection, uids: list[int], folder: str) -> None:
+        client = connection.client
+        if connection.can_move:
+            client.move(uids, folder)
+            return
+        client.copy(uids, folder)
+        client.add_flags(uids, [DELETED])
+        if connection.can_uid_expunge:
+            client.expunge(uids)
+        else:
+            client.expunge()
+
+    def _idle_start(self, connection: Connection) -> None:
+        connection.client.idle()
+        connection.idling = True
+
+    @staticmethod
+    def _idle_wait(connection: Connection, seconds: float) -> list[Any]:
+        return list(connection.client.idle_check(timeout=seconds))
+
+    @staticmethod
+    def _idle_stop(connection: Connection) -> None:
+        connection.idling = False
+        connection.client.idle_done()
+
+    @staticmethod
+    def _close(connection: Connection) -> None:
+        client = connection.client
+        try:
+            sock = client.socket()
+            sock.settimeout(CLOSE_TIMEOUT_SECONDS)
+            if connection.idling:
+                client.idle_done()
+            client.logout()
+        except Exception:  # the connection is going away anyway
+            client.shutdown()
+
+    # --- async side ------------------------------------------------------------------------
+
+    async def _watch(self, connection: Connection) -> None:
+        last_uid = await self._load_state(connection.uidvalidity)
+        while True:
+            uids = await self._call(self._new_uids, connection, last_uid)
+            if not uids:
+                await self._wait_for_mail(connection)
+                continue
+            for start in range(0, len(uids), self.mailbox.fetch_batch):
+                chunk = uids[start:start + self.mailbox.fetch_batch]
+                last_uid = await self._ingest(connection, chunk, last_uid)
+
+    async def _ingest(self, connection: Connection, uids: list[int], last_uid: int) -> int:
+        fetched = await self._call(self._fetch, connection, uids)
+        present = [uid for uid in uids if uid in fetched]  # others were expunged meanwhile
+        results = await asyncio.gather(
+            *(self._pipeline.submit(RawMail(fetched[uid], self._envelope)) for uid in present),
+            return_exceptions=True,
+        )
+        done: list[int] = []
+        quarantined: list[int] = []
+        failure: BaseException | None = None
+        committed_up_to = last_uid
+        for uid, result in zip(present, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+                continue
+            self.counts[result.kind] += 1
+            (quarantined if _is_quarantined(result) else done).append(uid)
+            if failure is None:
+                committed_up_to = uid
+        if failure is None and uids:
+            committed_up_to = max(committed_up_to, uids[-1])
+        if done or quarantined:
+            await self._call(self._settle, connection, done, quarantined)
+            logger.info(
+                "mailbox %s: %d message(s) committed (uid %d-%d), %d quarantined",
+                self.mailbox.name, len(done) + len(quarantined), min(done + quarantined),
+                max(done + quarantined), len(quarantined),
+            )
+        if committed_up_to > last_uid:
+            await self._save_state(connection.uidvalidity, committed_up_to)
+            self._progressed = True
+        if failure is not None:
+            raise failure
+        return committed_up_to
+
+    async def _wait_for_mail(self, connection: Connection) -> None:
+        self._progressed = True
+        try:
+            await self._wait(connection)
+        finally:
+            self.waiting = False
+
+    async def _wait(self, connection: Connection) -> None:
+        if not (self.mailbox.idle and connection.can_idle):
+            self.waiting = True
+            await asyncio.sleep(self.mailbox.poll_interval)
+            return
+        await self._call(self._idle_start, connection)
+        self.waiting = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.mailbox.idle_timeout
+        while loop.time() < deadline:
+            # Any untagged response (EXISTS, EXPUNGE, ...) is a reason to look again.
+            if await self._call(self._idle_wait, connection, IDLE_SLICE_SECONDS):
+                break
+        await self._call(self._idle_stop, connection)
+
+    async def _load_state(self, uidvalidity: int) -> int:
+        try:
+            async with self._sessions() as session:
+                state = await session.get(MailboxState, self._state_name)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"cannot read mailbox state: {exc}") from exc
+        if state is None:
+            logger.info("mailbox %s: first run, taking every message in %s",
+                        self.mailbox.name, self.mailbox.folder)
+            return 0
+        if state.uidvalidity != uidvalidity:
+            logger.warning(
+                "mailbox %s: UIDVALIDITY changed (%s -> %s), reading the folder again; "
+                "mail already stored is recognised as duplicate",
+                self.mailbox.name, state.uidvalidity, uidvalidity,
+            )
+            return 0
+        return state.last_uid
+
+    async def _save_state(self, uidvalidity: int, last_uid: int) -> None:
+        for attempt in range(2):
+            try:
+                async with self._sessions() as session, session.begin():
+                    state = await session.get(MailboxState, self._state_name)
+                    if state is None:
+                        session.add(MailboxState(
+                            name=self._state_name, uidvalidity=uidvalidity, last_uid=last_uid
+                        ))
+                    else:
+                        state.uidvalidity = uidvalidity
+                        state.last_uid = last_uid
+                return
+            except IntegrityError:
+                if attempt:  # another instance inserted the row meanwhile: update it instead
+                    raise
+            except (SQLAlchemyError, OSError) as exc:
+                raise StoreUnavailable(f"cannot save mailbox state: {exc}") from exc
+
+
+def _is_quarantined(outcome: Outcome) -> bool:
+    if outcome.kind == "quarantined":
+        return True
+    return outcome.kind == "duplicate" and outcome.email_id is None and bool(outcome.quarantine_id)
+
+
+def _text(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return str(exc)  # "[Errno 111] Connection refused", not just "111"
+    value = exc.args[0] if exc.args else exc
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def build_pollers(
+    pipeline: Pipeline, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> list[MailboxPoller]:
+    """One poller per configured mailbox; its role's first intake address is the recipient."""
+    return [
+        MailboxPoller(mailbox, pipeline, sessions, getattr(settings, f"{mailbox.role}_address")[0])
+        for mailbox in settings.imap_mailboxes
+    ]
+
+
+def start_imap_pollers(
+    pipeline: Pipeline, sessions: async_sessionmaker[AsyncSession], settings: Settings
+) -> list[asyncio.Task[None]]:
+    """Start the pollers as tasks; each runs until cancelled and survives its own failures."""
+    return [
+        asyncio.create_task(poller.run(), name=f"imap-{poller.mailbox.name}")
+        for poller in build_pollers(pipeline, sessions, settings)
+    ]

@@ -1,0 +1,268 @@
+"""IMAP intake against a private Dovecot: ingest, flag/move after commit, restart, crash, IDLE."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from mailsvc.bootstrap import Services, open_services
+from mailsvc.config import Settings
+from mailsvc.crmstore.models import Email, MailboxState, QuarantinedMail
+from mailsvc.ingest.imap import MailboxPoller, build_pollers
+from tests.conftest import BCC, base_settings
+from tests.support.dovecot import PASSWORD, Dovecot, running_dovecot
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.imap
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    with running_dovecot() as server:
+        yield server
+
+
+def mailbox(server: Dovecot, name: str = "bcc", user: str = "alice", **overrides: Any) -> dict:
+    values: dict[str, Any] = {
+        "name": name, "host": "127.0.0.1", "port": server.plain_port, "tls": "none",
+        "username": user, "password": PASSWORD, "role": "bcc", "poll_interval": 30,
+        "backoff_initial": 0.05, "backoff_max": 0.5, "timeout": 5,
+    }
+    values.update(overrides)
+    return values
+
+
+def message(n: int, size: int = 0) -> bytes:
+    return (
+        f"From: Anna Seller <anna.seller@mailsvc.example>\r\n"
+        f"To: Carla Customer <carla{n}@acme.example>\r\nSubject: quote {n}\r\n"
+        f"Message-ID: <imap-{n}@mailsvc.example>\r\n\r\nHello Carla,\r\n{'x' * size}\r\n"
+    ).encode()
+
+
+@asynccontextmanager
+async def polling(settings: Settings) -> AsyncIterator[tuple[Services, list[MailboxPoller]]]:
+    """The pipeline and the IMAP pollers, as `mailsvc serve` runs them."""
+    async with open_services(settings, migrate=False) as services:
+        await services.pipeline.start()
+        pollers = build_pollers(services.pipeline, services.sessions, settings)
+        tasks = [asyncio.create_task(p.run()) for p in pollers]
+        try:
+            yield services, pollers
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await services.pipeline.stop()
+
+
+async def count(services: Services, model: Any) -> int:
+    async with services.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def stored_message_ids(services: Services) -> list[str]:
+    async with services.sessions() as session:
+        return sorted(m or "" for m in await session.scalars(select(Email.message_id)))
+
+
+def at_least(services: Services, model: Any, n: int) -> Callable[[], Any]:
+    async def probe() -> bool:
+        return await count(services, model) >= n
+    return probe
+
+
+async def flags(server: Dovecot, folder: str = "INBOX") -> dict[bytes, list[str]]:
+    return await asyncio.to_thread(server.folder_flags, "alice", folder)
+
+
+async def test_mail_is_ingested_then_flagged_seen_and_quarantine_is_moved(
+    dovecot: Dovecot, database_url: str,
+) -> None:
+    dovecot.append(message(1))  # already there when the poller starts
+    dovecot.append(message(2, size=3000))  # too large: quarantined
+    settings = base_settings(database_url, max_message_bytes=2048,
+                             imap_mailboxes=[mailbox(dovecot)])
+    async with polling(settings) as (services, [poller]):
+        await wait_for(at_least(services, Email, 1), what="first mail stored")
+        await wait_for(at_least(services, QuarantinedMail, 1), what="big mail quarantined")
+        await asyncio.to_thread(dovecot.append, message(3))
+        await wait_for(at_least(services, Email, 2), what="new mail stored")
+
+        async def settled() -> bool:
+            inbox = await flags(dovecot)
+            return set(inbox) == {b"<imap-1@mailsvc.example>", b"<imap-3@mailsvc.example>"} \
+                and all("\\Seen" in f for f in inbox.values())
+
+        await wait_for(settled, what="inbox flagged \\Seen")
+        assert list(await flags(dovecot, "Quarantine")) == [b"<imap-2@mailsvc.example>"]
+        async with services.sessions() as session:
+            email = await session.scalar(select(Email).where(Email.message_id.like("%imap-3%")))
+            assert email is not None
+            assert (email.source, email.intake_role, email.envelope_to) == ("imap", "bcc", [BCC])
+
+        async def state_recorded() -> bool:  # recorded right after the flags are set
+            async with services.sessions() as session:
+                state = await session.get(MailboxState, "bcc/INBOX")
+                return state is not None and state.last_uid == 3
+
+        await wait_for(state_recorded, what="last UID recorded")
+        assert poller.counts["quarantined"] == 1 and sum(poller.counts.values()) == 3
+
+
+async def test_processed_mail_is_moved_to_the_processed_folder(
+    dovecot: Dovecot, sqlite_url: str,
+) -> None:
+    for n in range(1, 4):
+        dovecot.append(message(n))
+    settings = base_settings(sqlite_url, imap_mailboxes=[
+        mailbox(dovecot, processed="move", processed_folder="Done")])
+    async with polling(settings) as (services, _):
+        await wait_for(at_least(services, Email, 3), what="three mails stored")
+
+        async def moved() -> bool:
+            return not await flags(dovecot) and len(await flags(dovecot, "Done")) == 3
+
+        await wait_for(moved, what="mails moved to Done")
+
+
+async def test_a_restart_processes_nothing_twice(dovecot: Dovecot, sqlite_url: str) -> None:
+    for n in range(1, 6):
+        dovecot.append(message(n))
+    settings = base_settings(sqlite_url, imap_mailboxes=[mailbox(dovecot)])
+    async with polling(settings) as (services, [first]):
+        await wait_for(at_least(services, Email, 5), what="five mails stored")
+        await wait_for(lambda: _true(first.waiting), what="poller caught up")
+    async with polling(settings) as (services, [second]):
+        await wait_for(lambda: _true(second.waiting), what="poller caught up again")
+        assert second.connects == 1
+        assert sum(second.counts.values()) == 0, "nothing is fetched again"
+        await asyncio.to_thread(dovecot.append, message(6))
+        await wait_for(at_least(services, Email, 6), what="the new mail stored")
+        assert sum(second.counts.values()) == 1 and "duplicate" not in second.counts
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_dovecot_killed_mid_run_loses_and_duplicates_nothing(
+    dovecot: Dovecot, database_url: str,
+) -> None:
+    for n in range(1, 31):
+        dovecot.append(message(n))
+    settings = base_settings(database_url, imap_mailboxes=[mailbox(dovecot, fetch_batch=2)])
+    async with polling(settings) as (services, [poller]):
+        await wait_for(at_least(services, Email, 2), what="first batch stored")
+        await asyncio.to_thread(dovecot.kill)
+        assert await count(services, Email) < 30, "killed mid-run"
+        await wait_for(lambda: _true(poller.last_error is not None), what="failure noticed")
+        await asyncio.to_thread(dovecot.start)
+        await asyncio.to_thread(dovecot.append, message(31))
+        await wait_for(at_least(services, Email, 31), within=20, what="all 31 mails stored")
+
+        async def all_seen() -> bool:
+            inbox = await flags(dovecot)
+            return len(inbox) == 31 and all("\\Seen" in f for f in inbox.values())
+
+        await wait_for(all_seen, what="all flagged \\Seen")
+        assert poller.connects >= 2
+        ids = await stored_message_ids(services)
+        assert ids == sorted(f"imap-{n}@mailsvc.example" for n in range(1, 32))
+        assert await count(services, Email) == 31
+
+
+async def test_while_the_store_is_down_mail_stays_unflagged_in_the_mailbox(
+    dovecot: Dovecot, sqlite_url: str,
+) -> None:
+    for n in range(1, 4):
+        dovecot.append(message(n))
+    down = base_settings("postgresql+asyncpg://postgres@127.0.0.1:1/none",
+                         imap_mailboxes=[mailbox(dovecot)])
+    async with polling(down) as (_, [poller]):
+        await wait_for(lambda: _true(poller.connects >= 2), what="retries")
+        assert "store unavailable" in (poller.last_error or "")
+    assert all("\\Seen" not in f for f in (await flags(dovecot)).values())
+    async with polling(base_settings(sqlite_url, imap_mailboxes=[mailbox(dovecot)])) as (
+        services, _,
+    ):
+        await wait_for(at_least(services, Email, 3), what="stored once the store is back")
+
+        async def all_seen() -> bool:
+            return all("\\Seen" in f for f in (await flags(dovecot)).values())
+
+        await wait_for(all_seen, what="flagged after the commit")
+
+
+async def test_idle_ingests_a_new_mail_within_a_second(dovecot: Dovecot, sqlite_url: str) -> None:
+    settings = base_settings(sqlite_url, imap_mailboxes=[mailbox(dovecot, poll_interval=600)])
+    async with polling(settings) as (services, [poller]):
+        await wait_for(lambda: _true(poller.waiting), what="poller in IDLE")
+        started = time.monotonic()
+        await asyncio.to_thread(dovecot.append, message(1))
+        await wait_for(at_least(services, Email, 1), within=1.0, interval=0.01,
+                       what="mail stored through IDLE")
+        delay = time.monotonic() - started
+        print(f"IDLE: stored {delay:.3f}s after the append")
+        assert delay < 1.0, f"took {delay:.3f}s"
+
+
+async def test_without_idle_the_folder_is_polled(dovecot: Dovecot, sqlite_url: str) -> None:
+    settings = base_settings(sqlite_url, imap_mailboxes=[
+        mailbox(dovecot, idle=False, poll_interval=0.2)])
+    async with polling(settings) as (services, [poller]):
+        await wait_for(lambda: _true(poller.waiting), what="poller waiting")
+        await asyncio.to_thread(dovecot.append, message(1))
+        await wait_for(at_least(services, Email, 1), what="mail stored by polling")
+
+
+async def test_ssl_and_starttls_verified_against_the_test_ca(
+    dovecot: Dovecot, sqlite_url: str,
+) -> None:
+    dovecot.append(message(1))
+    dovecot.append(message(2), user="bob")
+    settings = base_settings(sqlite_url, imap_mailboxes=[
+        mailbox(dovecot, "tls", tls="ssl", port=dovecot.tls_port, ca_file=str(dovecot.ca_file)),
+        mailbox(dovecot, "starttls", user="bob", tls="starttls", ca_file=str(dovecot.ca_file)),
+    ])
+    async with polling(settings) as (services, pollers):
+        await wait_for(at_least(services, Email, 2), what="both mails stored")
+        assert all(p.last_error is None for p in pollers)
+
+
+async def test_an_unknown_ca_fails_with_a_clear_error(
+    dovecot: Dovecot, sqlite_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    dovecot.append(message(1))
+    settings = base_settings(sqlite_url, imap_mailboxes=[
+        mailbox(dovecot, "tls", tls="ssl", port=dovecot.tls_port)])  # system CAs only
+    with caplog.at_level(logging.ERROR, logger="mailsvc.ingest.imap"):
+        async with polling(settings) as (services, [poller]):
+            await wait_for(lambda: _true(poller.last_error is not None), what="TLS failure")
+            assert await count(services, Email) == 0
+    assert "TLS certificate of 127.0.0.1:" in caplog.text
+    assert "not trusted (unable to get local issuer certificate)" in caplog.text
+    assert "for a private CA set ca_file" in caplog.text
+
+
+async def test_wrong_credentials_do_not_stall_another_mailbox(
+    dovecot: Dovecot, sqlite_url: str,
+) -> None:
+    for n in range(1, 4):
+        dovecot.append(message(n))
+    settings = base_settings(sqlite_url, imap_mailboxes=[
+        mailbox(dovecot, "broken", user="bob", password="wrong"),
+        mailbox(dovecot, "good", user="alice"),
+    ])
+    async with polling(settings) as (services, [broken, good]):
+        await wait_for(at_least(services, Email, 3), what="the good mailbox goes on")
+        await wait_for(lambda: _true(broken.last_error is not None), what="login refused")
+        assert "login as bob refused" in (broken.last_error or "")
+        assert good.last_error is None and broken.connects == 0

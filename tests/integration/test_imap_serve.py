@@ -1,0 +1,122 @@
+"""`mailsvc serve` with IMAP mailboxes configured: the pollers run, and stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailsvc.config import load_settings
+from mailsvc.errors import ConfigError
+from mailsvc.ingest.imap import backoff_delay
+from tests.conftest import BCC, SALES, SUPPORT
+from tests.integration.test_imap_intake import message
+from tests.support.dovecot import PASSWORD, Dovecot, free_port, running_dovecot
+
+pytestmark = pytest.mark.imap
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    with running_dovecot() as server:
+        yield server
+
+
+def test_serve_polls_the_configured_mailboxes_and_stops_on_sigterm(
+    dovecot: Dovecot, sqlite_url: str, tmp_path: Path,
+) -> None:
+    dovecot.append(message(1))
+    config = tmp_path / "mailboxes.toml"
+    config.write_text(f"""
+[[mailbox]]
+name = "support"
+host = "127.0.0.1"
+port = {dovecot.tls_port}
+tls = "ssl"
+ca_file = "{dovecot.ca_file}"
+username = "bob"
+password_file = "{tmp_path / 'bob.secret'}"
+role = "support"
+processed = "move"
+""")
+    (tmp_path / "bob.secret").write_text(PASSWORD + "\n")
+    dovecot.append(message(2), user="bob")
+    env = {
+        "PATH": os.environ["PATH"], "MAILSVC_DATABASE_URL": sqlite_url,
+        "MAILSVC_SMTP_PORT": str(free_port()), "MAILSVC_API_ENABLED": "false",
+        "MAILSVC_BCC_ADDRESS": BCC, "MAILSVC_SALES_ADDRESS": SALES,
+        "MAILSVC_SUPPORT_ADDRESS": SUPPORT, "MAILSVC_IMAP_CONFIG": str(config),
+        "MAILSVC_IMAP_MAILBOXES": json.dumps([{
+            "name": "bcc", "host": "127.0.0.1", "port": dovecot.plain_port, "tls": "none",
+            "username": "alice", "password": PASSWORD,
+        }]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailsvc", "serve"], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (dovecot.folder_flags("alice").get(b"<imap-1@mailsvc.example>") == ["\\Seen"]
+                   and dovecot.folder_flags("bob", "Processed")):
+            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "mailboxes not processed"
+            time.sleep(0.05)
+    finally:
+        stopping = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    assert time.monotonic() - stopping < 5, "pollers in IDLE must not hold up the shutdown"
+    assert b"Traceback" not in stderr
+    assert b"mailbox support: connected" in stderr and b"mailbox bcc: connected" in stderr
+    assert PASSWORD.encode() not in stderr
+
+
+@pytest.mark.parametrize(("mailboxes", "complaint"), [
+    ('[{"name": "a", "host": "h", "username": "u"}]', "set exactly one of password"),
+    ('[{"name": "a", "host": "h", "username": "u", "password": "p", "tls": "yes"}]',
+     "MAILSVC_IMAP_MAILBOXES_0_TLS: Input should be 'ssl', 'starttls' or 'none'"),
+    ('[{"name": "a", "host": "h", "username": "u", "password": "p", "pasword": "p"}]',
+     "MAILSVC_IMAP_MAILBOXES_0_PASWORD: Extra inputs are not permitted"),
+    ('[{"name": "a", "host": "h", "username": "u", "password": "p"},'
+     ' {"name": "a", "host": "h", "username": "v", "password": "p"}]', "names must be unique"),
+    ('[{"name": "a", "host": "h", "username": "u", "password": "p", "processed": "move",'
+     ' "processed_folder": "INBOX"}]', "processed_folder must differ from folder"),
+    ("{not json", "error parsing value for field \"imap_mailboxes\""),
+])
+def test_a_wrong_mailbox_setting_is_named_in_the_error(
+    mailboxes: str, complaint: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILSVC_IMAP_MAILBOXES", mailboxes)
+    with pytest.raises(ConfigError) as error:
+        load_settings(_env_file=None)
+    assert complaint in str(error.value)
+
+
+def test_mailboxes_come_from_a_toml_file_with_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "mailboxes.toml"
+    config.write_text('[[mailbox]]\nname = "sales"\nhost = "imap.example.com"\n'
+                      'username = "sales@example.com"\npassword = "app-password"\nrole = "sales"\n')
+    [mailbox] = load_settings(_env_file=None, imap_config=str(config)).imap_mailboxes
+    assert (mailbox.effective_port, mailbox.tls, mailbox.verify, mailbox.folder) == \
+        (993, "ssl", True, "INBOX")
+    assert (mailbox.processed, mailbox.quarantine_folder, mailbox.idle) == \
+        ("seen", "Quarantine", True)
+    assert "app-password" not in repr(mailbox)
+    with pytest.raises(ConfigError, match="cannot read the IMAP mailbox file"):
+        load_settings(_env_file=None, imap_config=str(tmp_path / "missing.toml"))
+
+
+def test_reconnect_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    for attempt, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (4, 8), (150, 300)]):
+        delays = {backoff_delay(attempt if attempt < 4 else 20, 1.0, 300.0) for _ in range(50)}
+        assert all(low <= d <= high for d in delays)
+        assert len(delays) > 1, "jittered"
