@@ -42,12 +42,13 @@ logger = logging.getLogger("mailsvc")
 T = TypeVar("T")
 
 
-def _settings() -> Settings:
+def _settings(config_exit: int = EX_CONFIG) -> Settings:
+    """The settings, or exit with ``config_exit`` and a message naming the wrong variable."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EX_CONFIG) from None
+        raise typer.Exit(config_exit) from None
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -60,12 +61,12 @@ def _settings() -> Settings:
     return settings
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _run(coro: Coroutine[Any, Any, T], config_exit: int = EX_CONFIG) -> T:
     try:
         return asyncio.run(coro)
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EX_CONFIG) from None
+        raise typer.Exit(config_exit) from None
     except StoreUnavailable as exc:
         err.print(f"[red]store unavailable: {exc}[/red]")
         raise typer.Exit(EX_TEMPFAIL) from None
@@ -138,9 +139,10 @@ def ingest(
     """Process messages through the pipeline; prints one JSON object per message.
 
     Exit status (sysexits): 0 done, 65 a message had nothing usable (it is kept in quarantine),
-    66 a file is missing, 75 the store is unavailable (try again later).
+    66 a file is missing, 75 try again later: the store is unavailable or the configuration is
+    wrong (an MTA defers the mail instead of bouncing it while the settings get fixed).
     """
-    settings = _settings()
+    settings = _settings(config_exit=EX_TEMPFAIL)
     role, address = _role_for(settings, to)
     raws: list[RawMail] = []
     for name in files:
@@ -152,7 +154,7 @@ def ingest(
         envelope = Envelope(sender, (address,), role, "stdin" if name == "-" else "file")
         raws.append(RawMail(data, envelope))
     try:
-        outcomes = _run(_ingest(settings, raws))
+        outcomes = _run(_ingest(settings, raws), config_exit=EX_TEMPFAIL)
     except typer.Exit:
         raise
     except Exception as exc:  # never die with a traceback: an MTA would bounce the mail

@@ -121,9 +121,17 @@ def test_unknown_intake_address_exits_64(database_url: str) -> None:
 
 
 def test_wrong_configuration_fails_at_start_with_a_clear_message(sqlite_url: str) -> None:
-    result = mailsvc(sqlite_url, "ingest", "-", stdin=b"x", MAILSVC_SMTP_PORT="seventy")
-    assert result.returncode == 78
+    result = mailsvc(sqlite_url, "db", "current", MAILSVC_SMTP_PORT="seventy")
+    assert result.returncode == 78  # EX_CONFIG
     assert b"MAILSVC_SMTP_PORT" in result.stderr
-    clash = mailsvc(sqlite_url, "ingest", "-", stdin=b"x", MAILSVC_SALES_ADDRESS=BCC)
+    clash = mailsvc(sqlite_url, "seed-demo", MAILSVC_SALES_ADDRESS=BCC)
     assert clash.returncode == 78
     assert b"both the bcc and the sales address" in clash.stderr
+    assert b"Traceback" not in result.stderr + clash.stderr
+
+
+def test_ingest_with_wrong_configuration_asks_the_mta_to_retry(sqlite_url: str) -> None:
+    # Under a Postfix pipe 78 would bounce every mail until the settings are fixed; 75 defers.
+    result = mailsvc(sqlite_url, "ingest", "-", stdin=b"x", MAILSVC_SMTP_PORT="seventy")
+    assert result.returncode == 75
+    assert b"MAILSVC_SMTP_PORT" in result.stderr
