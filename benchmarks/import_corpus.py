@@ -20,17 +20,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import asyncpg
+from common import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import corpus_messages  # noqa: E402
 
-PG_ADMIN_DSN = os.environ.get("MAILSVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MESSAGE_ID = re.compile(rb"^(message-id:[ \t]*<?)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -67,25 +65,6 @@ def run_import(database_url: str, mbox: Path, workdir: Path) -> tuple[float, int
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"mailsvc import failed ({status}):\n{err.read_text()}")
     return seconds, usage.ru_maxrss, out.read_text()
-
-
-async def create_database() -> tuple[str, str]:
-    name = f"mailsvc_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return name, f"{base}/{name}"
-
-
-async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def report(label: str, messages: int, seconds: float, peak_kib: int) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import asyncpg
+from common import create_database, drop_database, render_table
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,7 +34,6 @@ from mailsvc.crmstore.models import OutboxEvent
 from mailsvc.events.relay import Relay, pending_count
 from mailsvc.events.schema import cloudevent, encode
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 DATABASES = ("sqlite", "postgres")
 
@@ -119,22 +118,8 @@ async def drain_one_by_one(
 async def _database(kind: str, workdir: Path) -> tuple[str, str | None]:
     if kind == "sqlite":
         return f"sqlite+aiosqlite:///{workdir / 'relay.db'}", None
-    name = f"mailsvc_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return f"{base}/{name}", name
-
-
-async def _drop(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    name, url = await create_database()
+    return url, name
 
 
 async def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -176,7 +161,7 @@ async def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> di
         await broker.close()
         await engine.dispose()
         if pg_name:
-            await _drop(pg_name)
+            await drop_database(pg_name)
     return {
         "database": kind,
         "events": total,
@@ -191,16 +176,15 @@ async def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> di
     }
 
 
+TABLE = (
+    ("database", "database"), ("events", "events"), ("batch_size", "batch"),
+    ("relay_events_per_s", "relay ev/s"), ("one_by_one_events_per_s", "one-by-one ev/s"),
+    ("speedup", "speedup"),
+)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    columns = ("database", "events", "batch_size", "relay_events_per_s",
-               "one_by_one_events_per_s", "speedup")
-    titles = ("database", "events", "batch", "relay ev/s", "one-by-one ev/s", "speedup")
-    body = [[str(row[c]) for c in columns] for row in rows]
-    widths = [max(len(x) for x in col) for col in zip(titles, *body, strict=True)]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
-             for cells in (titles, *body)]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(TABLE, rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -31,10 +31,9 @@ from typing import Any
 
 import aio_pika
 import aiosmtplib
-import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from common import create_database, drop_database, render_table
 
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BCC = "bcc@mailsvc.localhost"
 SENDER = "anna.seller@mailsvc.example"
 TARGETS = ("sink", "sqlite", "postgres")
@@ -201,23 +200,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 # --- one run per target ------------------------------------------------------------------------
 
-async def _create_pg_database() -> tuple[str, str]:
-    name = f"mailsvc_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return name, f"{base}/{name}"
 
-
-async def _drop_pg_database(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def _ask(conn: Connection, command: str) -> Any:
@@ -231,7 +214,7 @@ async def run_target(target: str, args: argparse.Namespace, workdir: Path) -> di
     if target == "sqlite":
         database_url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
     elif target == "postgres":
-        pg_name, database_url = await _create_pg_database()
+        pg_name, database_url = await create_database()
     amqp_url = args.amqp if target != "sink" else None
     exchange = f"mailsvc.bench.{uuid.uuid4().hex[:8]}"
     broker = await _bind_queue(amqp_url, exchange) if amqp_url else None
@@ -263,7 +246,7 @@ async def run_target(target: str, args: argparse.Namespace, workdir: Path) -> di
         if broker is not None:
             await _drop_queue(*broker)
         if pg_name:
-            await _drop_pg_database(pg_name)
+            await drop_database(pg_name)
     return {
         "target": target,
         "mails": args.total,
@@ -325,13 +308,7 @@ COLUMNS = (
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    header = [title for _, title in COLUMNS]
-    body = [["" if row[key] is None else str(row[key]) for key, _ in COLUMNS] for row in rows]
-    widths = [max(len(cell) for cell in column) for column in zip(header, *body, strict=True)]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
-             for cells in (header, *body)]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render_table(COLUMNS, rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
