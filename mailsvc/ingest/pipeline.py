@@ -1,8 +1,10 @@
 """The intake pipeline: parse -> decide -> store, many mails per transaction (group commit).
 
 Every adapter hands a RawMail to ``Pipeline.submit`` and gets an Outcome back only after the
-transaction holding that mail has committed. Mails arriving together share one transaction; each
-mail runs in its own SAVEPOINT so one bad mail never takes the others down with it.
+transaction holding that mail has committed. Mails arriving together share one transaction and one
+facts lookup, and are written with one statement per table (the fast path). If anything fails
+there, the group is redone mail by mail, each in its own SAVEPOINT (the safe path), so one bad
+mail never takes the others down with it.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ class Pipeline:
             try:
                 outcomes = await self._transaction(items, release, self._apply_batch)
             except Exception as exc:
-                if _unavailable(exc):
+                if store_unavailable(exc):
                     raise
                 # A concurrent writer or one odd mail: redo the group mail by mail, where each
                 # mail has its own SAVEPOINT and a failing one is retried or quarantined alone.
@@ -260,8 +262,19 @@ class Pipeline:
         todo: list[int],
         outcomes: list[Outcome | None],
     ) -> list[int]:
-        """Decide the mails in ``todo`` in order on one facts load and store them; a mail whose
-        facts an earlier mail of the round may change waits for the next round (returned)."""
+        """Decide the mails in ``todo`` and store them; the deferred ones are returned."""
+        decided, deferred = await self.decide_round(session, items, todo)
+        stored = await store_emails(session, [(items[n], d) for n, d in decided])
+        for (n, _), outcome in zip(decided, stored, strict=True):
+            outcomes[n] = outcome
+        return deferred
+
+    async def decide_round(
+        self, session: AsyncSession, items: Sequence[Prepared], todo: Sequence[int]
+    ) -> tuple[list[tuple[int, LinkDecision]], list[int]]:
+        """Decide the parsed mails ``items[n]`` for ``n`` in ``todo``, in order, on one facts load;
+        a mail whose facts an earlier mail of the round may change waits for the next round
+        (returned second). Writes nothing: the caller applies the decisions."""
         inputs = {n: self._inputs(items[n]) for n in todo}
         facts, owners = await load_batch_facts(
             session, merge_wanted(want for _, want, _ in inputs.values()), self._owners
@@ -284,10 +297,7 @@ class Pipeline:
             decision = decide(item.parsed, envelope, mine, self._policy, kind, reply)
             changed |= effects(item.parsed.message_id, decision, mine)
             decided.append((n, decision))
-        stored = await store_emails(session, [(items[n], d) for n, d in decided])
-        for (n, _), outcome in zip(decided, stored, strict=True):
-            outcomes[n] = outcome
-        return deferred
+        return decided, deferred
 
     def _inputs(self, item: Prepared) -> tuple[MailKind, Wanted, Reply]:
         mail = item.parsed
@@ -338,7 +348,7 @@ class Pipeline:
         return await store_email(session, item, decision)
 
 
-def _unavailable(exc: Exception) -> bool:
+def store_unavailable(exc: Exception) -> bool:
     """The database is gone (not a problem of the mails): trying again mail by mail won't help."""
     if isinstance(exc, OSError | OperationalError | InterfaceError):
         return True
