@@ -1,4 +1,4 @@
-"""The ``mailsvc`` command line: serve, ingest, seed-demo, db, events."""
+"""The ``mailsvc`` command line: serve, ingest, import, reprocess, seed-demo, db, events."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -460,6 +462,75 @@ def quarantine_retry(
     for quarantine_id, outcome in _run(go()):
         line = {"retried": quarantine_id, **outcome.to_json()}
         sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def reprocess(
+    ids: Annotated[list[int] | None, typer.Argument(help="E-mail ids.")] = None,
+    unlinked: Annotated[
+        bool, typer.Option("--unlinked", help="Mails that were ignored or have no links.")
+    ] = False,
+    since: Annotated[
+        datetime | None,
+        typer.Option("--since", formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+                     help="Mails received on or after DATE (UTC)."),
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every stored mail.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON line per mail instead of the summary.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Decide stored mail again from its raw bytes after rules or CRM data changed; only the
+    automatic links change (manual links stay, nothing is created, no mail is sent).
+
+    Selectors combine (a mail must match all given). Exit status (sysexits): 0 done (mails that
+    failed are counted as failed), 64 no selector, 75 the store is unavailable.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from mailsvc.ingest.reprocess import RESULTS, Reprocessed, Result, Selection, count_selected
+    from mailsvc.ingest.reprocess import reprocess as run_reprocess
+
+    selection = Selection(tuple(ids or ()), unlinked,
+                          since.replace(tzinfo=UTC) if since else None, everything)
+    if selection.empty or (everything and (ids or unlinked or since)):
+        err.print("[red]name what to reprocess: EMAIL_ID ..., --unlinked and/or --since DATE, "
+                  "or --all alone[/red]")
+        raise typer.Exit(EX_USAGE)
+    settings = _settings()
+    progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, disable=quiet or as_json)
+    task = progress.add_task("reprocessing", total=None)
+    failed: list[Reprocessed] = []
+
+    def on_batch(results: list[Reprocessed]) -> None:
+        progress.advance(task, len(results))
+        failed.extend(r for r in results if r.result == "failed")
+        if as_json:
+            for result in results:
+                sys.stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+
+    async def go() -> Counter[Result]:
+        async with open_services(settings) as services:
+            progress.update(task, total=await count_selected(services.sessions, selection))
+            return await run_reprocess(services.pipeline, services.sessions, selection,
+                                       on_batch=on_batch)
+
+    with progress:
+        counts = _run(go())
+    if as_json:
+        return
+    table = Table(title="reprocess")
+    table.add_column("result")
+    table.add_column("mails", justify="right")
+    for name in RESULTS:
+        table.add_row(name, str(counts[name]))
+    table.add_row("total", str(sum(counts.values())), style="bold")
+    Console().print(table)
+    for result in failed:
+        err.print(f"e-mail {result.email_id} failed: {result.reason}")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc.crmstore.db import read_session
-from mailsvc.crmstore.models import QuarantinedMail
+from mailsvc.crmstore.models import Email, QuarantinedMail
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.mail import Envelope, RawMail, Role
@@ -28,7 +28,8 @@ async def list_quarantined(
         return list(await session.scalars(query))
 
 
-def raw_mail(row: QuarantinedMail) -> RawMail:
+def raw_mail(row: QuarantinedMail | Email) -> RawMail:
+    """The bytes and envelope as received (kept for quarantined and for stored mail alike)."""
     role: Role = row.intake_role  # type: ignore[assignment]
     envelope = Envelope(row.envelope_from, tuple(row.envelope_to), role, row.source)
     return RawMail(row.raw, envelope)
