@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=8025, ge=0, le=65535)
     smtp_hostname: str = "mailsvc.localhost"
+    # STARTTLS on the SMTP intake: a PEM certificate (chain) and its key.
+    smtp_tls_cert: FilePath | None = None
+    smtp_tls_key: FilePath | None = None
+    smtp_require_tls: bool = False
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_keys: AddressList = ()
@@ -195,6 +199,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> Settings:
+        if (self.smtp_tls_cert is None) != (self.smtp_tls_key is None):
+            raise ValueError("set both MAILSVC_SMTP_TLS_CERT and MAILSVC_SMTP_TLS_KEY, or neither")
+        if self.smtp_require_tls and self.smtp_tls_cert is None:
+            raise ValueError("MAILSVC_SMTP_REQUIRE_TLS needs MAILSVC_SMTP_TLS_CERT and _KEY")
         seen: dict[str, str] = {}
         for role in ("bcc", "sales", "support"):
             for address in getattr(self, f"{role}_address"):

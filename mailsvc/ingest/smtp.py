@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from functools import partial
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -81,6 +82,15 @@ class IntakeHandler:
         return f"250 2.0.0 Ok: {outcome.kind} as email {outcome.email_id}"
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The STARTTLS context from the configured certificate and key, if any."""
+    if settings.smtp_tls_cert is None or settings.smtp_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.smtp_tls_cert, settings.smtp_tls_key)
+    return context
+
+
 def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[SMTP]:
     """A protocol factory for ``loop.create_server`` (one SMTP object per connection)."""
     return partial(
@@ -91,6 +101,8 @@ def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[SMTP]:
         decode_data=False,
         hostname=settings.smtp_hostname,
         ident="mailsvc ESMTP",
+        tls_context=tls_context(settings),
+        require_starttls=settings.smtp_require_tls,
     )
 
 

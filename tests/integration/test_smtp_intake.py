@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -16,9 +18,11 @@ from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
 from mailsvc.crmstore.demo import seed
 from mailsvc.crmstore.models import Email, EmailLink, OutboxEvent, QuarantinedMail
+from mailsvc.errors import ConfigError
 from mailsvc.ingest.smtp import start_smtp
 from tests.conftest import AMQP_URL, BCC, SALES, SUPPORT, base_settings
 from tests.support.broker import consumer
+from tests.support.tls import make_test_ca
 from tests.support.waiting import wait_for
 
 
@@ -175,3 +179,32 @@ async def test_unparseable_message_is_quarantined_and_the_next_one_goes_on(
         await send(port, bcc_mail("next one", "<next@mailsvc.example>"))
         assert await count(services, QuarantinedMail) == 1
         assert await count(services, Email) == 1
+
+
+async def test_starttls_protects_the_intake_and_can_be_required(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    ca, cert, key = make_test_ca(tmp_path / "tls")
+    client_tls = ssl.create_default_context(cafile=str(ca))
+    settings = make_settings(
+        smtp_port=0, smtp_tls_cert=cert, smtp_tls_key=key, smtp_require_tls=True
+    )
+    async with running(settings) as (services, port):
+        async with aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, start_tls=False, tls_context=client_tls
+        ) as plain:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+                await plain.mail("anna@outside.example")
+            assert refused.value.code == 530
+        async with aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_tls
+        ) as secure:
+            errors, _ = await secure.send_message(bcc_mail("over TLS"), recipients=[BCC])
+            assert errors == {}
+        assert await count(services, Email) == 1
+
+
+def test_half_a_tls_configuration_is_refused(tmp_path: Path) -> None:
+    _, cert, _ = make_test_ca(tmp_path / "tls")
+    with pytest.raises(ConfigError, match="MAILSVC_SMTP_TLS_KEY"):
+        base_settings("sqlite+aiosqlite:///x.db", smtp_tls_cert=cert)
