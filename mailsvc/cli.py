@@ -53,7 +53,7 @@ def _settings(config_exit: int = EX_CONFIG) -> Settings:
         raise typer.Exit(config_exit) from None
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s",
         stream=sys.stderr,
     )
     # mail-parser warns about every content type it leaves to us; that is not news.
@@ -75,13 +75,41 @@ def _run(coro: Coroutine[Any, Any, T], config_exit: int = EX_CONFIG) -> T:
 
 
 @app.command()
-def serve() -> None:
-    """Run the SMTP intake, the event relay and the API until SIGTERM or Ctrl-C."""
+def serve(
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes sharing the SMTP port [default: MAILSVC_WORKERS]."),
+    ] = None,
+    worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run the SMTP intake, the IMAP pollers, the event relay and the API until SIGTERM / Ctrl-C."""
+    from mailsvc.supervisor import plan_worker, supervise, worker_settings
+
     settings = _settings()
-    _run(_serve(settings))
+    if worker_index is not None:
+        plan = plan_worker(settings, worker_index)
+        _run(_serve(worker_settings(settings, plan), relay=plan.relay))
+        return
+    count = workers or settings.workers
+    if count == 1:
+        _run(_serve(settings))
+        return
+    _run(_migrate(settings))  # once, before the workers start
+    raise typer.Exit(supervise(count))
 
 
-async def _serve(settings: Settings) -> None:
+async def _migrate(settings: Settings) -> None:
+    from mailsvc.bootstrap import ensure_schema
+    from mailsvc.crmstore.db import create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        await ensure_schema(engine, settings)
+    finally:
+        await engine.dispose()
+
+
+async def _serve(settings: Settings, *, relay: bool = True) -> None:
     from mailsvc.ingest.imap import start_imap_pollers
     from mailsvc.ingest.smtp import start_smtp
 
@@ -94,9 +122,9 @@ async def _serve(settings: Settings) -> None:
         smtp = await start_smtp(services.pipeline, settings)
         pollers = start_imap_pollers(services.pipeline, services.sessions, settings)
         tasks: list[asyncio.Task[None]] = []
-        if services.relay is not None:
+        if services.relay is not None and relay:
             tasks.append(asyncio.create_task(services.relay.run(), name="relay"))
-        else:
+        elif services.relay is None:
             logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
         if settings.api_enabled:
             tasks.append(asyncio.create_task(_serve_api(services), name="api"))

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     smtp_tls_cert: FilePath | None = None
     smtp_tls_key: FilePath | None = None
     smtp_require_tls: bool = False
+    # Several mailsvc processes on one host may share the SMTP port (SO_REUSEPORT).
+    smtp_reuse_port: bool = False
+    # `mailsvc serve` processes on this host (docs: README, Operations).
+    workers: int = Field(default=1, ge=1, le=64)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
     api_keys: AddressList = ()

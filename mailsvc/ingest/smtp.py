@@ -109,7 +109,8 @@ def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[SMTP]:
 async def start_smtp(pipeline: Pipeline, settings: Settings) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port
+        smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port,
+        reuse_port=settings.smtp_reuse_port,
     )
     logger.info("SMTP intake listening on %s:%s", settings.smtp_host, settings.smtp_port)
     return server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -71,3 +72,44 @@ def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_u
     assert process.returncode == 0, stderr.decode()
     assert b"Traceback" not in stderr
     assert b"stopped" in stderr
+
+
+def test_several_workers_share_the_port_and_store_each_mail_once(database_url: str) -> None:
+    smtp_port, api_port = free_port(), free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "MAILSVC_DATABASE_URL": database_url,
+        "MAILSVC_SMTP_PORT": str(smtp_port),
+        "MAILSVC_API_PORT": str(api_port),
+        "MAILSVC_BCC_ADDRESS": BCC,
+        "MAILSVC_SALES_ADDRESS": SALES,
+        "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailsvc", "serve", "--workers", "2"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    template = (EXAMPLES / "bcc-opportunity.eml").read_bytes()
+    try:
+        wait_until_listening(smtp_port, process)
+        wait_until_listening(api_port, process)
+        for n in range(30):  # a connection each: the kernel spreads them over the workers
+            mail = template.replace(b"quote-followup-1@", f"multi-{n}@".encode())
+            with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+                assert smtp.sendmail("anna@outside.example", [BCC], mail) == {}
+        with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:  # the same mail again: a duplicate
+            smtp.sendmail(
+                "anna@outside.example", [BCC], template.replace(b"quote-followup-1@", b"multi-0@")
+            )
+        assert httpx.get(f"http://127.0.0.1:{api_port}/healthz").json() == {"status": "ok"}
+        emails = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/emails?limit=100").json()
+        assert emails["total"] == 30
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert stderr.count(b" mailsvc stopped") == 2
+    assert b"Traceback" not in stderr
+    # Both workers took mail: the log line of every stored mail names its process.
+    pids = set(re.findall(rb"\[(\d+)\] mailsvc\.ingest\.pipeline message", stderr))
+    assert len(pids) == 2
