@@ -234,9 +234,13 @@ def _link_records(
             notes += (f"closed_record:{policy.patterns.label(record.ref)}",)
     contact = view.counterparty.contact
     account = view.counterparty.account
+    # The person the mail is really with, if they belong to the record's customer; otherwise the
+    # record's own contact.
+    colleague = contact if contact and main.account_id in (None, contact.account_id) else None
     links = Links(
         account=main.account_id or (account.id if account else None),
-        contact=(contact.id if contact else None) or main.contact_id,
+        contact=(colleague.id if colleague else None) or main.contact_id
+        or (contact.id if contact else None),
         owner=main.owner_id or _fallback_owner(view, facts),
         opportunity=opportunity.ref.number if opportunity else None,
         ticket=ticket.ref.number if ticket else None,
