@@ -156,27 +156,29 @@ async def _true(value: bool) -> bool:
 async def test_dovecot_killed_mid_run_loses_and_duplicates_nothing(
     dovecot: Dovecot, database_url: str,
 ) -> None:
-    for n in range(1, 31):
-        dovecot.append(message(n))
-    settings = base_settings(database_url, imap_mailboxes=[mailbox(dovecot, fetch_batch=2)])
+    # Enough mail, fetched one at a time, that the crash surely comes before the last one.
+    total = 200
+    dovecot.append_all([message(n) for n in range(1, total)])
+    settings = base_settings(database_url, imap_mailboxes=[mailbox(dovecot, fetch_batch=1)])
     async with polling(settings) as (services, [poller]):
-        await wait_for(at_least(services, Email, 2), what="first batch stored")
+        await wait_for(at_least(services, Email, 2), what="first mails stored")
         await asyncio.to_thread(dovecot.kill)
-        assert await count(services, Email) < 30, "killed mid-run"
+        at_kill = await count(services, Email)
+        assert at_kill < total - 1, f"not killed mid-run: {at_kill} stored already"
         await wait_for(lambda: _true(poller.last_error is not None), what="failure noticed")
         await asyncio.to_thread(dovecot.start)
-        await asyncio.to_thread(dovecot.append, message(31))
-        await wait_for(at_least(services, Email, 31), within=20, what="all 31 mails stored")
+        await asyncio.to_thread(dovecot.append, message(total))
+        await wait_for(at_least(services, Email, total), within=60, what="all mails stored")
 
         async def all_seen() -> bool:
             inbox = await flags(dovecot)
-            return len(inbox) == 31 and all("\\Seen" in f for f in inbox.values())
+            return len(inbox) == total and all("\\Seen" in f for f in inbox.values())
 
         await wait_for(all_seen, what="all flagged \\Seen")
         assert poller.connects >= 2
         ids = await stored_message_ids(services)
-        assert ids == sorted(f"imap-{n}@mailsvc.example" for n in range(1, 32))
-        assert await count(services, Email) == 31
+        assert ids == sorted(f"imap-{n}@mailsvc.example" for n in range(1, total + 1))
+        assert await count(services, Email) == total
 
 
 async def test_while_the_store_is_down_mail_stays_unflagged_in_the_mailbox(

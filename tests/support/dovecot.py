@@ -184,8 +184,13 @@ userdb {{
                 client.logout()
 
     def append(self, raw: bytes, user: str = "alice", folder: str = "INBOX") -> None:
+        self.append_all([raw], user, folder)
+
+    def append_all(self, raws: list[bytes], user: str = "alice", folder: str = "INBOX") -> None:
+        """Append several messages over one connection."""
         with self.client(user, None) as client:
-            client.append(folder, raw)
+            for raw in raws:
+                client.append(folder, raw)
 
     def folder_flags(self, user: str = "alice", folder: str = "INBOX") -> dict[bytes, list[str]]:
         """Message-ID -> flags of every message in the folder."""
