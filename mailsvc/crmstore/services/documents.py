@@ -85,14 +85,26 @@ async def create_quote(
     return quote
 
 
-async def update_quote(session: AsyncSession, quote_id: int, changes: Mapping[str, Any]) -> Quote:
-    quote = await get_or_404(session, Quote, quote_id)
-    if quote.status in (QuoteStatus.ACCEPTED, QuoteStatus.REJECTED):
-        raise RuleViolation(f"quote {quote_id} is {quote.status} and can no longer change")
+async def _change(
+    session: AsyncSession, document: Quote | Order | Invoice, label: str, final: bool,
+    changes: Mapping[str, Any], editable: tuple[str, ...],
+) -> None:
+    """The rules every commercial document shares when it is edited."""
+    if final:
+        raise RuleViolation(
+            f"{label} {document.id} is {document.status} and can no longer change"
+        )
     if changes.get("amount") is not None and changes["amount"] < 0:
         raise RuleViolation("an amount cannot be negative")
     await ensure_exists(session, User, changes.get("owner_id"), "user")
-    apply_changes(quote, changes, ("title", "amount", "valid_until", "owner_id"))
+    apply_changes(document, changes, editable)
+
+
+async def update_quote(session: AsyncSession, quote_id: int, changes: Mapping[str, Any]) -> Quote:
+    quote = await get_or_404(session, Quote, quote_id)
+    final = quote.status in (QuoteStatus.ACCEPTED, QuoteStatus.REJECTED)
+    await _change(session, quote, "quote", final, changes,
+                  ("title", "amount", "valid_until", "owner_id"))
     await session.flush()
     return quote
 
@@ -141,12 +153,9 @@ async def create_order(
 
 async def update_order(session: AsyncSession, order_id: int, changes: Mapping[str, Any]) -> Order:
     order = await get_or_404(session, Order, order_id)
-    if order.status in (OrderStatus.DELIVERED, OrderStatus.CANCELLED):
-        raise RuleViolation(f"order {order_id} is {order.status} and can no longer change")
-    if changes.get("amount") is not None and changes["amount"] < 0:
-        raise RuleViolation("an amount cannot be negative")
-    await ensure_exists(session, User, changes.get("owner_id"), "user")
-    apply_changes(order, changes, ("title", "amount", "delivery_date", "owner_id"))
+    final = order.status in (OrderStatus.DELIVERED, OrderStatus.CANCELLED)
+    await _change(session, order, "order", final, changes,
+                  ("title", "amount", "delivery_date", "owner_id"))
     await session.flush()
     return order
 
@@ -199,12 +208,8 @@ async def update_invoice(
     session: AsyncSession, invoice_id: int, changes: Mapping[str, Any]
 ) -> Invoice:
     invoice = await get_or_404(session, Invoice, invoice_id)
-    if invoice.status != InvoiceStatus.OPEN:
-        raise RuleViolation(f"invoice {invoice_id} is {invoice.status} and can no longer change")
-    if changes.get("amount") is not None and changes["amount"] < 0:
-        raise RuleViolation("an amount cannot be negative")
-    await ensure_exists(session, User, changes.get("owner_id"), "user")
-    apply_changes(invoice, changes, ("amount", "due_date", "owner_id"))
+    await _change(session, invoice, "invoice", invoice.status != InvoiceStatus.OPEN, changes,
+                  ("amount", "due_date", "owner_id"))
     if invoice.due_date < invoice.issued_on:
         raise RuleViolation("an invoice cannot be due before it is issued")
     await session.flush()
