@@ -80,8 +80,10 @@ class MailboxPoller:
         pipeline: Pipeline,
         sessions: async_sessionmaker[AsyncSession],
         address: str,
+        max_bytes: int | None = None,
     ) -> None:
         self.mailbox = mailbox
+        self._max_bytes = max_bytes
         self._pipeline = pipeline
         self._sessions = sessions
         self._envelope = Envelope(None, (address,), mailbox.role, "imap")
@@ -194,10 +196,24 @@ class MailboxPoller:
         return sorted(uid for uid in found if uid > last_uid)
 
     @staticmethod
-    def _fetch(connection: Connection, uids: Sequence[int]) -> dict[int, bytes]:
+    def _fetch(
+        connection: Connection, uids: Sequence[int], max_bytes: int | None
+    ) -> tuple[dict[int, bytes], dict[int, int]]:
+        """The messages' bytes, and the sizes of those above ``max_bytes`` (not downloaded)."""
+        too_large: dict[int, int] = {}
+        if max_bytes is not None:
+            sizes = connection.client.fetch(uids, ["RFC822.SIZE"])
+            too_large = {
+                uid: int(data[b"RFC822.SIZE"]) for uid, data in sizes.items()
+                if int(data.get(b"RFC822.SIZE", 0)) > max_bytes
+            }
+            uids = [uid for uid in uids if uid not in too_large]
+        if not uids:
+            return {}, too_large
         # BODY.PEEK leaves \Seen alone: the flag is set only after the commit.
         response = connection.client.fetch(uids, ["BODY.PEEK[]"])
-        return {uid: data[b"BODY[]"] for uid, data in response.items() if b"BODY[]" in data}
+        fetched = {uid: data[b"BODY[]"] for uid, data in response.items() if b"BODY[]" in data}
+        return fetched, too_large
 
     def _settle(self, connection: Connection, done: list[int], quarantined: list[int]) -> None:
         mailbox = self.mailbox
@@ -264,14 +280,22 @@ class MailboxPoller:
                 last_uid = await self._ingest(connection, chunk, last_uid)
 
     async def _ingest(self, connection: Connection, uids: list[int], last_uid: int) -> int:
-        fetched = await self._call(self._fetch, connection, uids)
+        fetched, too_large = await self._call(self._fetch, connection, uids, self._max_bytes)
+        for uid, size in too_large.items():
+            # Like SMTP's 552: not taken in. It stays on the server, in the quarantine folder.
+            logger.warning(
+                "mailbox %s: uid %d is %d bytes, above MAILSVC_MAX_MESSAGE_BYTES (%s); not taken "
+                "in, left in %s", self.mailbox.name, uid, size, self._max_bytes,
+                self.mailbox.quarantine_folder or "the folder, flagged as processed",
+            )
+            self.counts["too_large"] += 1
         present = [uid for uid in uids if uid in fetched]  # others were expunged meanwhile
         results = await asyncio.gather(
             *(self._pipeline.submit(RawMail(fetched[uid], self._envelope)) for uid in present),
             return_exceptions=True,
         )
         done: list[int] = []
-        quarantined: list[int] = []
+        quarantined: list[int] = list(too_large)
         failure: BaseException | None = None
         committed_up_to = last_uid
         for uid, result in zip(present, results, strict=True):
@@ -377,7 +401,10 @@ def build_pollers(
 ) -> list[MailboxPoller]:
     """One poller per configured mailbox; its role's first intake address is the recipient."""
     return [
-        MailboxPoller(mailbox, pipeline, sessions, getattr(settings, f"{mailbox.role}_address")[0])
+        MailboxPoller(
+            mailbox, pipeline, sessions, getattr(settings, f"{mailbox.role}_address")[0],
+            max_bytes=settings.max_message_bytes,
+        )
         for mailbox in settings.imap_mailboxes
     ]
 

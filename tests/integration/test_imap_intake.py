@@ -39,6 +39,9 @@ def mailbox(server: Dovecot, name: str = "bcc", user: str = "alice", **overrides
     return values
 
 
+UNUSABLE = b"Message-ID: <imap-2@mailsvc.example>\r\nX-Junk: " + b"\x01" * 200 + b"\r\n\r\nx\r\n"
+
+
 def message(n: int, size: int = 0) -> bytes:
     return (
         f"From: Anna Seller <anna.seller@mailsvc.example>\r\n"
@@ -87,9 +90,8 @@ async def test_mail_is_ingested_then_flagged_seen_and_quarantine_is_moved(
     dovecot: Dovecot, database_url: str,
 ) -> None:
     dovecot.append(message(1))  # already there when the poller starts
-    dovecot.append(message(2, size=3000))  # too large: quarantined
-    settings = base_settings(database_url, max_message_bytes=2048,
-                             imap_mailboxes=[mailbox(dovecot)])
+    dovecot.append(UNUSABLE)  # control bytes all over its header: quarantined
+    settings = base_settings(database_url, imap_mailboxes=[mailbox(dovecot)])
     async with polling(settings) as (services, [poller]):
         await wait_for(at_least(services, Email, 1), what="first mail stored")
         await wait_for(at_least(services, QuarantinedMail, 1), what="big mail quarantined")
@@ -115,6 +117,23 @@ async def test_mail_is_ingested_then_flagged_seen_and_quarantine_is_moved(
 
         await wait_for(state_recorded, what="last UID recorded")
         assert poller.counts["quarantined"] == 1 and sum(poller.counts.values()) == 3
+
+
+async def test_a_mail_above_the_size_limit_is_not_downloaded_and_left_in_quarantine(
+    dovecot: Dovecot, sqlite_url: str,
+) -> None:
+    dovecot.append_all([message(1, size=5000), message(2)])
+    settings = base_settings(sqlite_url, max_message_bytes=2048, imap_mailboxes=[mailbox(dovecot)])
+    async with polling(settings) as (services, [poller]):
+        await wait_for(at_least(services, Email, 1), what="the small mail stored")
+
+        async def moved() -> bool:
+            return list(await flags(dovecot, "Quarantine")) == [b"<imap-1@mailsvc.example>"]
+
+        await wait_for(moved, what="the large mail left in the quarantine folder")
+        assert await count(services, Email) == 1
+        assert await count(services, QuarantinedMail) == 0  # never downloaded
+        assert poller.counts["too_large"] == 1
 
 
 async def test_processed_mail_is_moved_to_the_processed_folder(
