@@ -121,6 +121,7 @@ userdb {{
         try:
             client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=2)
             client.login(self.users[0], PASSWORD)
+            client.select_folder("INBOX")  # the mailbox itself answers, not only the login
             client.logout()
         except Exception:
             return False
@@ -150,6 +151,11 @@ userdb {{
         for each in group if reaped else [pid]:
             self._wait_gone(each, zombie_ok=not reaped)
         (self.root / "run" / "master.pid").unlink(missing_ok=True)
+        # Dot-locks of the killed processes (dovecot-uidlist.lock): after a real crash their pids
+        # are gone and Dovecot breaks them at once; here an unreaped zombie can keep its pid
+        # "alive", and the restarted Dovecot would wait minutes for a lock nobody holds.
+        for lock in (self.root / "mail").rglob("*.lock"):
+            lock.unlink(missing_ok=True)
         deadline = time.monotonic() + 10
         while self._listening() and time.monotonic() < deadline:
             time.sleep(0.02)
