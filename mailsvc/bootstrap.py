@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -17,6 +18,9 @@ from mailsvc.errors import ConfigError, StoreUnavailable
 from mailsvc.events.relay import Relay
 from mailsvc.ingest.pipeline import Pipeline
 
+if TYPE_CHECKING:
+    from mailsvc.ingest.imap import MailboxPoller
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,6 +31,8 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     pipeline: Pipeline
     relay: Relay | None
+    # The IMAP pollers `mailsvc serve` runs, so /readyz can tell how each mailbox is doing.
+    mailboxes: list[MailboxPoller] = field(default_factory=list)
 
 
 async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:

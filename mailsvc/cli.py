@@ -110,7 +110,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, *, relay: bool = True) -> None:
-    from mailsvc.ingest.imap import start_imap_pollers
+    from mailsvc.ingest.imap import build_pollers
     from mailsvc.ingest.smtp import start_smtp
 
     stop = asyncio.Event()
@@ -120,7 +120,11 @@ async def _serve(settings: Settings, *, relay: bool = True) -> None:
     async with open_services(settings) as services:
         await services.pipeline.start()
         smtp = await start_smtp(services.pipeline, settings)
-        pollers = start_imap_pollers(services.pipeline, services.sessions, settings)
+        services.mailboxes = build_pollers(services.pipeline, services.sessions, settings)
+        pollers = [
+            asyncio.create_task(poller.run(), name=f"imap-{poller.mailbox.name}")
+            for poller in services.mailboxes
+        ]
         tasks: list[asyncio.Task[None]] = []
         if services.relay is not None and relay:
             tasks.append(asyncio.create_task(services.relay.run(), name="relay"))

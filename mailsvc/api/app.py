@@ -78,6 +78,9 @@ def create_app(services: Services) -> FastAPI:
             checks["broker"] = "not configured"
         else:
             checks["broker"] = "ok" if services.relay.connected else "unavailable"
+        if services.mailboxes:
+            # Reported, not required: one mailbox down must not take the SMTP intake offline.
+            checks["mailboxes"] = {p.mailbox.name: p.status() for p in services.mailboxes}
         ready = checks["database"] == "ok" and checks["broker"] in ("ok", "not configured")
         return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
                             status_code=200 if ready else 503)

@@ -93,6 +93,7 @@ class MailboxPoller:
         self.connects = 0
         self.last_error: str | None = None
         self.waiting = False  # caught up, waiting in IDLE or between polls
+        self.connected = False
         self._progressed = False  # this connection committed mail or caught up
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
@@ -109,6 +110,7 @@ class MailboxPoller:
                 try:
                     connection = await self._call(self._connect)
                     self.connects += 1
+                    self.connected = True
                     logger.info(
                         "mailbox %s: connected to %s:%s, watching %s (%s)",
                         self.mailbox.name, self.mailbox.host, self.mailbox.effective_port,
@@ -120,6 +122,7 @@ class MailboxPoller:
                 except Exception as exc:
                     self._report(exc)
                 finally:
+                    self.connected = False
                     if connection is not None:
                         # Queued on the poller's thread; never awaited, so cancellation is quick.
                         self._executor.submit(self._close, connection)
@@ -133,6 +136,15 @@ class MailboxPoller:
                 await asyncio.sleep(delay)
         finally:
             self._executor.shutdown(wait=False)
+
+    def status(self) -> dict[str, Any]:
+        """What /readyz tells about this mailbox."""
+        return {
+            "state": "connected" if self.connected else "reconnecting",
+            "last_error": self.last_error,
+            "connects": self.connects,
+            "messages": dict(self.counts),
+        }
 
     def _report(self, exc: Exception) -> None:
         name, where = self.mailbox.name, f"{self.mailbox.host}:{self.mailbox.effective_port}"
@@ -406,14 +418,4 @@ def build_pollers(
             max_bytes=settings.max_message_bytes,
         )
         for mailbox in settings.imap_mailboxes
-    ]
-
-
-def start_imap_pollers(
-    pipeline: Pipeline, sessions: async_sessionmaker[AsyncSession], settings: Settings
-) -> list[asyncio.Task[None]]:
-    """Start the pollers as tasks; each runs until cancelled and survives its own failures."""
-    return [
-        asyncio.create_task(poller.run(), name=f"imap-{poller.mailbox.name}")
-        for poller in build_pollers(pipeline, sessions, settings)
     ]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mailsvc.config import load_settings
@@ -48,9 +49,10 @@ processed = "move"
 """)
     (tmp_path / "bob.secret").write_text(PASSWORD + "\n")
     dovecot.append(message(2), user="bob")
+    api_port = free_port()
     env = {
         "PATH": os.environ["PATH"], "MAILSVC_DATABASE_URL": sqlite_url,
-        "MAILSVC_SMTP_PORT": str(free_port()), "MAILSVC_API_ENABLED": "false",
+        "MAILSVC_SMTP_PORT": str(free_port()), "MAILSVC_API_PORT": str(api_port),
         "MAILSVC_BCC_ADDRESS": BCC, "MAILSVC_SALES_ADDRESS": SALES,
         "MAILSVC_SUPPORT_ADDRESS": SUPPORT, "MAILSVC_IMAP_CONFIG": str(config),
         "MAILSVC_IMAP_MAILBOXES": json.dumps([{
@@ -69,6 +71,13 @@ processed = "move"
             assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "mailboxes not processed"
             time.sleep(0.05)
+        # /readyz reports each mailbox (without making readiness depend on it).
+        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz").json()
+        mailboxes = ready["checks"]["mailboxes"]
+        assert mailboxes.keys() == {"bcc", "support"}
+        assert mailboxes["bcc"]["state"] == "connected"
+        assert mailboxes["bcc"]["messages"] == {"lead_created": 1}  # no CRM data: a new lead
+        assert mailboxes["support"]["last_error"] is None
     finally:
         stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
