@@ -202,11 +202,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _roles_are_distinct(self) -> Settings:
+    def _smtp_tls(self) -> Settings:
         if (self.smtp_tls_cert is None) != (self.smtp_tls_key is None):
             raise ValueError("set both MAILSVC_SMTP_TLS_CERT and MAILSVC_SMTP_TLS_KEY, or neither")
         if self.smtp_require_tls and self.smtp_tls_cert is None:
             raise ValueError("MAILSVC_SMTP_REQUIRE_TLS needs MAILSVC_SMTP_TLS_CERT and _KEY")
+        return self
+
+    @model_validator(mode="after")
+    def _roles_are_distinct(self) -> Settings:
         seen: dict[str, str] = {}
         for role in ("bcc", "sales", "support"):
             for address in getattr(self, f"{role}_address"):

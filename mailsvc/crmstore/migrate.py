@@ -43,6 +43,3 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     async with engine.begin() as conn:
         await conn.run_sync(run)
 
-
-async def is_current(engine: AsyncEngine) -> bool:
-    return await current_revision(engine) == head_revision()

@@ -37,8 +37,9 @@ def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: f
     raise AssertionError(f"nothing listens on {port} after {timeout}s")
 
 
-def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_url: str) -> None:
-    smtp_port, api_port = free_port(), free_port()
+def start_serve(
+    database_url: str, smtp_port: int, api_port: int, *args: str
+) -> subprocess.Popen[bytes]:
     env = {
         "PATH": os.environ["PATH"],
         "MAILSVC_DATABASE_URL": database_url,
@@ -48,10 +49,15 @@ def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_u
         "MAILSVC_SALES_ADDRESS": SALES,
         "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mailsvc", "serve"], env=env,
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailsvc", "serve", *args], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+
+
+def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_url: str) -> None:
+    smtp_port, api_port = free_port(), free_port()
+    process = start_serve(database_url, smtp_port, api_port)
     try:
         wait_until_listening(smtp_port, process)
         wait_until_listening(api_port, process)
@@ -76,19 +82,7 @@ def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_u
 
 def test_several_workers_share_the_port_and_store_each_mail_once(database_url: str) -> None:
     smtp_port, api_port = free_port(), free_port()
-    env = {
-        "PATH": os.environ["PATH"],
-        "MAILSVC_DATABASE_URL": database_url,
-        "MAILSVC_SMTP_PORT": str(smtp_port),
-        "MAILSVC_API_PORT": str(api_port),
-        "MAILSVC_BCC_ADDRESS": BCC,
-        "MAILSVC_SALES_ADDRESS": SALES,
-        "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mailsvc", "serve", "--workers", "2"], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    process = start_serve(database_url, smtp_port, api_port, "--workers", "2")
     template = (EXAMPLES / "bcc-opportunity.eml").read_bytes()
     try:
         wait_until_listening(smtp_port, process)
