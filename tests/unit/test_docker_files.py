@@ -213,8 +213,13 @@ def test_dockerfile_is_multi_stage_from_a_base_pinned_by_digest() -> None:
     assert "--no-index" in runs, "the runtime stage installs only the wheels built before"
 
 
+def _normalised(name: str) -> str:
+    """PEP 503: case and runs of ``-_.`` do not matter."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[\s\[<>=!~;]", r.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    return {_normalised(re.split(r"[\s\[<>=!~;]", r.strip(), maxsplit=1)[0])
             for r in requirements}
 
 
@@ -224,7 +229,7 @@ def test_the_lock_pins_every_dependency_with_hashes() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     wanted = _names(pyproject["project"]["dependencies"])
     lines = LOCK.read_text(encoding="utf-8").splitlines()
-    pinned = {m.group(1).lower().replace("_", "-"): m.group(2)
+    pinned = {_normalised(m.group(1)): m.group(2)
               for line in lines if (m := re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line))}
     missing = wanted - set(pinned)
     assert not missing, (
