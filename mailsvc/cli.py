@@ -212,6 +212,9 @@ def ingest(
     66 a file is missing, 75 try again later: the store is unavailable or the configuration is
     wrong (an MTA defers the mail instead of bouncing it while the settings get fixed).
     """
+    from mailsvc import metrics
+
+    metrics.disable()  # one process per mail: nobody scrapes it
     settings = _settings(config_exit=EX_TEMPFAIL)
     role, address = _role_for(settings, to)
     raws: list[RawMail] = []

@@ -1,8 +1,8 @@
 """Prometheus metrics of the service; the intake counts its outcomes here.
 
-Nothing is recorded until ``register()`` (the API does it when it starts, since /metrics is where
-they are read): a process without the API (``mailsvc ingest``, one process per piped mail) does not
-pay for importing prometheus_client.
+The metrics are made on first use, and a short-lived process that nobody scrapes (``mailsvc
+ingest``, one process per piped mail) calls ``disable()`` so it never pays for importing
+prometheus_client.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from functools import cache
 from types import SimpleNamespace
 from typing import Any
 
-_enabled = False
+_enabled = True
 
 
 @cache
@@ -95,7 +95,11 @@ def record_request(method: str, status: int) -> None:
 
 
 def register() -> None:
-    """Start recording (the API does, so /metrics lists the metrics before the first mail)."""
-    global _enabled  # noqa: PLW0603
-    _enabled = True
+    """Create the metrics now (the API does, so /metrics lists them before the first mail)."""
     _metrics()
+
+
+def disable() -> None:
+    """Record nothing in this process (and never import prometheus_client)."""
+    global _enabled  # noqa: PLW0603
+    _enabled = False
