@@ -13,12 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailsvc.config import Settings
 from mailsvc.crmstore.db import create_engine, create_session_factory
-from mailsvc.crmstore.migrate import current_revision, head_revision, upgrade
+from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.errors import ConfigError, StoreUnavailable
-from mailsvc.events.relay import Relay
 from mailsvc.ingest.pipeline import Pipeline
 
 if TYPE_CHECKING:
+    from mailsvc.events.relay import Relay
     from mailsvc.ingest.imap import MailboxPoller
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,18 @@ class Services:
 
 
 async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
-    """Upgrade the schema (MAILSVC_AUTO_MIGRATE=true, the default) or refuse an old one."""
+    """Upgrade the schema (MAILSVC_AUTO_MIGRATE=true, the default) or refuse an old one.
+
+    The usual case, a current schema, is told without loading Alembic: the database's
+    ``alembic_version`` against the head of the migration scripts."""
+    try:
+        head = script_head()
+        if head is not None and await database_revision(engine) == head:
+            return
+    except (SQLAlchemyError, OSError) as exc:
+        raise StoreUnavailable(f"database not reachable: {exc}") from exc
+    from mailsvc.crmstore.migrate import current_revision, head_revision, upgrade
+
     try:
         if settings.auto_migrate:
             await upgrade(engine)
@@ -54,6 +65,8 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
 def build_relay(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Relay | None:
     if settings.amqp_url is None:
         return None
+    from mailsvc.events.relay import Relay
+
     return Relay(
         sessions,
         settings.amqp_url.get_secret_value(),

@@ -76,20 +76,56 @@ def serve(
     ] = None,
     worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Run the SMTP intake, the IMAP pollers, the event relay and the API until SIGTERM / Ctrl-C."""
-    from mailsvc.supervisor import plan_worker, supervise, worker_settings
+    """Run the SMTP intake, the IMAP pollers, the event relay, the API and the decide workers
+    until SIGTERM / Ctrl-C."""
+    from mailsvc.supervisor import plan_processes, plan_worker, supervise, worker_settings
 
     settings = _settings()
+    decide_workers = settings.effective_decide_workers
     if worker_index is not None:
         plan = plan_worker(settings, worker_index)
-        _run(_serve(worker_settings(settings, plan), relay=plan.relay))
+        _run(_serve(worker_settings(settings, plan), relay=plan.relay,
+                    decide_here=decide_workers == 0))
         return
     count = workers or settings.workers
-    if count == 1:
-        _run(_serve(settings))
+    if count == 1 and decide_workers == 0:
+        _run(_serve(settings, decide_here=True))
         return
     _run(_migrate(settings))  # once, before the workers start
-    raise typer.Exit(supervise(count))
+    raise typer.Exit(supervise(plan_processes(count, decide_workers)))
+
+
+@app.command()
+def decide(
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Decide processes [default: MAILSVC_DECIDE_WORKERS]."),
+    ] = None,
+    migrate: Annotated[bool, typer.Option(hidden=True)] = True,
+) -> None:
+    """Run only decide workers: claim accepted mail from the store, decide and store it, until
+    SIGTERM / Ctrl-C (for hosts that add deciding capacity to a shared PostgreSQL)."""
+    from mailsvc.supervisor import decide_command, supervise
+
+    settings = _settings()
+    count = workers or max(1, settings.effective_decide_workers)
+    if count == 1:
+        _run(_decide(settings, migrate=migrate))
+        return
+    if migrate:
+        _run(_migrate(settings))
+    raise typer.Exit(supervise({f"decide-{i}": decide_command() for i in range(count)}))
+
+
+async def _decide(settings: Settings, *, migrate: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_services(settings, migrate=migrate) as services:
+        logger.info("decide worker running")
+        await services.pipeline.decider.run(stop)
+        logger.info("decide worker stopped after %d mail(s)", services.pipeline.decider.decided)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -103,7 +139,7 @@ async def _migrate(settings: Settings) -> None:
         await engine.dispose()
 
 
-async def _serve(settings: Settings, *, relay: bool = True) -> None:
+async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = False) -> None:
     from mailsvc.ingest.imap import build_pollers
     from mailsvc.ingest.smtp import start_smtp
 
@@ -112,7 +148,7 @@ async def _serve(settings: Settings, *, relay: bool = True) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_services(settings) as services:
-        await services.pipeline.start()
+        await services.pipeline.start(decide=decide_here)
         smtp = await start_smtp(services.pipeline, settings)
         services.mailboxes = build_pollers(services.pipeline, services.sessions, settings)
         pollers = [
@@ -170,6 +206,9 @@ def ingest(
     66 a file is missing, 75 try again later: the store is unavailable or the configuration is
     wrong (an MTA defers the mail instead of bouncing it while the settings get fixed).
     """
+    from mailsvc import metrics
+
+    metrics.disable()  # one process per mail: nobody scrapes it
     settings = _settings(config_exit=EX_TEMPFAIL)
     role, address = _role_for(settings, to)
     raws: list[RawMail] = []
@@ -201,8 +240,7 @@ def _unusable(outcome: Outcome) -> bool:
 
 async def _ingest(settings: Settings, raws: list[RawMail]) -> list[Outcome]:
     async with open_services(settings) as services:
-        prepared = [await services.pipeline.prepare(raw) for raw in raws]
-        return await services.pipeline.process(prepared)
+        return await services.pipeline.accept_and_decide(raws)
 
 
 @app.command("import")
@@ -420,6 +458,40 @@ def events(
         table.add_row(row.id, row.type, row.subject or "", row.created_at.isoformat(),
                       str(row.attempts), row.last_error or "")
     Console().print(table)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """The intake backlog (accepted, not decided yet), events waiting, quarantined mail."""
+    from sqlalchemy import func, select
+
+    from mailsvc.crmstore.db import read_session
+    from mailsvc.crmstore.models import QuarantinedMail
+    from mailsvc.events.relay import pending_count
+    from mailsvc.ingest.decider import backlog
+
+    settings = _settings()
+
+    async def go() -> dict[str, Any]:
+        async with open_services(settings) as services:
+            async with read_session(services.sessions) as session:
+                waiting = await backlog(session)
+                quarantined = await session.scalar(select(func.count(QuarantinedMail.id)))
+            return {"intake_backlog": waiting.to_json(),
+                    "outbox_pending": await pending_count(services.sessions),
+                    "quarantined": int(quarantined or 0)}
+
+    found = _run(go())
+    if as_json:
+        sys.stdout.write(json.dumps(found) + "\n")
+        return
+    waiting = found["intake_backlog"]
+    typer.echo(f"intake backlog: {waiting['count']} mail(s) accepted, not decided yet; "
+               f"oldest {waiting['oldest_age_seconds']:.1f}s")
+    typer.echo(f"outbox: {found['outbox_pending']} event(s) waiting")
+    typer.echo(f"quarantine: {found['quarantined']} mail(s)")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from functools import cached_property
 from pathlib import Path
@@ -142,6 +143,17 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(default=200, ge=1)
     relay_poll_seconds: float = Field(default=2.0, gt=0)
 
+    # --- staged intake: accept (raw bytes committed before the 250), then decide (workers) ---
+    # Longest wait for the accept commit before the SMTP client gets 451 (StoreUnavailable).
+    accept_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Decide worker processes of `mailsvc serve` (unset: 1 on SQLite, one per core on
+    # PostgreSQL; 0: decide inside the serving process itself).
+    decide_workers: int | None = Field(default=None, ge=0, le=256)
+    decide_batch_size: int = Field(default=200, ge=1, le=10000)
+    decide_poll_ms: float = Field(default=20.0, gt=0)
+    # Failed decisions of one mail before it is quarantined with the last error.
+    decide_max_attempts: int = Field(default=3, ge=1, le=100)
+
     default_owner_email: str | None = None
     # The user (by e-mail address) who owns what arrives on each intake address when no record,
     # contact or account names an owner; each falls back to default_owner_email.
@@ -258,6 +270,16 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_decide_workers(self) -> int:
+        """Decide worker processes: as set, else 1 on SQLite (one claimer) and one per core on
+        PostgreSQL."""
+        if self.decide_workers is not None:
+            return self.decide_workers
+        if self.is_sqlite:
+            return 1
+        return max(1, os.cpu_count() or 1)
 
 
 def _describe(location: tuple[int | str, ...], message: str) -> str:

@@ -1,45 +1,105 @@
-"""Prometheus metrics of the service; the intake counts its outcomes here."""
+"""Prometheus metrics of the service; the intake counts its outcomes here.
+
+The metrics are made on first use, and a short-lived process that nobody scrapes (``mailsvc
+ingest``, one process per piped mail) calls ``disable()`` so it never pays for importing
+prometheus_client.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from functools import cache
+from types import SimpleNamespace
+from typing import Any
 
-INTAKE_OUTCOMES = Counter(
-    "mailsvc_intake_messages",
-    "Messages processed by the intake, by outcome (linked, lead_created, ticket_created, "
-    "ticket_updated, duplicate, ignored, quarantined).",
-    ["outcome"],
-)
-INTAKE_BATCH = Histogram(
-    "mailsvc_intake_batch_messages", "Messages committed together in one transaction.",
-    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
-)
-INTAKE_COMMIT = Histogram(
-    "mailsvc_intake_commit_seconds", "Time to process and commit one batch of messages.",
-)
-INTAKE_FALLBACKS = Counter(
-    "mailsvc_intake_fallbacks",
-    "Groups redone mail by mail after the fast path failed (a concurrent writer, an odd mail).",
-)
-API_REQUESTS = Counter(
-    "mailsvc_api_requests", "API requests answered, by method and status class.",
-    ["method", "status"],
-)
+_enabled = True
+
+
+@cache
+def _metrics() -> Any:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return SimpleNamespace(
+        outcomes=Counter(
+            "mailsvc_intake_messages",
+            "Messages processed by the intake, by outcome (accepted, linked, lead_created, "
+            "ticket_created, ticket_updated, duplicate, ignored, quarantined).",
+            ["outcome"],
+        ),
+        batch=Histogram(
+            "mailsvc_intake_batch_messages", "Messages decided together in one transaction.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+        ),
+        commit=Histogram(
+            "mailsvc_intake_commit_seconds", "Time to decide and commit one batch of messages.",
+        ),
+        accept=Histogram(
+            "mailsvc_intake_accept_seconds",
+            "Time to commit one group of accepted mails (raw bytes, envelope, dedup key).",
+        ),
+        backlog=Gauge(
+            "mailsvc_intake_backlog_messages", "Mails accepted and not decided yet.",
+        ),
+        backlog_age=Gauge(
+            "mailsvc_intake_backlog_oldest_seconds",
+            "Age of the oldest mail accepted and not decided yet (0 when none waits).",
+        ),
+        fallbacks=Counter(
+            "mailsvc_intake_fallbacks",
+            "Groups redone mail by mail after the fast path failed (a concurrent writer, an odd "
+            "mail).",
+        ),
+        requests=Counter(
+            "mailsvc_api_requests", "API requests answered, by method and status class.",
+            ["method", "status"],
+        ),
+    )
 
 
 def record_outcome(kind: str) -> None:
     """Count one processed message by its outcome kind."""
-    INTAKE_OUTCOMES.labels(outcome=kind).inc()
+    if not _enabled:
+        return
+    _metrics().outcomes.labels(outcome=kind).inc()
 
 
 def record_batch(size: int, seconds: float) -> None:
-    INTAKE_BATCH.observe(size)
-    INTAKE_COMMIT.observe(seconds)
+    if not _enabled:
+        return
+    _metrics().batch.observe(size)
+    _metrics().commit.observe(seconds)
+
+
+def record_accept(size: int, seconds: float) -> None:
+    if not _enabled:
+        return
+    _metrics().accept.observe(seconds)
+
+
+def record_backlog(count: int, oldest_age_seconds: float) -> None:
+    if not _enabled:
+        return
+    _metrics().backlog.set(count)
+    _metrics().backlog_age.set(oldest_age_seconds)
 
 
 def record_fallback() -> None:
-    INTAKE_FALLBACKS.inc()
+    if not _enabled:
+        return
+    _metrics().fallbacks.inc()
 
 
 def record_request(method: str, status: int) -> None:
-    API_REQUESTS.labels(method=method, status=f"{status // 100}xx").inc()
+    if not _enabled:
+        return
+    _metrics().requests.labels(method=method, status=f"{status // 100}xx").inc()
+
+
+def register() -> None:
+    """Create the metrics now (the API does, so /metrics lists them before the first mail)."""
+    _metrics()
+
+
+def disable() -> None:
+    """Record nothing in this process (and never import prometheus_client)."""
+    global _enabled  # noqa: PLW0603
+    _enabled = False

@@ -1,11 +1,13 @@
-"""`mailsvc serve --workers N`: N identical intake processes sharing the SMTP port.
+"""`mailsvc serve`: accept processes sharing the SMTP port, and decide worker processes.
 
-One Python process does SMTP, parsing and writing on one core. Several processes on one host share
-the port through SO_REUSEPORT (the kernel spreads connections over them) and settle everything
-else through the database, exactly like processes on several hosts. Worker 0 also runs the API and
-the IMAP pollers; the relay runs in every worker on PostgreSQL (rows are claimed with SKIP LOCKED)
-and only in worker 0 on SQLite (one writer is enough there). The supervisor restarts a worker that
-dies and forwards SIGTERM / Ctrl-C to all of them.
+Accepting (SMTP, IMAP, API, relay) and deciding (parsing, linking, storing) run in separate
+processes, so decisions use every core. ``--workers N`` accept processes share the SMTP port through
+SO_REUSEPORT (the kernel spreads connections over them); ``MAILSVC_DECIDE_WORKERS`` decide workers
+(``mailsvc decide``) claim accepted mail from the store. Everything else is settled through the
+database, exactly like processes on several hosts. Accept worker 0 also runs the API and the IMAP
+pollers; the relay runs in every accept worker on PostgreSQL (rows are claimed with SKIP LOCKED)
+and only in worker 0 on SQLite. The supervisor restarts a process that dies and forwards SIGTERM /
+Ctrl-C to all of them (each finishes what it has in hand).
 """
 
 from __future__ import annotations
@@ -57,12 +59,23 @@ def worker_settings(settings: Settings, plan: WorkerPlan) -> Settings:
     return settings.model_copy(update=update)
 
 
-def _command(index: int) -> list[str]:
+def serve_command(index: int) -> list[str]:
     return [sys.executable, "-m", "mailsvc", "serve", "--worker-index", str(index)]
 
 
-def supervise(workers: int) -> int:
-    """Run ``workers`` worker processes until SIGTERM / SIGINT; returns the exit status."""
+def decide_command() -> list[str]:
+    return [sys.executable, "-m", "mailsvc", "decide", "--workers", "1", "--no-migrate"]
+
+
+def plan_processes(workers: int, decide_workers: int) -> dict[str, list[str]]:
+    """The child processes of ``mailsvc serve``: name -> command line."""
+    commands = {f"serve-{i}": serve_command(i) for i in range(workers)}
+    commands.update({f"decide-{i}": decide_command() for i in range(decide_workers)})
+    return commands
+
+
+def supervise(commands: dict[str, list[str]]) -> int:
+    """Run the processes until SIGTERM / SIGINT, restarting any that dies; the exit status."""
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -70,15 +83,17 @@ def supervise(workers: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    processes = {i: subprocess.Popen(_command(i)) for i in range(workers)}  # noqa: S603
-    logger.info("started %d workers: pids %s", workers, [p.pid for p in processes.values()])
+    processes = {name: subprocess.Popen(argv) for name, argv in commands.items()}  # noqa: S603
+    logger.info("started %d workers: %s", len(processes),
+                ", ".join(f"{name} pid {p.pid}" for name, p in processes.items()))
     while not stopping.wait(0.5):
-        for index, process in list(processes.items()):
+        for name, process in list(processes.items()):
             if process.poll() is not None and not stopping.is_set():
-                logger.error("worker %d (pid %d) exited with %s; restarting it",
-                             index, process.pid, process.returncode)
+                logger.error("worker %s (pid %d) exited with %s; restarting it",
+                             name, process.pid, process.returncode)
                 time.sleep(RESTART_DELAY_SECONDS)
-                processes[index] = subprocess.Popen(_command(index))  # noqa: S603
+                processes[name] = subprocess.Popen(commands[name])  # noqa: S603
+    workers = len(processes)
     logger.info("stopping %d workers", workers)
     for process in processes.values():
         if process.poll() is None:
@@ -88,7 +103,7 @@ def supervise(workers: int) -> int:
         try:
             status = process.wait(STOP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
-            logger.error("worker %d did not stop in %ss; killing it", index, STOP_TIMEOUT_SECONDS)
+            logger.error("worker %s did not stop in %ss; killing it", index, STOP_TIMEOUT_SECONDS)
             process.kill()
             status = process.wait()
         failed += status != 0

@@ -27,7 +27,7 @@ from mailsvc.api.routes import (
 from mailsvc.api.ui import routes as ui
 from mailsvc.bootstrap import Services
 from mailsvc.crmstore.db import read_session
-from mailsvc.metrics import record_request
+from mailsvc.metrics import record_request, register
 
 DESCRIPTION = """The CRM store of mailsvc: accounts, contacts, inbox leads, opportunities,
 tickets, activities, quotes, orders, invoices, e-mails with their links, and dashboard reports.
@@ -42,6 +42,7 @@ def create_app(services: Services) -> FastAPI:
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
     app.state.services = services
     problems.register(app)
+    register()  # the intake metrics exist from the start
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -78,6 +79,8 @@ def create_app(services: Services) -> FastAPI:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"error: {type(exc).__name__}"
+        # Reported, not required: a backlog means deciding is behind, not that intake stopped.
+        checks["intake_backlog"] = await intake_backlog(services)
         if services.relay is None:
             checks["broker"] = "not configured"
         else:
@@ -90,10 +93,25 @@ def create_app(services: Services) -> FastAPI:
                             status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"])
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        await intake_backlog(request.app.state.services)  # refreshes the backlog gauges
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def intake_backlog(services: Services) -> dict[str, Any]:
+    """Accepted mail not decided yet (count, age of the oldest); also sets the gauges."""
+    from mailsvc import metrics as intake_metrics
+    from mailsvc.ingest.decider import backlog
+
+    try:
+        async with read_session(services.sessions) as session:
+            found = await backlog(session)
+    except Exception as exc:
+        return {"error": type(exc).__name__}
+    intake_metrics.record_backlog(found.count, found.age_seconds())
+    return found.to_json()
 
 
 def problems_model() -> type:

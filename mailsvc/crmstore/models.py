@@ -502,6 +502,29 @@ class QuarantinedMail(Base):
     released_at: Mapped[datetime | None]
 
 
+class IntakeMail(Base):
+    """Accepted mail not yet decided: the raw bytes, the envelope and the dedup key, committed
+    before the SMTP 250. Decide workers claim rows in id (arrival) order and delete each in the
+    transaction that stores its e-mail or quarantine entry."""
+
+    __tablename__ = "intake"
+    # Ids are never reused on SQLite either: "queued as N" names one mail only.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(1000), unique=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    mail_from: Mapped[str | None] = mapped_column(Text)
+    rcpt_tos: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    role: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16), default="smtp")
+    # Further facts the adapter recorded on the envelope (peer address, SMTP AUTH identity, ...).
+    envelope_extra: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 class MailboxState(Base):
     """Where an IMAP poller stands in a mailbox: UIDVALIDITY and the last UID committed."""
 

@@ -1,8 +1,9 @@
 """Bulk import of existing mail: .eml files, directories, mbox files and Maildir folders.
 
 Sources are found first (so the total is known for a progress bar), then read one message at a
-time and stored in batches, one transaction per batch. Re-running is safe: what is already stored
-comes back as ``duplicate``.
+time, accepted into the intake in batches (one transaction per batch) and decided right away by
+this process's decide loop (parsing in ``--jobs`` processes). Re-running is safe: what is already
+accepted or stored comes back as ``duplicate``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailsvc.ingest.decider import Decider
 from mailsvc.ingest.pipeline import Pipeline
-from mailsvc.ingest.store import Prepared
 from mailsvc.mail import Envelope, RawMail
 
 logger = logging.getLogger(__name__)
@@ -133,12 +134,13 @@ class Importer:
     envelope: Envelope
     batch_size: int = 200
     on_progress: Callable[[int], None] | None = None
+    decider: Decider | None = None  # default: the pipeline's own
     counts: Counter[str] = field(default_factory=Counter)  # outcome kind -> messages
     unreadable: list[str] = field(default_factory=list)
 
     async def run(self, messages: Iterable[MessageRef]) -> Counter[str]:
         """Raises StoreUnavailable when a batch cannot be committed; counts hold what was."""
-        batch: list[Prepared] = []
+        batch: list[RawMail] = []
         for ref in messages:
             try:
                 data = ref.load()
@@ -148,7 +150,7 @@ class Importer:
                 self.counts["unreadable"] += 1
                 self._advance(1)
                 continue
-            batch.append(await self.pipeline.prepare(RawMail(data, self.envelope)))
+            batch.append(RawMail(data, self.envelope))
             if len(batch) >= self.batch_size:
                 await self._commit(batch)
                 batch = []
@@ -156,8 +158,8 @@ class Importer:
             await self._commit(batch)
         return self.counts
 
-    async def _commit(self, batch: list[Prepared]) -> None:
-        outcomes = await self.pipeline.process(batch)
+    async def _commit(self, batch: list[RawMail]) -> None:
+        outcomes = await self.pipeline.accept_and_decide(batch, self.decider)
         self.counts.update(outcome.kind for outcome in outcomes)
         self._advance(len(batch))
 

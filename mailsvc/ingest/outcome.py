@@ -13,6 +13,7 @@ OutcomeKind = Literal[
     "ignored",
     "duplicate",
     "quarantined",
+    "accepted",  # committed to the intake, not decided yet (the SMTP 250 of the staged intake)
 ]
 
 LINK_NAMES = ("account", "contact", "owner", "opportunity", "ticket", "inbox_lead")
@@ -29,6 +30,7 @@ class Outcome:
     quarantine_id: int | None = None
     reason: str | None = None
     automatic: bool = False
+    intake_id: int | None = None  # the accepted mail's row in the intake ("queued as N")
 
     def to_json(self) -> dict[str, Any]:
         """The stable JSON shape of ``mailsvc ingest`` (and the body of ``email.*`` events)."""
@@ -46,4 +48,6 @@ class Outcome:
         if self.kind == "quarantined":
             body["quarantine_id"] = self.quarantine_id
             body["reason"] = self.reason
+        if self.intake_id is not None:
+            body["intake_id"] = self.intake_id
         return body

@@ -24,7 +24,7 @@ from mailsvc.errors import ParseError
 from mailsvc.linking.references import normalise_message_id, parse_message_ids
 from mailsvc.mail import Address, Attachment, ParsedMail
 
-__all__ = ["MAX_DEPTH", "dedup_key", "parse_mail"]
+__all__ = ["MAX_DEPTH", "dedup_key", "mail_key", "parse_mail"]
 
 MAX_DEPTH = 3  # message/rfc822 parts nested deeper than this stay attachments only
 MAX_MESSAGE_ID = 900  # longer "ids" are dropped: not plausible, and too long for the store
@@ -84,15 +84,48 @@ def parse_mail(data: bytes) -> ParsedMail:
     return _parse_bytes(data, depth=0)
 
 
-def dedup_key(parsed: ParsedMail | None, data: bytes) -> str:
-    """The idempotency key: the normalised Message-ID, else a hash of the raw bytes."""
-    message_id = parsed.message_id if parsed is not None else None
+def mail_key(data: bytes) -> str:
+    """The idempotency key of a mail, the only place it is made: the normalised Message-ID,
+    else a hash of the raw bytes.
+
+    Only the header block is read (repaired as ``parse_mail`` repairs it, so the Message-ID is
+    the one the full parse finds): cheap enough for the SMTP accept path, and the same key for
+    the same bytes on every path (SMTP, IMAP, files, pipe, quarantine retry).
+    """
+    message_id = _header_message_id(data)
     if message_id and len(message_id) <= MAX_MESSAGE_ID:
         local, _, domain = message_id.rpartition("@")
         if local and domain:
             return f"mid:{local}@{domain.lower()}"
     normalised = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     return "sha256:" + hashlib.sha256(normalised).hexdigest()
+
+
+def dedup_key(parsed: ParsedMail | None, data: bytes) -> str:
+    """The idempotency key (kept for callers of the old signature): ``mail_key(data)``."""
+    return mail_key(data)
+
+
+_HEAD_PREFIX = 64 * 1024
+
+
+def _header_message_id(data: bytes) -> str | None:
+    """The first Message-ID of the header block, as ``parse_mail`` would report it."""
+    head = data[:_HEAD_PREFIX]
+    end = head.find(b"\n\n") if b"\n" in head else -1
+    if end < 0 and b"\r\n\r\n" not in head:
+        head = data  # the header block is longer than the prefix (or CR-only): take it all
+    try:
+        repaired, _ = _prepare(head)
+    except ParseError:
+        return None
+    block = repaired.partition(b"\n\n")[0] + b"\n\n"
+    try:
+        message = BytesHeaderParser(policy=compat32).parsebytes(block)
+    except Exception:  # the stdlib parser does not fail on bytes, but a key must never raise
+        return None
+    raw = [(str(name), str(value)) for name, value in message.raw_items()]
+    return _first_id(_values(raw, "message-id", _part_charset(message)))
 
 
 # ---------------------------------------------------------------- bytes -> message

@@ -1,10 +1,14 @@
-"""The intake pipeline: parse -> decide -> store, many mails per transaction (group commit).
+"""The intake pipeline, staged: accept (raw bytes committed), then decide (parse, link, store).
 
-Every adapter hands a RawMail to ``Pipeline.submit`` and gets an Outcome back only after the
-transaction holding that mail has committed. Mails arriving together share one transaction and one
-facts lookup, and are written with one statement per table (the fast path). If anything fails
-there, the group is redone mail by mail, each in its own SAVEPOINT (the safe path), so one bad
-mail never takes the others down with it.
+``Pipeline.accept`` commits a mail's raw bytes, envelope and dedup key to the ``intake`` table,
+many mails per transaction (group commit), and returns ``accepted`` (or ``duplicate``): that is
+what the SMTP 250 waits for. Decide workers (``ingest/decider.py``, in their own processes under
+``mailsvc serve``) claim accepted rows in arrival order and run them through ``process``-style
+batches: mails deciding together share one transaction and one facts lookup and are written with
+one statement per table (the fast path); if anything fails there, the batch is redone mail by
+mail, each in its own SAVEPOINT (the safe path), so one bad mail never takes the others down.
+``Pipeline.submit`` accepts and then waits for (or, when nothing runs in the background, makes)
+the decision, for adapters that report the final outcome (IMAP, ``mailsvc ingest``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -28,12 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
 from mailsvc.config import Settings
-from mailsvc.crmstore.models import QuarantinedMail
+from mailsvc.crmstore.db import read_session
+from mailsvc.crmstore.models import IntakeMail, QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
+from mailsvc.ingest.accept import Accepted, accept_mails
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import Outcome
-from mailsvc.ingest.parse import dedup_key, parse_mail
+from mailsvc.ingest.parse import mail_key, parse_mail
 from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email, store_emails
 from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
 from mailsvc.linking.decide import Policy, decide, reply_of, wanted
@@ -42,6 +49,9 @@ from mailsvc.linking.references import IdPatterns
 from mailsvc.linking.text import Reply
 from mailsvc.mail import RawMail
 
+if TYPE_CHECKING:
+    from mailsvc.ingest.decider import Decider
+
 logger = logging.getLogger(__name__)
 
 PARSE_IN_THREAD_BYTES = 256 * 1024
@@ -49,17 +59,43 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 
 def prepare(raw: RawMail, max_bytes: int) -> Prepared:
     """Parse and key one message; what cannot be parsed is prepared for quarantine."""
+    key = mail_key(raw.data)
     if len(raw.data) > max_bytes:
-        reason = f"message larger than {max_bytes} bytes"
-        return Prepared(raw, dedup_key(None, raw.data), None, reason)
+        return Prepared(raw, key, None, f"message larger than {max_bytes} bytes")
     try:
         parsed = parse_mail(raw.data)
     except ParseError as exc:
-        return Prepared(raw, dedup_key(None, raw.data), None, f"unparseable: {exc}")
+        return Prepared(raw, key, None, f"unparseable: {exc}")
     except Exception as exc:  # a parser bug must not lose the mail: quarantine it
         logger.exception("parser failed")
-        return Prepared(raw, dedup_key(None, raw.data), None, f"parser error: {exc!r}")
-    return Prepared(raw, dedup_key(parsed, raw.data), parsed)
+        return Prepared(raw, key, None, f"parser error: {exc!r}")
+    return Prepared(raw, key, parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareOptions:
+    """What the pure per-mail work needs (picklable, for parsing in other processes)."""
+
+    max_bytes: int
+    max_received_headers: int
+    policy: Policy
+
+
+def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
+    """Parse, then do the pure per-mail work too, so the writer only decides and stores."""
+    item = prepare(raw, options.max_bytes)
+    if item.parsed is None:
+        return item
+    try:
+        return replace(
+            item,
+            kind=classify(item.parsed, raw.envelope, options.max_received_headers),
+            want=wanted(item.parsed, options.policy),
+            reply=reply_of(item.parsed),
+        )
+    except Exception:  # the writer tries again and quarantines the mail if it fails there
+        logger.exception("preparing %s failed", item.key)
+        return item
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -72,12 +108,12 @@ def policy_from(settings: Settings) -> Policy:
 
 @dataclass(slots=True)
 class _Pending:
-    item: Prepared
-    future: asyncio.Future[Outcome]
+    raw: RawMail
+    future: asyncio.Future[Accepted]
 
 
 class Pipeline:
-    """Takes mail from every adapter and commits it in groups."""
+    """Accepts mail from every adapter in groups, and decides it (here or in decide workers)."""
 
     def __init__(
         self,
@@ -88,6 +124,9 @@ class Pipeline:
         self._sessions = sessions
         self._settings = settings
         self._policy = policy_from(settings)
+        self.options = PrepareOptions(
+            settings.max_message_bytes, settings.max_received_headers, self._policy
+        )
         # Every intake role's default owner, looked up with each group's facts.
         self._owners = tuple(
             sorted({o for r in ("bcc", "sales", "support") if (o := settings.owner_for(r))})
@@ -95,50 +134,93 @@ class Pipeline:
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._decider: Decider | None = None
+        self._decide_task: asyncio.Task[None] | None = None
+        self._decide_stop = asyncio.Event()
+        # Adapters waiting for a decision: intake id -> (dedup key, futures).
+        self._waiters: dict[int, tuple[str, list[asyncio.Future[Outcome]]]] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        return self._sessions
+
+    @property
+    def decider(self) -> Decider:
+        """The decide loop of this process (made on first use)."""
+        if self._decider is None:
+            from mailsvc.ingest.decider import Decider
+
+            self._decider = Decider(self, on_decided=self._resolve)
+        return self._decider
+
+    async def start(self, *, decide: bool = True) -> None:
+        """Start the accept writer and, with ``decide``, a decide loop in this process (else
+        decide workers elsewhere do it; ``submit`` then watches the store for the decision)."""
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="pipeline-writer")
+        if decide and self._decide_task is None:
+            self._decide_stop.clear()
+            self._decide_task = asyncio.create_task(
+                self.decider.run(self._decide_stop), name="pipeline-decider"
+            )
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the writer."""
+        """Finish what is queued for accepting, then stop the writer and the decide loop (after
+        its current batch; what is accepted and not decided stays in the intake)."""
+        if self._worker is not None:
+            await self._queue.join()
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        if self._decide_task is not None:
+            self._decide_stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._decide_task
+            self._decide_task = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    # ------------------------------------------------------------------ accept
+
+    async def accept(self, raw: RawMail) -> Outcome:
+        """Commit the raw mail to the intake; ``accepted`` (with its intake id) or ``duplicate``.
+        Raises StoreUnavailable (also when the commit takes longer than the accept timeout)."""
+        return (await self._accept(raw)).outcome
+
+    async def _accept(self, raw: RawMail) -> Accepted:
         if self._worker is None:
-            return
-        await self._queue.join()
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
-        self._worker = None
-
-    async def submit(self, raw: RawMail) -> Outcome:
-        """Process one mail; returns after its transaction committed. Raises StoreUnavailable."""
-        item = await self.prepare(raw)
-        if self._worker is None:
-            return (await self.process([item]))[0]
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(item, future))
-        return await future
-
-    async def prepare(self, raw: RawMail) -> Prepared:
-        if len(raw.data) > PARSE_IN_THREAD_BYTES:
-            return await asyncio.to_thread(self._prepare, raw)
-        return self._prepare(raw)
-
-    def _prepare(self, raw: RawMail) -> Prepared:
-        """Parse, then do the pure per-mail work too, so the writer only decides and stores."""
-        item = prepare(raw, self._settings.max_message_bytes)
-        if item.parsed is None:
-            return item
+            return (await self.accept_many([raw]))[0]
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(raw, future))
         try:
-            return replace(
-                item,
-                kind=classify(item.parsed, raw.envelope, self._settings.max_received_headers),
-                want=wanted(item.parsed, self._policy),
-                reply=reply_of(item.parsed),
+            return await asyncio.wait_for(
+                asyncio.shield(future), self._settings.accept_timeout_seconds
             )
-        except Exception:  # the writer tries again and quarantines the mail if it fails there
-            logger.exception("preparing %s failed", item.key)
-            return item
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"accept not committed within {self._settings.accept_timeout_seconds:g}s"
+            ) from None
+
+    async def accept_many(self, raws: Sequence[RawMail]) -> list[Accepted]:
+        """Accept mails in one transaction of the caller's (no queue, no group commit)."""
+        try:
+            async with self._sessions() as session, session.begin():
+                return await accept_mails(session, raws)
+        except SQLAlchemyError as exc:
+            logger.error("accept failed for %d message(s): %s", len(raws), exc)
+            raise StoreUnavailable(f"accept failed: {type(exc).__name__}") from exc
+        except OSError as exc:
+            logger.error("database unreachable: %s", exc)
+            raise StoreUnavailable(f"database unreachable: {exc}") from exc
 
     async def _run(self) -> None:
         while True:
@@ -156,8 +238,9 @@ class Pipeline:
             await self._commit_batch(batch)
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
-            outcomes = await self.process([p.item for p in batch])
+            accepted = await self.accept_many([p.raw for p in batch])
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -165,12 +248,94 @@ class Pipeline:
                         exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
                     )
         else:
-            for pending, outcome in zip(batch, outcomes, strict=True):
+            metrics.record_accept(len(batch), time.perf_counter() - started)
+            ids = [i for a in accepted
+                   if (i := a.outcome.intake_id) is not None and a.outcome.kind == "accepted"]
+            logger.info("accepted %d mail(s)%s, %d duplicate(s)", len(ids),
+                        f" as intake {min(ids)}-{max(ids)}" if ids else "", len(batch) - len(ids))
+            for pending, result in zip(batch, accepted, strict=True):
+                metrics.record_outcome(result.outcome.kind)
                 if not pending.future.done():
-                    pending.future.set_result(outcome)
+                    pending.future.set_result(result)
         finally:
             for _ in batch:
                 self._queue.task_done()
+
+    # ------------------------------------------------------------------ accept, then decide
+
+    async def submit(self, raw: RawMail) -> Outcome:
+        """Accept one mail and return its decided outcome (after the commit that stored it).
+
+        With a decide loop here or decide workers elsewhere (``start``), this waits for the
+        decision; otherwise the mail (and any accepted before it) is decided right here.
+        Raises StoreUnavailable.
+        """
+        key, outcome = await self._accept(raw)
+        if outcome.kind != "accepted" or outcome.intake_id is None:
+            return outcome
+        return await self.decided(outcome.intake_id, key)
+
+    async def accept_and_decide(
+        self, raws: Sequence[RawMail], decider: Decider | None = None
+    ) -> list[Outcome]:
+        """Accept the mails in one transaction, then decide them here (with what was accepted
+        before them): the staged path for ``mailsvc ingest`` and ``mailsvc import``."""
+        accepted = await self.accept_many(raws)
+        keys = {
+            a.outcome.intake_id: a.key for a in accepted
+            if a.outcome.kind == "accepted" and a.outcome.intake_id is not None
+        }
+        decided = await (decider or self.decider).drain(keys) if keys else {}
+        return [
+            decided[a.outcome.intake_id]
+            if a.outcome.kind == "accepted" and a.outcome.intake_id is not None else a.outcome
+            for a in accepted
+        ]
+
+    async def decided(self, intake_id: int, key: str) -> Outcome:
+        """The outcome of an accepted mail, once decided."""
+        if self._worker is None and self._decide_task is None:
+            return (await self.decider.drain({intake_id: key}))[intake_id]
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(intake_id, (key, []))[1].append(future)
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch(), name="pipeline-watch")
+        return await future
+
+    def _resolve(self, outcomes: dict[int, Outcome]) -> None:
+        for intake_id, outcome in outcomes.items():
+            waiting = self._waiters.pop(intake_id, None)
+            for future in waiting[1] if waiting else ():
+                if not future.done():
+                    future.set_result(outcome)
+
+    async def _watch(self) -> None:
+        """Resolve waiters whose mail another process decided: their intake row is gone."""
+        from mailsvc.ingest.decider import stored_outcomes
+
+        while self._waiters:
+            await asyncio.sleep(self._settings.decide_poll_ms / 1000)
+            ids = list(self._waiters)
+            try:
+                async with read_session(self._sessions) as session:
+                    present = set(await session.scalars(
+                        select(IntakeMail.id).where(IntakeMail.id.in_(ids))
+                    ))
+                    gone = {i: self._waiters[i][0] for i in ids
+                            if i not in present and i in self._waiters}
+                    found = await stored_outcomes(session, list(gone.values())) if gone else {}
+            except (SQLAlchemyError, OSError) as exc:
+                logger.warning("watching for decisions failed: %r", exc)
+                continue
+            self._resolve({i: found[key] for i, key in gone.items() if key in found})
+
+    # ------------------------------------------------------------------ decide
+
+    async def prepare(self, raw: RawMail) -> Prepared:
+        """Parse and do the pure per-mail work (in a thread for a large mail)."""
+        if len(raw.data) > PARSE_IN_THREAD_BYTES:
+            return await asyncio.to_thread(prepare_item, raw, self.options)
+        return prepare_item(raw, self.options)
 
     async def process(
         self, items: Sequence[Prepared], *, release: Sequence[int] = ()
@@ -198,7 +363,14 @@ class Pipeline:
         except OSError as exc:
             logger.error("database unreachable: %s", exc)
             raise StoreUnavailable(f"database unreachable: {exc}") from exc
-        metrics.record_batch(len(items), time.perf_counter() - started)
+        self.committed(items, outcomes, time.perf_counter() - started)
+        return outcomes
+
+    def committed(
+        self, items: Sequence[Prepared], outcomes: Sequence[Outcome], seconds: float
+    ) -> None:
+        """Count, log and announce (to the relay) decisions that just committed."""
+        metrics.record_batch(len(items), seconds)
         for item, outcome in zip(items, outcomes, strict=True):
             metrics.record_outcome(outcome.kind)
             logger.info(
@@ -207,7 +379,6 @@ class Pipeline:
             )
         if self._on_commit is not None:
             self._on_commit()
-        return outcomes
 
     async def _transaction(
         self,
@@ -306,37 +477,51 @@ class Pipeline:
         return kind, item.want or wanted(mail, self._policy), item.reply or reply_of(mail)
 
     async def _apply_all(self, session: AsyncSession, items: Sequence[Prepared]) -> list[Outcome]:
-        """The safe path: each mail in its own SAVEPOINT."""
+        """The safe path: each mail in its own SAVEPOINT; one that fails is quarantined."""
+        done = await self.apply_safe(session, items, [True] * len(items))
+        return [o if isinstance(o, Outcome) else _unreachable() for o in done]
+
+    async def apply_safe(
+        self, session: AsyncSession, items: Sequence[Prepared], last_try: Sequence[bool]
+    ) -> list[Outcome | str]:
+        """The safe path, mail by mail in SAVEPOINTs. A mail that fails is quarantined with the
+        error when ``last_try`` says so, else its error (a str) is returned to retry it later."""
         known = await find_existing(session, sorted({item.key for item in items}))
-        outcomes: list[Outcome] = []
-        for item in items:
+        outcomes: list[Outcome | str] = []
+        for item, last in zip(items, last_try, strict=True):
             if item.key in known:
                 outcomes.append(_as_duplicate(known[item.key]))
                 continue
-            outcome = await self._apply_one(session, item)
-            known[item.key] = outcome
+            outcome = await self._apply_one(session, item, last)
+            if isinstance(outcome, Outcome):
+                known[item.key] = outcome
             outcomes.append(outcome)
         return outcomes
 
-    async def _apply_one(self, session: AsyncSession, item: Prepared) -> Outcome:
-        for attempt in range(2):
+    async def _apply_one(self, session: AsyncSession, item: Prepared, last: bool) -> Outcome | str:
+        error: Exception | None = None
+        for _attempt in range(2):
             try:
                 async with session.begin_nested():
                     return await self._apply(session, item)
-            except IntegrityError:
+            except IntegrityError as exc:
                 # Another process stored the same mail (or opened the same lead) meanwhile.
                 known = await find_existing(session, [item.key])
                 if item.key in known:
                     return _as_duplicate(known[item.key])
-                if attempt:
-                    raise
-            except (SQLAlchemyError, OSError):
-                raise
+                error = exc
             except Exception as exc:
-                logger.exception("processing failed, quarantining %s", item.key)
-                async with session.begin_nested():
-                    return await quarantine(session, item, f"processing error: {exc!r}")
-        raise AssertionError("unreachable")
+                if store_unavailable(exc):
+                    raise
+                error = exc
+                break
+        reason = f"processing error: {error!r}"
+        logger.error("processing %s failed%s: %s", item.key,
+                     ", quarantining it" if last else ", will retry", reason, exc_info=error)
+        if not last:
+            return reason
+        async with session.begin_nested():
+            return await quarantine(session, item, reason)
 
     async def _apply(self, session: AsyncSession, item: Prepared) -> Outcome:
         if item.parsed is None:
@@ -353,6 +538,10 @@ def store_unavailable(exc: Exception) -> bool:
     if isinstance(exc, OSError | OperationalError | InterfaceError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _unreachable() -> Outcome:
+    raise AssertionError("a last try always ends in an outcome")
 
 
 def _as_duplicate(outcome: Outcome) -> Outcome:

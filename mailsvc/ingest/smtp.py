@@ -1,4 +1,5 @@
-"""The SMTP intake (aiosmtpd): intake addresses only, size limit, 250 only after commit."""
+"""The SMTP intake (aiosmtpd): intake addresses only, size limit, 250 only after the accept
+commit (raw bytes, envelope and dedup key durable; deciding follows in the decide workers)."""
 
 from __future__ import annotations
 
@@ -70,16 +71,16 @@ class IntakeHandler:
             ),
         )
         try:
-            outcome = await self._pipeline.submit(raw)
+            outcome = await self._pipeline.accept(raw)
         except StoreUnavailable as exc:
             logger.error("451 for message from %s: %s", envelope.mail_from, exc)
             return STORAGE_FAILED
         except Exception:
             logger.exception("451 for message from %s: unexpected error", envelope.mail_from)
             return INTERNAL_ERROR
-        if outcome.kind == "quarantined":
-            return f"250 2.0.0 Accepted into quarantine {outcome.quarantine_id}"
-        return f"250 2.0.0 Ok: {outcome.kind} as email {outcome.email_id}"
+        if outcome.kind == "accepted":
+            return f"250 2.0.0 Ok: queued as {outcome.intake_id}"
+        return "250 2.0.0 Ok: duplicate, already accepted"
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -25,7 +25,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_until_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
@@ -96,14 +96,21 @@ def test_several_workers_share_the_port_and_store_each_mail_once(database_url: s
                 "anna@outside.example", [BCC], template.replace(b"quote-followup-1@", b"multi-0@")
             )
         assert httpx.get(f"http://127.0.0.1:{api_port}/healthz").json() == {"status": "ok"}
-        emails = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/emails?limit=100").json()
+        deadline = time.monotonic() + 60  # accepted at 250; the decide workers follow
+        while True:
+            emails = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/emails?limit=100",
+                               timeout=60).json()
+            if emails["total"] >= 30 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert emails["total"] == 30
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr.decode()
-    assert stderr.count(b" mailsvc stopped") == 2
+    assert stderr.count(b" mailsvc stopped") == 2  # the two accept workers
+    assert b"decide worker stopped" in stderr
     assert b"Traceback" not in stderr
-    # Both workers took mail: the log line of every stored mail names its process.
-    pids = set(re.findall(rb"\[(\d+)\] mailsvc\.ingest\.pipeline message", stderr))
+    # Both accept workers took mail: each logs the groups it accepted, naming its process.
+    pids = set(re.findall(rb"\[(\d+)\] mailsvc\.ingest\.pipeline accepted", stderr))
     assert len(pids) == 2

@@ -1,0 +1,381 @@
+"""The decide stage: claim accepted mail in arrival order, decide it, store it, delete the claim.
+
+One step claims up to ``MAILSVC_DECIDE_BATCH_SIZE`` intake rows (lowest ids first), parses them
+(outside any lock), and then applies them with the pipeline's fast path (one transaction, facts
+per round, one statement per table) or, if that fails, its safe path (a SAVEPOINT per mail). The
+intake rows of the decided mails are deleted in the same transaction that stores their e-mails or
+quarantine entries, so a crash anywhere leaves each mail either undecided (still in the intake,
+decided after restart) or decided once.
+
+Order: applying is serialised and goes by id. On PostgreSQL, workers claim with
+``FOR UPDATE SKIP LOCKED`` and parse in parallel; to apply, a worker takes a transaction-level
+advisory lock, claims the unlocked lower-id rows it lacks, and applies only the prefix of its
+batch below the lowest row another worker still holds (the rest is released at commit and claimed
+again). So every applied batch is exactly the set of pending mails up to its highest id, applied
+after everything below it: the decisions come out as they would one by one in arrival order.
+On SQLite the write lock (``BEGIN IMMEDIATE``) serialises applying; rows below the batch's
+highest id that it lacks are added under the lock.
+
+A mail whose decision fails is left in the intake with ``attempts`` counted and ``last_error``;
+its next try quarantines it once ``MAILSVC_DECIDE_MAX_ATTEMPTS`` is reached. The other mails of
+its batch commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailsvc import metrics
+from mailsvc.crmstore.base import utcnow
+from mailsvc.crmstore.db import read_session
+from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, QuarantinedMail
+from mailsvc.errors import StoreUnavailable
+from mailsvc.ingest.accept import raw_of
+from mailsvc.ingest.outcome import Outcome
+from mailsvc.ingest.pipeline import prepare_item, store_unavailable
+from mailsvc.ingest.store import Prepared, quarantine
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mailsvc.ingest.pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key of the apply step ("mailsvc" in ASCII, as a bigint).
+APPLY_LOCK = 0x6D61696C737663
+# After a whole step failed, claim one mail at a time until past the failed batch.
+_SOLO = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An intake row, parsed, with the failed decisions it has had so far."""
+
+    intake_id: int
+    item: Prepared
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Accepted mail not decided yet."""
+
+    count: int
+    oldest: datetime | None
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        if self.oldest is None:
+            return 0.0
+        return max(0.0, ((now or utcnow()) - self.oldest).total_seconds())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "oldest_age_seconds": round(self.age_seconds(), 3)}
+
+
+async def backlog(session: AsyncSession) -> Backlog:
+    count, oldest = (await session.execute(
+        select(func.count(IntakeMail.id), func.min(IntakeMail.accepted_at))
+    )).one()
+    if isinstance(oldest, str):  # SQLite returns min() of a timestamp as text
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        from datetime import UTC
+
+        oldest = oldest.replace(tzinfo=UTC)
+    return Backlog(int(count or 0), oldest)
+
+
+async def stored_outcomes(session: AsyncSession, keys: Sequence[str]) -> dict[str, Outcome]:
+    """The outcomes of decided mails, read back from the store by dedup key."""
+    if not keys:
+        return {}
+    found: dict[str, Outcome] = {}
+    rows = list(await session.execute(
+        select(Email.id, Email.dedup_key, Email.message_id, Email.outcome, Email.rule,
+               Email.notes, Email.automatic).where(Email.dedup_key.in_(keys))
+    ))
+    links: dict[int, dict[str, int | None]] = {row.id: {} for row in rows}
+    if rows:
+        for email_id, target, target_id in await session.execute(
+            select(EmailLink.email_id, EmailLink.target_type, EmailLink.target_id)
+            .where(EmailLink.email_id.in_(list(links))).order_by(EmailLink.id)
+        ):
+            links[email_id].setdefault(str(target), target_id)
+    for row in rows:
+        found[row.dedup_key] = Outcome(
+            row.outcome, email_id=row.id, message_id=row.message_id, rule=row.rule,
+            links=links[row.id], notes=tuple(row.notes or ()), automatic=row.automatic,
+        )
+    for key, quarantine_id, reason in await session.execute(
+        select(QuarantinedMail.dedup_key, QuarantinedMail.id, QuarantinedMail.reason)
+        .where(QuarantinedMail.dedup_key.in_(keys))
+    ):
+        found.setdefault(key, Outcome("quarantined", quarantine_id=quarantine_id, reason=reason))
+    return found
+
+
+class Decider:
+    """Claims accepted mail and decides it; one per decide worker (or in-process)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        on_decided: Callable[[dict[int, Outcome]], None] | None = None,
+        parse_pool: Executor | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._sessions = pipeline.sessions
+        settings = pipeline.settings
+        self._batch = settings.decide_batch_size
+        self._poll = settings.decide_poll_ms / 1000
+        self._max_attempts = settings.decide_max_attempts
+        self._postgres = not settings.is_sqlite
+        self._on_decided = on_decided
+        self._pool = parse_pool
+        self._cache: dict[int, Claimed] = {}  # parsed rows a step claimed and did not apply
+        self._solo_until = 0  # after a failed step: one mail at a time up to this id
+        self._current: list[int] = []  # intake ids the running step holds
+        self.decided = 0
+
+    # ---------------------------------------------------------------- loops
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Decide until ``stop`` is set (the current step finishes first)."""
+        backoff = self._poll
+        while not stop.is_set():
+            try:
+                done = await self.step()
+            except Exception as exc:
+                if not isinstance(exc, StoreUnavailable | SQLAlchemyError | OSError):
+                    logger.exception("decide step failed")
+                else:
+                    logger.error("decide step failed: %r", exc)
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                await _sleep_or_stop(stop, backoff)
+                continue
+            backoff = self._poll
+            if not done:
+                await _sleep_or_stop(stop, self._poll)
+
+    async def drain(self, keys: Mapping[int, str]) -> dict[int, Outcome]:
+        """Decide until the given intake rows are decided (by this process or another); their
+        outcomes. Mail accepted before them is decided first, as the order demands."""
+        pending = dict(keys)
+        results: dict[int, Outcome] = {}
+        failures = 0
+        while pending:
+            try:
+                done = await self.step()
+            except StoreUnavailable:
+                raise
+            except Exception:
+                failures += 1  # counted on the mails; they are quarantined when out of tries
+                if failures > 3 * self._max_attempts:
+                    raise
+                continue
+            for intake_id in list(pending):
+                if intake_id in done:
+                    results[intake_id] = done[intake_id]
+                    del pending[intake_id]
+            if pending and not done:
+                async with read_session(self._sessions) as session:
+                    present = set(await session.scalars(
+                        select(IntakeMail.id).where(IntakeMail.id.in_(list(pending)))
+                    ))
+                    gone = {i: k for i, k in pending.items() if i not in present}
+                    found = await stored_outcomes(session, list(gone.values()))
+                for intake_id, key in gone.items():
+                    if key in found:
+                        results[intake_id] = found[key]
+                        del pending[intake_id]
+                if pending:
+                    await asyncio.sleep(self._poll)
+        return results
+
+    # ---------------------------------------------------------------- one step
+
+    async def step(self) -> dict[int, Outcome]:
+        """Claim, decide and commit one batch; the outcomes by intake id ({} when idle)."""
+        self._current = []
+        try:
+            outcomes = await (self._step_postgres() if self._postgres else self._step_sqlite())
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if store_unavailable(exc):
+                raise StoreUnavailable(f"decide failed: {type(exc).__name__}") from exc
+            await self._step_failed(exc)
+            raise
+        if outcomes:
+            self.decided += len(outcomes)
+            if self._on_decided is not None:
+                self._on_decided(outcomes)
+        return outcomes
+
+    def _limit(self) -> int:
+        return _SOLO if self._solo_until else self._batch
+
+    async def _step_sqlite(self) -> dict[int, Outcome]:
+        async with read_session(self._sessions) as session:
+            rows = list(await session.scalars(
+                select(IntakeMail).order_by(IntakeMail.id).limit(self._limit())
+            ))
+        if not rows:
+            return {}
+        claimed = await self._parse(rows)
+        started = time.perf_counter()
+        async with self._sessions() as session, session.begin():  # BEGIN IMMEDIATE
+            top = max(claimed)
+            present = {row_id: attempts for row_id, attempts in await session.execute(
+                select(IntakeMail.id, IntakeMail.attempts).where(IntakeMail.id <= top)
+            )}
+            claimed = {i: c for i, c in claimed.items() if i in present}  # others decided them
+            missing = [i for i in present if i not in claimed]
+            if missing:  # accepted below our batch and not in it: decide them first, here
+                more = await session.scalars(select(IntakeMail).where(IntakeMail.id.in_(missing)))
+                claimed.update(await self._parse(list(more)))
+            outcomes = await self._apply(session, [claimed[i] for i in sorted(claimed)])
+        self._done(claimed, outcomes, started)
+        return outcomes
+
+    async def _step_postgres(self) -> dict[int, Outcome]:
+        async with self._sessions() as session, session.begin():
+            rows = list(await session.scalars(
+                select(IntakeMail).order_by(IntakeMail.id).limit(self._limit())
+                .with_for_update(skip_locked=True)
+            ))
+            if not rows:
+                self._cache.clear()
+                return {}
+            claimed = await self._parse(rows)
+            await session.execute(select(func.pg_advisory_xact_lock(APPLY_LOCK)))
+            started = time.perf_counter()
+            top = max(claimed)
+            lower = list(await session.scalars(
+                select(IntakeMail).where(IntakeMail.id < top, IntakeMail.id.not_in(list(claimed)))
+                .order_by(IntakeMail.id).with_for_update(skip_locked=True)
+            ))
+            claimed.update(await self._parse(lower))
+            blocked = await session.scalar(
+                select(func.min(IntakeMail.id))
+                .where(IntakeMail.id < top, IntakeMail.id.not_in(list(claimed)))
+            )
+            batch = [claimed[i] for i in sorted(claimed) if blocked is None or i < blocked]
+            # Rows above a mail another worker holds wait for it: released at commit.
+            self._cache = {i: c for i, c in claimed.items() if blocked is not None and i >= blocked}
+            if not batch:
+                return {}
+            outcomes = await self._apply(session, batch)
+        self._done({c.intake_id: c for c in batch}, outcomes, started)
+        return outcomes
+
+    async def _parse(self, rows: Sequence[IntakeMail]) -> dict[int, Claimed]:
+        claimed: dict[int, Claimed] = {}
+        todo: list[IntakeMail] = []
+        self._current.extend(row.id for row in rows)
+        for row in rows:
+            cached = self._cache.get(row.id)
+            if cached is not None:
+                claimed[row.id] = Claimed(row.id, cached.item, row.attempts)
+            else:
+                todo.append(row)
+        if self._pool is not None and len(todo) > 1:
+            loop = asyncio.get_running_loop()
+            options = self._pipeline.options
+            items = await asyncio.gather(*(
+                loop.run_in_executor(self._pool, prepare_item, raw_of(row), options)
+                for row in todo
+            ))
+        else:
+            items = [await self._pipeline.prepare(raw_of(row)) for row in todo]
+        for row, item in zip(todo, items, strict=True):
+            claimed[row.id] = Claimed(row.id, item, row.attempts)
+        return claimed
+
+    async def _apply(self, session: AsyncSession, batch: Sequence[Claimed]) -> dict[int, Outcome]:
+        """Decide and store the batch in the caller's transaction; delete the decided rows."""
+        items = [c.item for c in batch]
+        pipeline = self._pipeline
+        results: list[Outcome | str]
+        try:
+            async with session.begin_nested():
+                results = list(await pipeline._apply_batch(session, items))
+        except Exception as exc:
+            if store_unavailable(exc):
+                raise
+            logger.warning("batch of %d redone mail by mail: %r", len(items), exc)
+            metrics.record_fallback()
+            last = [c.attempts + 1 >= self._max_attempts for c in batch]
+            results = await pipeline.apply_safe(session, items, last)
+        outcomes: dict[int, Outcome] = {}
+        for claimed, result in zip(batch, results, strict=True):
+            if isinstance(result, Outcome):
+                outcomes[claimed.intake_id] = result
+            else:
+                await session.execute(
+                    update(IntakeMail).where(IntakeMail.id == claimed.intake_id)
+                    .values(attempts=IntakeMail.attempts + 1, last_error=result[:4000])
+                )
+        if outcomes:
+            await session.execute(delete(IntakeMail).where(IntakeMail.id.in_(list(outcomes))))
+        return outcomes
+
+    def _done(
+        self, claimed: Mapping[int, Claimed], outcomes: Mapping[int, Outcome], started: float
+    ) -> None:
+        ids = [i for i in sorted(claimed) if i in outcomes]
+        if ids:
+            self._pipeline.committed(
+                [claimed[i].item for i in ids], [outcomes[i] for i in ids],
+                time.perf_counter() - started,
+            )
+        if self._solo_until and ids and max(ids) >= self._solo_until:
+            self._solo_until = 0
+
+    async def _step_failed(self, exc: Exception) -> None:
+        """A whole step failed (not the database being away): count a failed attempt on the
+        mails it held, quarantine one that is out of attempts (when it was tried alone), and go
+        on one mail at a time until past them, so the others are not held up."""
+        logger.error("decide step of %d mail(s) failed: %r", len(self._current), exc,
+                     exc_info=exc)
+        ids, self._current = sorted(self._current), []
+        self._cache.clear()
+        if not ids:
+            return
+        reason = f"processing error: {exc!r}"[:4000]
+        alone = len(ids) == 1
+        self._solo_until = max(ids)
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(IntakeMail).where(IntakeMail.id.in_(ids))
+                .values(attempts=IntakeMail.attempts + 1, last_error=reason)
+            )
+        if not alone:
+            return
+        async with self._sessions() as session, session.begin():
+            row = await session.get(IntakeMail, ids[0])
+            if row is None or row.attempts < self._max_attempts:
+                return
+            item = await self._pipeline.prepare(raw_of(row))
+            await quarantine(session, item, reason)
+            await session.delete(row)
+            logger.error("intake %d quarantined after %d failed decisions", row.id, row.attempts)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,282 @@
+"""The staged intake: accepted mail is durable before the 250, decided once, in arrival order, by
+real decide processes that may be killed at any moment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+from typing import Any
+
+import aiosmtplib
+import pytest
+from sqlalchemy import func, select
+
+from mailsvc.bootstrap import Services, open_services
+from mailsvc.config import Settings
+from mailsvc.crmstore.models import (
+    Email,
+    EmailLink,
+    InboxLead,
+    IntakeMail,
+    LinkTarget,
+    OutboxEvent,
+)
+from mailsvc.ingest.decider import Decider
+from mailsvc.ingest.parse import mail_key
+from mailsvc.ingest.smtp import start_smtp
+from mailsvc.mail import Envelope, RawMail
+from tests.conftest import BCC, SALES, SUPPORT
+from tests.support.waiting import wait_for
+
+SALES_ENVELOPE = Envelope("someone@outside.example", (SALES,), "sales", "smtp")
+
+
+def mail(sender: str, message_id: str, subject: str, in_reply_to: str | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = SALES
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{message_id}>"
+    if in_reply_to:
+        message["In-Reply-To"] = f"<{in_reply_to}>"
+        message["References"] = f"<{in_reply_to}>"
+    message.set_content(f"Hello,\n\nthis is {message_id}.\n\nRegards\n" + "x" * 2000)
+    return bytes(message)
+
+
+def conversations(senders: int, replies: int) -> list[bytes]:
+    """Each new sender's first mail, then its replies in the same thread (in arrival order)."""
+    mails = []
+    for s in range(senders):
+        sender = f"Person {s} <person{s}@prospect{s}.example>"
+        first = f"first-{s}@prospect{s}.example"
+        mails.append(mail(sender, first, f"Question {s}"))
+        mails.extend(
+            mail(sender, f"reply-{s}-{r}@prospect{s}.example", f"Re: Question {s}", first)
+            for r in range(replies)
+        )
+    return mails
+
+
+async def scalar(services: Services, query: Any) -> int:
+    async with services.sessions() as session:
+        return int(await session.scalar(query) or 0)
+
+
+async def count(services: Services, model: Any) -> int:
+    return await scalar(services, select(func.count()).select_from(model))
+
+
+async def events(services: Services, kind: str) -> int:
+    return await scalar(
+        services, select(func.count()).select_from(OutboxEvent).where(OutboxEvent.type == kind)
+    )
+
+
+async def assert_each_conversation_is_one_lead(services: Services, senders: int, size: int) -> None:
+    """One lead per sender, every mail of the conversation linked to it, each mail stored once
+    and published once."""
+    assert await count(services, IntakeMail) == 0
+    assert await count(services, Email) == senders * size
+    assert await count(services, InboxLead) == senders
+    assert await events(services, "email.received") == senders * size
+    async with services.sessions() as session:
+        per_lead = dict((await session.execute(
+            select(EmailLink.target_id, func.count()).where(
+                EmailLink.target_type == LinkTarget.INBOX_LEAD
+            ).group_by(EmailLink.target_id)
+        )).all())
+    assert sorted(per_lead.values()) == [size] * senders
+
+
+@asynccontextmanager
+async def smtp_intake(
+    settings: Settings, *, decide: bool = True
+) -> AsyncIterator[tuple[Services, int]]:
+    async with open_services(settings, migrate=False) as services:
+        await services.pipeline.start(decide=decide)
+        server = await start_smtp(services.pipeline, settings)
+        try:
+            yield services, server.sockets[0].getsockname()[1]
+        finally:
+            server.close()
+            await server.wait_closed()
+            await services.pipeline.stop()
+
+
+async def send(port: int, data: bytes, rcpt: str = SALES) -> tuple[int, str]:
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client:
+        errors, reply = await client.sendmail("someone@outside.example", [rcpt], data)
+    assert errors == {}
+    return 250, reply
+
+
+async def test_a_mail_accepted_but_not_decided_yet_is_a_duplicate(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # No decide loop anywhere: the mail stays accepted, not decided.
+    async with smtp_intake(make_settings(smtp_port=0), decide=False) as (services, port):
+        data = mail("New Person <new@prospect.example>", "dup-1@prospect.example", "Hello")
+        _, first = await send(port, data)
+        assert "queued as" in first
+        _, again = await send(port, data)
+        assert "duplicate" in again
+        assert await count(services, IntakeMail) == 1
+        assert await count(services, Email) == 0
+        assert await count(services, OutboxEvent) == 0
+        # The same bytes through another adapter: the same key, the same answer.
+        other = await services.pipeline.accept(RawMail(data, Envelope(None, (BCC,), "bcc", "imap")))
+        assert other.kind == "duplicate"
+        async with services.sessions() as session:
+            row = await session.scalar(select(IntakeMail))
+        assert row is not None and row.dedup_key == mail_key(data)
+        assert (row.mail_from, row.rcpt_tos, row.role, row.source) == (
+            "someone@outside.example", [SALES], "sales", "smtp"
+        )
+        # Decided now (here), once; accepted again afterwards: still a duplicate.
+        decided = await services.pipeline.decider.drain({row.id: row.dedup_key})
+        assert decided[row.id].kind == "lead_created"
+        assert (await services.pipeline.accept(RawMail(data, SALES_ENVELOPE))).kind == "duplicate"
+        assert await count(services, Email) == 1
+        assert await count(services, IntakeMail) == 0
+        assert await events(services, "email.received") == 1
+
+
+async def test_a_burst_of_a_first_mail_and_five_replies_lands_as_one_lead(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Sent at once over six SMTP connections and decided in small batches (by two claimers on
+    PostgreSQL): the outcome is the one-by-one outcome, one lead with six mails."""
+    settings = make_settings(smtp_port=0, decide_batch_size=2)
+    async with smtp_intake(settings) as (services, port):
+        second: asyncio.Task[None] | None = None
+        stop = asyncio.Event()
+        if not settings.is_sqlite:
+            second = asyncio.create_task(Decider(services.pipeline).run(stop))
+        try:
+            replies = await asyncio.gather(*(send(port, data) for data in conversations(1, 5)))
+            assert all("queued as" in reply for _, reply in replies)
+
+            async def decided() -> bool:
+                return await count(services, Email) == 6 and await count(services, IntakeMail) == 0
+
+            await wait_for(decided, within=120, what="six mails decided")
+        finally:
+            stop.set()
+            if second is not None:
+                await second
+        await assert_each_conversation_is_one_lead(services, senders=1, size=6)
+
+
+async def test_submit_waits_for_the_decision_and_reports_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with smtp_intake(make_settings(smtp_port=0)) as (services, _):
+        data = mail("Help Seeker <help@prospect.example>", "help-1@prospect.example", "Broken")
+        outcome = await services.pipeline.submit(
+            RawMail(data, Envelope(None, (SUPPORT,), "support", "imap"))
+        )
+        assert outcome.kind == "ticket_created"
+        assert outcome.email_id is not None and outcome.links["ticket"] is not None
+
+
+# ------------------------------------------------------------------ real decide processes
+
+
+def decide_process(database_url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailsvc", "decide", "--workers", "1", *args],
+        env={
+            "PATH": os.environ["PATH"],
+            "MAILSVC_DATABASE_URL": database_url,
+            "MAILSVC_BCC_ADDRESS": BCC,
+            "MAILSVC_SALES_ADDRESS": SALES,
+            "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
+            **env,
+        },
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    return stderr.decode()
+
+
+async def accept(services: Services, mails: list[bytes]) -> None:
+    for start in range(0, len(mails), 100):
+        chunk = [RawMail(data, SALES_ENVELOPE) for data in mails[start:start + 100]]
+        accepted = await services.pipeline.accept_many(chunk)
+        assert all(a.outcome.kind == "accepted" for a in accepted)
+
+
+async def test_a_killed_decide_worker_loses_nothing_and_decides_each_mail_once(
+    database_url: str, make_settings: Callable[..., Settings],
+) -> None:
+    senders, size = 20, 6
+    async with open_services(make_settings(), migrate=False) as services:
+        await accept(services, conversations(senders, size - 1))
+        worker = decide_process(database_url, MAILSVC_DECIDE_BATCH_SIZE="3")
+        try:
+
+            async def some_decided() -> bool:
+                assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
+                return await count(services, Email) > 0
+
+            await wait_for(some_decided, within=180, interval=0.01, what="the first decisions")
+            worker.send_signal(signal.SIGKILL)  # mid-way: some decided, some not
+            worker.wait(timeout=60)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert await count(services, IntakeMail) > 0, "the kill came too late to prove anything"
+        worker = decide_process(database_url, MAILSVC_DECIDE_BATCH_SIZE="3")
+        try:
+
+            async def all_decided() -> bool:
+                assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
+                return await count(services, IntakeMail) == 0
+
+            await wait_for(all_decided, within=300, what="the backlog decided after restart")
+        finally:
+            log = stop(worker)
+        assert "Traceback" not in log, log
+        await assert_each_conversation_is_one_lead(services, senders, size)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_decide_processes_decide_a_thousand_mails_each_once(
+    database_url: str, make_settings: Callable[..., Settings],
+) -> None:
+    senders, size = 100, 10
+    async with open_services(make_settings(), migrate=False) as services:
+        await accept(services, conversations(senders, size - 1))
+        workers = [decide_process(database_url, MAILSVC_DECIDE_BATCH_SIZE="50") for _ in range(2)]
+        logs: list[str] = []
+        try:
+
+            async def all_decided() -> bool:
+                for worker in workers:
+                    assert worker.poll() is None, (
+                        worker.stderr.read().decode() if worker.stderr else ""
+                    )
+                return await count(services, IntakeMail) == 0
+
+            await wait_for(all_decided, within=600, interval=0.2, what="1,000 mails decided")
+        finally:
+            logs = [stop(worker) for worker in workers]
+        for log in logs:
+            assert "Traceback" not in log, log
+        # What each process says it decided adds up to the thousand: none decided twice.
+        decided = [int(line.rsplit("after ", 1)[1].split(" ")[0])
+                   for log in logs for line in log.splitlines() if "decide worker stopped" in line]
+        assert len(decided) == 2 and sum(decided) == senders * size
+        await assert_each_conversation_is_one_lead(services, senders, size)
