@@ -30,7 +30,7 @@ from mailsvc.linking.model import (
 from mailsvc.linking.references import RecordId, RecordKind, strip_reply_prefixes
 from mailsvc.linking.resolve import Counterparty, Parties
 from mailsvc.linking.text import Reply, phone_from_signature, split_name
-from mailsvc.mail import Address, ParsedMail
+from mailsvc.mail import Address, ParsedMail, Role
 
 CLOSED_OPPORTUNITY = frozenset({"won", "lost"})
 
@@ -53,7 +53,7 @@ class Context:
     """Everything a rule may look at; ``base`` is the decision every rule starts from."""
 
     mail: ParsedMail
-    role: str
+    role: Role
     facts: Facts
     policy: Policy
     kind: MailKind
@@ -209,7 +209,7 @@ def no_counterparty(ctx: Context) -> LinkDecision | None:
 def _open_records(ctx: Context) -> tuple[RecordKind, tuple[int, ...]]:
     """The contact's open tickets (support) or open opportunities (Smart BCC, sales)."""
     contact = ctx.view.counterparty.contact
-    if ctx.role == "support":
+    if ctx.role == Role.SUPPORT:
         return "ticket", ctx.facts.open_tickets.get(contact.id, ()) if contact else ()
     return "opportunity", ctx.facts.open_opportunities.get(contact.id, ()) if contact else ()
 
@@ -232,7 +232,7 @@ def single_open_record(ctx: Context) -> LinkDecision | None:
 def new_ticket(ctx: Context) -> LinkDecision | None:
     """On support, incoming mail of an unknown person, or of a known contact without open
     tickets, opens a new ticket."""
-    if ctx.role != "support" or ctx.view.parties.direction != "incoming":
+    if ctx.role != Role.SUPPORT or ctx.view.parties.direction != "incoming":
         return None
     if _open_records(ctx)[1]:
         return None
@@ -261,7 +261,7 @@ def open_lead(ctx: Context) -> LinkDecision | None:
     """An unknown person with an inbox lead still open (Smart BCC, sales): the mail goes to that
     lead; no second lead is created."""
     counterparty = ctx.view.counterparty
-    if ctx.role == "support" or counterparty.contact is not None or counterparty.email is None:
+    if ctx.role == Role.SUPPORT or counterparty.contact is not None or counterparty.email is None:
         return None
     lead_id = ctx.facts.open_leads.get(counterparty.email)
     return _link(ctx, Links(inbox_lead=lead_id)) if lead_id is not None else None
@@ -271,7 +271,7 @@ def _known(ctx: Context) -> bool:
     """A known contact; on the Smart BCC address also an unknown person of a known company."""
     counterparty = ctx.view.counterparty
     return counterparty.contact is not None or (
-        ctx.role == "bcc" and counterparty.account is not None
+        ctx.role == Role.BCC and counterparty.account is not None
     )
 
 
@@ -298,7 +298,7 @@ def address(ctx: Context) -> LinkDecision | None:
 def new_lead(ctx: Context) -> LinkDecision | None:
     """An unknown person on sales or the Smart BCC address becomes a new inbox lead."""
     counterparty = ctx.view.counterparty
-    if ctx.role not in {"bcc", "sales"} or counterparty.email is None:
+    if ctx.role not in {Role.BCC, Role.SALES} or counterparty.email is None:
         return None
     person = _address(ctx, counterparty.email)
     first, last = split_name(person)
