@@ -189,7 +189,7 @@ def _role_for(settings: Settings, address: str | None) -> tuple[Role, str]:
         known = ", ".join(sorted(settings.intake_roles))
         err.print(f"[red]--to {address} is not an intake address (known: {known})[/red]")
         raise typer.Exit(EX_USAGE)
-    return role, address  # type: ignore[return-value]
+    return role, address
 
 
 @app.command()
@@ -229,13 +229,8 @@ def ingest(
         raise typer.Exit(EX_TEMPFAIL) from None
     for outcome in outcomes:
         sys.stdout.write(json.dumps(outcome.to_json(), ensure_ascii=False) + "\n")
-    if any(_unusable(o) for o in outcomes):
+    if any(o.mail_at_fault for o in outcomes):
         raise typer.Exit(EX_DATAERR)
-
-
-def _unusable(outcome: Outcome) -> bool:
-    reason = outcome.reason or ""
-    return outcome.kind == "quarantined" and not reason.startswith("processing error")
 
 
 async def _ingest(settings: Settings, raws: list[RawMail]) -> list[Outcome]:

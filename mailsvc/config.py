@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mailsvc.errors import ConfigError
+from mailsvc.mail import Role
 
 AddressList = Annotated[tuple[str, ...], NoDecode]
 
@@ -47,7 +48,7 @@ class ImapMailbox(BaseModel):
     password: SecretStr | None = None
     password_file: FilePath | None = None
     folder: str = Field(default="INBOX", min_length=1)
-    role: Literal["bcc", "sales", "support"] = "bcc"
+    role: Role = Role.BCC
     processed: Literal["seen", "move"] = "seen"
     processed_folder: str = Field(default="Processed", min_length=1)
     quarantine_folder: str | None = "Quarantine"
@@ -237,8 +238,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> Settings:
         seen: dict[str, str] = {}
-        for role in ("bcc", "sales", "support"):
-            for address in getattr(self, f"{role}_address"):
+        for role, addresses in self.role_addresses.items():
+            for address in addresses:
                 if address in seen:
                     raise ValueError(
                         f"{address} is both the {seen[address]} and the {role} address"
@@ -253,18 +254,22 @@ class Settings(BaseSettings):
             raise ValueError("critical_contact_days must not be below stale_contact_days")
         return self
 
-    @cached_property
-    def intake_roles(self) -> dict[str, str]:
-        """Intake address (lower case) -> role: ``bcc``, ``sales`` or ``support``."""
-        roles: dict[str, str] = {}
-        for role in ("bcc", "sales", "support"):
-            for address in getattr(self, f"{role}_address"):
-                roles[address] = role
-        return roles
+    @property
+    def role_addresses(self) -> dict[Role, tuple[str, ...]]:
+        """Each intake role's addresses."""
+        return {Role.BCC: self.bcc_address, Role.SALES: self.sales_address,
+                Role.SUPPORT: self.support_address}
 
-    def owner_for(self, role: str) -> str | None:
+    @cached_property
+    def intake_roles(self) -> dict[str, Role]:
+        """Intake address (lower case) -> role: ``bcc``, ``sales`` or ``support``."""
+        return {a: role for role, addresses in self.role_addresses.items() for a in addresses}
+
+    def owner_for(self, role: Role | str) -> str | None:
         """The default owner's address for mail arriving on the intake address of ``role``."""
-        owner: str | None = getattr(self, f"{role}_owner", None) or self.default_owner_email
+        owners = {Role.BCC: self.bcc_owner, Role.SALES: self.sales_owner,
+                  Role.SUPPORT: self.support_owner}
+        owner = owners.get(Role(role)) or self.default_owner_email
         return owner.strip().lower() if owner else None
 
     @property

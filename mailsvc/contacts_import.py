@@ -44,7 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailsvc.bootstrap import open_services
 from mailsvc.config import Settings
 from mailsvc.crmstore import services
-from mailsvc.crmstore.services.common import FREEMAIL_DOMAINS, email_domain
+from mailsvc.crmstore.services.common import email_domain
+from mailsvc.freemail import is_freemail
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +158,10 @@ async def import_row(
     if domain:
         domain = domain.lower().removeprefix("https://").removeprefix("http://")
         domain = domain.removeprefix("www.").split("/")[0]
+    if domain and is_freemail(domain):
+        domain = None  # a freemail domain never names a company
     mail_domain = email_domain(email)
-    if not domain and mail_domain not in FREEMAIL_DOMAINS:
+    if not domain and mail_domain and not is_freemail(mail_domain):
         domain = mail_domain if company else None
     if company or domain:
         existing = await services.find_account_duplicate(session, company, domain)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from enum import StrEnum
 
-Role = Literal["bcc", "sales", "support"]
+
+class Role(StrEnum):
+    """The intake address a mail arrived on, and so what it is meant for (docs/linking.md)."""
+
+    BCC = "bcc"
+    SALES = "sales"
+    SUPPORT = "support"
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +23,9 @@ class Envelope:
     rcpt_tos: tuple[str, ...]
     role: Role
     source: str = "smtp"  # smtp, imap, file, stdin
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", Role(self.role))  # a plain "bcc" becomes Role.BCC
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""What incoming mail changes in the CRM: inbox leads, tickets and their updates, bouncing
-addresses, e-mail activities. Functions take a session and never commit."""
+"""What incoming mail changes in the CRM: tickets and their updates, bouncing addresses
+(inbox leads: ``services.open_inbox_lead``). Functions take a session and never commit."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
     ContactEmail,
-    InboxLead,
-    LeadStatus,
     Ticket,
     TicketStatus,
     TicketUpdate,
@@ -21,34 +19,6 @@ from mailsvc.crmstore.models import (
 from mailsvc.crmstore.outbox import record_event
 
 EMAIL_SOURCE = "e-mail"
-
-
-async def create_inbox_lead(
-    session: AsyncSession, *, title: str, email: str, first_name: str | None,
-    last_name: str | None, company: str | None = None, phone: str | None = None,
-    owner_id: int | None = None, account_id: int | None = None,
-) -> InboxLead:
-    """A new inbox lead from an e-mail; its open key (the address) keeps a second one out.
-
-    A concurrent writer that opened a lead for the same address first makes the flush raise
-    IntegrityError; the caller retries and finds that lead.
-    """
-    address = email.strip().lower()
-    lead = InboxLead(
-        title=title[:300], source=EMAIL_SOURCE, status=LeadStatus.NEW, email=address,
-        open_key=address, first_name=first_name, last_name=last_name, company=company,
-        phone=phone, owner_id=owner_id, account_id=account_id,
-    )
-    session.add(lead)
-    await session.flush()
-    record_event(
-        session, "inbox_lead.created",
-        {"id": lead.id, "title": lead.title, "source": lead.source, "status": str(lead.status),
-         "email": address, "first_name": first_name, "last_name": last_name,
-         "company": company, "phone": phone, "owner_id": owner_id, "account_id": account_id},
-        subject=f"inbox_lead/{lead.id}",
-    )
-    return lead
 
 
 async def create_ticket_from_mail(

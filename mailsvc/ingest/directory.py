@@ -28,6 +28,7 @@ from mailsvc.crmstore.models import (
 from mailsvc.linking.model import (
     AccountRef,
     ContactRef,
+    Fact,
     Facts,
     RecordRef,
     ThreadRef,
@@ -35,35 +36,70 @@ from mailsvc.linking.model import (
     Wanted,
 )
 from mailsvc.linking.references import RecordId
+from mailsvc.linking.resolve import user_domains
+from mailsvc.linking.rules import CHAIN_READS
 
 OPEN_TICKET = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
 
 
 async def load_facts(
-    session: AsyncSession, want: Wanted, default_owner_email: str | None = None
+    session: AsyncSession, want: Wanted, default_owner_email: str | None = None,
+    reads: frozenset[Fact] = CHAIN_READS,
 ) -> Facts:
     owners = (default_owner_email,) if default_owner_email else ()
-    facts, owner_ids = await load_batch_facts(session, want, owners)
+    facts, owner_ids = await load_batch_facts(session, want, owners, reads)
     return replace(facts, default_owner_id=owner_ids.get(default_owner_email or ""))
 
 
 async def load_batch_facts(
-    session: AsyncSession, want: Wanted, owner_emails: Iterable[str] = ()
+    session: AsyncSession, want: Wanted, owner_emails: Iterable[str] = (),
+    reads: frozenset[Fact] = CHAIN_READS,
 ) -> tuple[Facts, dict[str, int]]:
-    """Facts for ``want`` (a group's merged Wanted is fine: every value is a keyed lookup) and the
-    user ids of ``owner_emails`` (the default owners), in the same queries."""
+    """The facts the rules read (``reads``: what the chain declares, ``rules.CHAIN_READS``) for
+    ``want`` (a group's merged Wanted is fine: every value is a keyed lookup), and the user ids of
+    ``owner_emails`` (the default owners), in the same queries."""
     owner_emails = tuple(owner_emails)
-    emails = sorted(want.emails | set(owner_emails))
-    users = await _users(session, emails)
-    contacts = await _contacts(session, sorted(want.emails))
-    by_domain = await _accounts_by_domain(session, sorted(want.domains))
+    emails = sorted(want.emails)
+    users = await _users(session, sorted(want.emails | set(owner_emails)))
+    open_records = reads & {Fact.OPEN_OPPORTUNITIES, Fact.OPEN_TICKETS}
+    contacts = await _contacts(session, emails) if Fact.CONTACTS in reads or open_records else {}
+    contact_ids = sorted({c.id for cs in contacts.values() for c in cs})
+    by_domain = (
+        await _accounts_by_domain(session, sorted(want.domains))
+        if Fact.ACCOUNTS_BY_DOMAIN in reads else {}
+    )
+    thread = await _thread(session, want.message_ids) if Fact.THREAD in reads else ()
+    open_opportunities = (
+        await _open_opportunities(session, contact_ids)
+        if Fact.OPEN_OPPORTUNITIES in reads else {}
+    )
+    open_tickets = (
+        await _open_tickets(session, contact_ids) if Fact.OPEN_TICKETS in reads else {}
+    )
+    records = await _records(session, _record_ids(want, thread, open_opportunities, open_tickets))
     account_ids = {c.account_id for cs in contacts.values() for c in cs if c.account_id}
     account_ids |= {a.id for accounts in by_domain.values() for a in accounts}
-    contact_ids = sorted({c.id for cs in contacts.values() for c in cs})
-    thread = await _thread(session, want.message_ids)
-    open_opportunities = await _open_opportunities(session, contact_ids)
-    open_tickets = await _open_tickets(session, contact_ids)
-    # The records a thread or a contact's single open record points to are needed as well.
+    account_ids |= {r.account_id for r in records.values() if r.account_id}
+    facts = Facts(
+        users={e: u for e, u in users.items() if e in want.emails},
+        user_domains=await _user_domains(session) if Fact.USER_DOMAINS in reads else frozenset(),
+        contacts=contacts if Fact.CONTACTS in reads else {},
+        accounts_by_domain=by_domain,
+        accounts=await _accounts(session, sorted(account_ids)) if Fact.ACCOUNTS in reads else {},
+        records=records if Fact.RECORDS in reads else {},
+        thread=thread,
+        open_opportunities=open_opportunities,
+        open_tickets=open_tickets,
+        open_leads=await _open_leads(session, emails) if Fact.OPEN_LEADS in reads else {},
+    )
+    return facts, {e: users[e].id for e in owner_emails if e in users}
+
+
+def _record_ids(
+    want: Wanted, thread: tuple[ThreadRef, ...], open_opportunities: dict[int, tuple[int, ...]],
+    open_tickets: dict[int, tuple[int, ...]],
+) -> tuple[RecordId, ...]:
+    """The records named, and those a thread or a contact's open records point to."""
     record_ids = dict.fromkeys(want.record_ids)
     for ref in thread:
         if ref.opportunity_id:
@@ -74,20 +110,16 @@ async def load_batch_facts(
         record_ids.update(dict.fromkeys(RecordId("opportunity", i) for i in ids))
     for ids in open_tickets.values():
         record_ids.update(dict.fromkeys(RecordId("ticket", i) for i in ids))
-    records = await _records(session, tuple(record_ids))
-    account_ids |= {r.account_id for r in records.values() if r.account_id}
-    facts = Facts(
-        users={e: u for e, u in users.items() if e in want.emails},
-        contacts=contacts,
-        accounts_by_domain=by_domain,
-        accounts=await _accounts(session, sorted(account_ids)),
-        records=records,
-        thread=thread,
-        open_opportunities=open_opportunities,
-        open_tickets=open_tickets,
-        open_leads=await _open_leads(session, sorted(want.emails)),
+    return tuple(record_ids)
+
+
+async def _user_domains(session: AsyncSession) -> frozenset[str]:
+    """The domains of all active users' addresses, freemail left out (our own company's)."""
+    rows = await session.scalars(
+        select(UserEmail.email).join(User, User.id == UserEmail.user_id)
+        .where(User.active.is_(True))
     )
-    return facts, {e: users[e].id for e in owner_emails if e in users}
+    return user_domains(rows)
 
 
 async def _users(session: AsyncSession, emails: list[str]) -> dict[str, UserRef]:

@@ -29,7 +29,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from mailsvc.config import ImapMailbox, Settings
 from mailsvc.crmstore.models import MailboxState
 from mailsvc.errors import StoreUnavailable
-from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.mail import Envelope, RawMail
 
@@ -315,7 +314,7 @@ class MailboxPoller:
                 failure = failure or result
                 continue
             self.counts[result.kind] += 1
-            (quarantined if _is_quarantined(result) else done).append(uid)
+            (quarantined if result.in_quarantine else done).append(uid)
             if failure is None:
                 committed_up_to = uid
         if failure is None and uids:
@@ -393,12 +392,6 @@ class MailboxPoller:
                     raise
             except (SQLAlchemyError, OSError) as exc:
                 raise StoreUnavailable(f"cannot save mailbox state: {exc}") from exc
-
-
-def _is_quarantined(outcome: Outcome) -> bool:
-    if outcome.kind == "quarantined":
-        return True
-    return outcome.kind == "duplicate" and outcome.email_id is None and bool(outcome.quarantine_id)
 
 
 def _text(exc: BaseException) -> str:

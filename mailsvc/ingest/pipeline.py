@@ -39,7 +39,14 @@ from mailsvc.errors import ParseError, StoreUnavailable
 from mailsvc.ingest.accept import Accepted, accept_mails
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
-from mailsvc.ingest.outcome import Outcome
+from mailsvc.ingest.outcome import (
+    Outcome,
+    ParserFailed,
+    ProcessingFailed,
+    QuarantineReason,
+    TooLarge,
+    Unparseable,
+)
 from mailsvc.ingest.parse import mail_key, parse_mail
 from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email, store_emails
 from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
@@ -47,7 +54,7 @@ from mailsvc.linking.decide import Policy, decide, reply_of, wanted
 from mailsvc.linking.model import LinkDecision, MailKind, Wanted
 from mailsvc.linking.references import IdPatterns
 from mailsvc.linking.text import Reply
-from mailsvc.mail import RawMail
+from mailsvc.mail import RawMail, Role
 
 if TYPE_CHECKING:
     from mailsvc.ingest.decider import Decider
@@ -55,20 +62,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARSE_IN_THREAD_BYTES = 256 * 1024
+UNPARSEABLE = Unparseable("unparseable")
 
 
 def prepare(raw: RawMail, max_bytes: int) -> Prepared:
     """Parse and key one message; what cannot be parsed is prepared for quarantine."""
     key = mail_key(raw.data)
     if len(raw.data) > max_bytes:
-        return Prepared(raw, key, None, f"message larger than {max_bytes} bytes")
+        return Prepared(raw, key, None, TooLarge.limit(max_bytes))
     try:
         parsed = parse_mail(raw.data)
     except ParseError as exc:
-        return Prepared(raw, key, None, f"unparseable: {exc}")
+        return Prepared(raw, key, None, Unparseable.of(str(exc)))
     except Exception as exc:  # a parser bug must not lose the mail: quarantine it
         logger.exception("parser failed")
-        return Prepared(raw, key, None, f"parser error: {exc!r}")
+        return Prepared(raw, key, None, ParserFailed.of(repr(exc)))
     return Prepared(raw, key, parsed)
 
 
@@ -129,7 +137,7 @@ class Pipeline:
         )
         # Every intake role's default owner, looked up with each group's facts.
         self._owners = tuple(
-            sorted({o for r in ("bcc", "sales", "support") if (o := settings.owner_for(r))})
+            sorted({o for r in Role if (o := settings.owner_for(r))})
         )
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -411,7 +419,7 @@ class Pipeline:
             elif item.key not in first:
                 first[item.key] = n
                 if item.parsed is None:
-                    outcomes[n] = await quarantine(session, item, item.problem or "unparseable")
+                    outcomes[n] = await quarantine(session, item, item.problem or UNPARSEABLE)
                 else:
                     todo.append(n)
         while todo:
@@ -465,7 +473,8 @@ class Pipeline:
                 deferred.append(n)
                 changed |= may_change(item.parsed.message_id, deps, mine)
                 continue
-            decision = decide(item.parsed, envelope, mine, self._policy, kind, reply)
+            decision = decide(item.parsed, envelope, mine, self._policy, kind, reply,
+                              sender_verified=item.sender_verified)
             changed |= effects(item.parsed.message_id, decision, mine)
             decided.append((n, decision))
         return decided, deferred
@@ -515,7 +524,7 @@ class Pipeline:
                     raise
                 error = exc
                 break
-        reason = f"processing error: {error!r}"
+        reason = ProcessingFailed.of(repr(error))
         logger.error("processing %s failed%s: %s", item.key,
                      ", quarantining it" if last else ", will retry", reason, exc_info=error)
         if not last:
@@ -525,11 +534,12 @@ class Pipeline:
 
     async def _apply(self, session: AsyncSession, item: Prepared) -> Outcome:
         if item.parsed is None:
-            return await quarantine(session, item, item.problem or "unparseable")
+            return await quarantine(session, item, item.problem or UNPARSEABLE)
         envelope = item.raw.envelope
         kind, want, reply = self._inputs(item)
         facts = await load_facts(session, want, self._settings.owner_for(envelope.role))
-        decision = decide(item.parsed, envelope, facts, self._policy, kind, reply)
+        decision = decide(item.parsed, envelope, facts, self._policy, kind, reply,
+                          sender_verified=item.sender_verified)
         return await store_email(session, item, decision)
 
 

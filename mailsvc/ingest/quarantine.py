@@ -30,8 +30,8 @@ async def list_quarantined(
 
 def raw_mail(row: QuarantinedMail | Email) -> RawMail:
     """The bytes and envelope as received (kept for quarantined and for stored mail alike)."""
-    role: Role = row.intake_role  # type: ignore[assignment]
-    envelope = Envelope(row.envelope_from, tuple(row.envelope_to), role, row.source)
+    envelope = Envelope(row.envelope_from, tuple(row.envelope_to), Role(row.intake_role),
+                        row.source)
     return RawMail(row.raw, envelope)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -14,17 +14,23 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import load_only
 
-from mailsvc.crmstore import services
 from mailsvc.crmstore.db import read_session
-from mailsvc.crmstore.models import Email, EmailLink, LinkTarget
+from mailsvc.crmstore.models import Email, EmailLink
 from mailsvc.crmstore.outbox import record_event
-from mailsvc.crmstore.services.emails import MANUAL
 from mailsvc.errors import StoreUnavailable
-from mailsvc.ingest.outcome import LINK_NAMES
+from mailsvc.ingest.applier import (
+    CREATED_BY_MAIL,
+    LinkRow,
+    StoredMail,
+    apply_decisions,
+    link_row,
+    sorted_links,
+)
+from mailsvc.ingest.outcome import ProcessingFailed
 from mailsvc.ingest.pipeline import Pipeline, store_unavailable
 from mailsvc.ingest.quarantine import raw_mail
 from mailsvc.ingest.store import Prepared
-from mailsvc.linking.model import LinkDecision
+from mailsvc.linking.model import LinkDecision, Rule
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +40,6 @@ Result = Literal["unchanged", "relinked", "would_create_lead", "would_create_tic
 RESULTS: tuple[Result, ...] = (
     "unchanged", "relinked", "would_create_lead", "would_create_ticket", "failed",
 )
-# The record a mail created is its own: reprocessing keeps that link (and the outcome saying so).
-CREATED_BY_MAIL = {"lead_created": LinkTarget.INBOX_LEAD, "ticket_created": LinkTarget.TICKET}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +54,6 @@ class Selection:
     @property
     def empty(self) -> bool:
         return not (self.ids or self.unlinked or self.since or self.everything)
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRow:
-    target_type: str
-    target_id: int
-    rule: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"target_type": self.target_type, "target_id": self.target_id, "rule": self.rule}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +107,7 @@ async def _next_rows(
     query = (
         select(Email)
         .options(load_only(Email.id, Email.raw, Email.envelope_from, Email.envelope_to,
-                           Email.intake_role, Email.source))
+                           Email.intake_role, Email.source, Email.rule))
         .where(Email.id > after, *_conditions(selection))
         .order_by(Email.id)
         .limit(size)
@@ -132,19 +126,6 @@ async def _missing_ids(
     return sorted(set(ids) - found)
 
 
-def _row(link: EmailLink) -> LinkRow:
-    return LinkRow(str(link.target_type), link.target_id, link.rule)
-
-
-def _sorted(rows: Sequence[LinkRow]) -> tuple[LinkRow, ...]:
-    return tuple(sorted(rows, key=lambda r: (LINK_NAMES.index(r.target_type), r.target_id)))
-
-
-def _kept(link: EmailLink, outcome: str) -> bool:
-    """Links reprocessing never touches: made by hand, or to the record this mail created."""
-    return link.rule == MANUAL or CREATED_BY_MAIL.get(outcome) == link.target_type
-
-
 def _would_create(decision: LinkDecision, outcome: str) -> Result | None:
     """A record the decision asks for; not the one this mail created already (it is linked)."""
     if decision.kind == "new_lead" and outcome != "lead_created":
@@ -155,47 +136,33 @@ def _would_create(decision: LinkDecision, outcome: str) -> Result | None:
 
 
 async def _relink(
-    session: AsyncSession, email_id: int, outcome: str, decision: LinkDecision,
-    links: Sequence[EmailLink],
+    session: AsyncSession, mail: StoredMail, decision: LinkDecision
 ) -> Reprocessed:
-    """Replace the mail's automatic links by the decision's (only records that exist: nothing is
-    created); write nothing when they are the same."""
-    before = _sorted([_row(link) for link in links])
-    kept = {(link.target_type, link.target_id) for link in links if _kept(link, outcome)}
-    automatic = {(link.target_type, link.target_id): link for link in links
-                 if not _kept(link, outcome)}
-    wanted = [(LinkTarget(name), target) for name, target in decision.links.as_dict().items()
-              if target is not None and (LinkTarget(name), target) not in kept]
-    would_create = _would_create(decision, outcome)
-    if set(wanted) == set(automatic):
-        return Reprocessed(email_id, would_create or "unchanged", decision.rule, before, before)
-    rule = decision.rule or "address"  # as the intake names the links of a rule-less decision
-    for key, link in automatic.items():
-        if key in wanted:
-            link.rule = rule
-        else:
-            await session.delete(link)
-    session.add_all(
-        EmailLink(email_id=email_id, target_type=target_type, target_id=target_id, rule=rule)
-        for target_type, target_id in wanted if (target_type, target_id) not in automatic
+    """Apply the decision's links (only records that exist: nothing is created); write nothing
+    when they are the same; else update the mail's rule, notes and outcome and record
+    ``email.relinked``."""
+    assert mail.outcome is not None
+    applied = (await apply_decisions(session, [(mail, decision)], create=False))[0]
+    would_create = _would_create(decision, mail.outcome)
+    if not applied.changed:
+        return Reprocessed(mail.id, would_create or "unchanged", decision.rule, applied.before,
+                           applied.before)
+    new_outcome = (
+        mail.outcome if mail.outcome in CREATED_BY_MAIL else ("linked" if applied.after
+                                                              else "ignored")
     )
-    after = _sorted([*(r for r in before if (LinkTarget(r.target_type), r.target_id) in kept),
-                     *(LinkRow(str(t), i, rule) for t, i in wanted)])
-    new_outcome = outcome if outcome in CREATED_BY_MAIL else ("linked" if after else "ignored")
     await session.execute(
-        update(Email).where(Email.id == email_id)
-        .values(rule=decision.rule, notes=list(decision.notes), outcome=new_outcome)
+        update(Email).where(Email.id == mail.id)
+        .values(rule=str(decision.rule), notes=list(decision.notes), outcome=new_outcome)
     )
     await session.flush()
     record_event(session, "email.relinked", {
-        "email_id": email_id, "rule": decision.rule, "notes": list(decision.notes),
-        "outcome": new_outcome, "links": [r.to_json() for r in after],
-        "previous_links": [r.to_json() for r in before],
-    }, subject=f"email/{email_id}")
-    # The timeline as the intake would have it: no machine mail, nothing for an ignored one.
-    if wanted and not decision.automatic and decision.kind != "ignore":
-        await services.log_email_activity(session, email_id)
-    return Reprocessed(email_id, would_create or "relinked", decision.rule, after, before)
+        "email_id": mail.id, "rule": decision.rule, "notes": list(decision.notes),
+        "outcome": new_outcome, "links": [r.to_json() for r in applied.after],
+        "previous_links": [r.to_json() for r in applied.before],
+    }, subject=f"email/{mail.id}")
+    return Reprocessed(mail.id, would_create or "relinked", decision.rule, applied.after,
+                       applied.before)
 
 
 async def _apply(
@@ -205,27 +172,31 @@ async def _apply(
     relinked already) and relink each in this transaction."""
     ids = sorted(items)
     prepared = [items[i] for i in ids]
-    rows = await session.execute(select(Email.id, Email.outcome).where(Email.id.in_(ids)))
-    outcomes = {email_id: outcome for email_id, outcome in rows}
     links: dict[int, list[EmailLink]] = {i: [] for i in ids}
     for link in await session.scalars(
         select(EmailLink).where(EmailLink.email_id.in_(ids)).order_by(EmailLink.id)
     ):
         links[link.email_id].append(link)
+    rows = await session.execute(
+        select(Email.id, Email.subject, Email.sent_at, Email.received_at, Email.outcome)
+        .where(Email.id.in_(ids))
+    )
+    mails = {
+        email_id: StoredMail(email_id, subject, sent_at, received_at, outcome,
+                             tuple(links[email_id]))
+        for email_id, subject, sent_at, received_at, outcome in rows
+    }
     done: dict[int, Reprocessed] = {}
     for n, item in enumerate(prepared):
         if item.parsed is None:
-            before = _sorted([_row(link) for link in links[ids[n]]])
+            before = sorted_links([link_row(link) for link in links[ids[n]]])
             done[ids[n]] = Reprocessed(ids[n], "failed", None, before, before,
                                        item.problem or "unparseable")
     todo = [n for n, item in enumerate(prepared) if item.parsed is not None]
     while todo:
         decided, todo = await pipeline.decide_round(session, prepared, todo)
         for n, decision in decided:
-            email_id = ids[n]
-            done[email_id] = await _relink(
-                session, email_id, outcomes[email_id], decision, links[email_id]
-            )
+            done[ids[n]] = await _relink(session, mails[ids[n]], decision)
     return [done[i] for i in ids]
 
 
@@ -234,7 +205,7 @@ async def _batch(
 ) -> list[Reprocessed]:
     """One transaction for the batch; if anything in it fails, mail by mail, so one bad mail is
     reported as failed and the others are relinked."""
-    items = {row.id: await pipeline.prepare(raw_mail(row)) for row in rows}
+    items = {row.id: _as_received(await pipeline.prepare(raw_mail(row)), row) for row in rows}
     try:
         async with sessions() as session, session.begin():
             return await _apply(session, pipeline, items)
@@ -249,8 +220,14 @@ async def _batch(
         except Exception as exc:
             _raise_if_unavailable(exc)
             logger.exception("reprocessing e-mail %s failed", email_id)
-            results.append(Reprocessed(email_id, "failed", reason=f"processing error: {exc!r}"))
+            results.append(Reprocessed(email_id, "failed", reason=ProcessingFailed.of(repr(exc))))
     return results
+
+
+def _as_received(item: Prepared, row: Email) -> Prepared:
+    """The sender verdict of the intake is kept: a mail ignored as ``sender_unverified`` (its
+    From one of our users, not verified by the receiving server) stays unverified."""
+    return replace(item, sender_verified=row.rule != Rule.SENDER_UNVERIFIED)
 
 
 def _raise_if_unavailable(exc: Exception) -> None:

@@ -27,10 +27,10 @@ STORAGE_FAILED = "451 4.3.0 Temporary storage failure, please try again later"
 INTERNAL_ERROR = "451 4.3.0 Temporary local error, please try again later"
 
 # When one message is addressed to several intake roles, it is processed once, under this order.
-ROLE_PRECEDENCE: tuple[Role, ...] = ("bcc", "support", "sales")
+ROLE_PRECEDENCE: tuple[Role, ...] = (Role.BCC, Role.SUPPORT, Role.SALES)
 
 
-def pick_role(recipients: list[str], roles: dict[str, str]) -> Role:
+def pick_role(recipients: list[str], roles: dict[str, Role]) -> Role:
     found = {roles[r.lower()] for r in recipients if r.lower() in roles}
     return next(role for role in ROLE_PRECEDENCE if role in found)
 

@@ -4,24 +4,18 @@ transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.crmstore import intake, services
 from mailsvc.crmstore.base import utcnow
-from mailsvc.crmstore.models import (
-    Email,
-    EmailAttachment,
-    EmailLink,
-    LinkTarget,
-    QuarantinedMail,
-)
+from mailsvc.crmstore.models import Email, EmailAttachment, QuarantinedMail
 from mailsvc.crmstore.outbox import record_event, write_events
-from mailsvc.ingest.outcome import Outcome, OutcomeKind
-from mailsvc.linking.model import LinkDecision, Links, MailKind, Wanted
+from mailsvc.ingest.applier import StoredMail, apply_decisions
+from mailsvc.ingest.outcome import Outcome, OutcomeKind, QuarantineReason
+from mailsvc.linking.model import LinkDecision, MailKind, Wanted
 from mailsvc.linking.text import Reply
 from mailsvc.mail import Address, ParsedMail, RawMail
 
@@ -33,11 +27,13 @@ class Prepared:
     raw: RawMail
     key: str
     parsed: ParsedMail | None
-    problem: str | None = None
+    problem: QuarantineReason | None = None
     # Pure work done before the queue (None: not done, the writer does it).
     kind: MailKind | None = None
     want: Wanted | None = None
     reply: Reply | None = None
+    # False: the From is one of our users but the receiving server could not verify it.
+    sender_verified: bool = True
 
 
 def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
@@ -70,13 +66,13 @@ def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -
         "size": len(item.raw.data),
         "envelope_from": envelope.mail_from,
         "envelope_to": list(envelope.rcpt_tos),
-        "intake_role": envelope.role,
+        "intake_role": str(envelope.role),
         "source": envelope.source,
         "kind": decision.mail_kind,
         "direction": decision.direction,
         "automatic": decision.automatic,
         "outcome": outcome,
-        "rule": decision.rule,
+        "rule": str(decision.rule),
         "notes": list(decision.notes),
         "received_at": utcnow(),
     }
@@ -120,47 +116,31 @@ async def store_emails(
     session: AsyncSession, decided: Sequence[tuple[Prepared, LinkDecision]]
 ) -> list[Outcome]:
     """Store a group of decided mails in stages, so each table gets one statement for the whole
-    group: new leads and tickets (rare, one by one), the e-mails, their attachments, their links,
-    then ticket logs and bounce marks (rare), the events, the activities and one UPDATE of the
-    opportunities' last contact."""
+    group: the e-mails, their attachments, then the decisions applied (``applier``: new leads and
+    tickets, links, ticket logs and bounce marks, timeline), then the events."""
     if not decided:
         return []
-    decisions = []
-    for _, decision in decided:
-        links = await _create_records(session, decision)
-        decisions.append(replace(decision, links=links))
-    rows = [
-        email_values(item, decision, outcome_kind(decision))
-        for (item, _), decision in zip(decided, decisions, strict=True)
-    ]
+    rows = [email_values(item, decision, outcome_kind(decision)) for item, decision in decided]
     inserted = await session.execute(insert(Email).returning(Email.id, Email.dedup_key), rows)
     ids = {key: email_id for email_id, key in inserted}
     attachments: list[dict[str, Any]] = []
-    link_rows: list[dict[str, Any]] = []
-    for (item, _), decision, row in zip(decided, decisions, rows, strict=True):
+    mails: list[StoredMail] = []
+    for (item, _), row in zip(decided, rows, strict=True):
         assert item.parsed is not None
         row["id"] = ids[item.key]
         attachments += attachment_values(item.parsed, row["id"])
-        link_rows += [
-            {"email_id": row["id"], "target_type": LinkTarget(name), "target_id": target,
-             "rule": decision.rule or "address"}
-            for name, target in decision.links.as_dict().items()
-            if target is not None
-        ]
+        mails.append(StoredMail(row["id"], row["subject"], row["sent_at"], row["received_at"]))
     if attachments:
         await session.execute(insert(EmailAttachment), attachments)
-    if link_rows:
-        await session.execute(insert(EmailLink), link_rows)
-    outcomes = []
-    activities = []
+    applied = await apply_decisions(
+        session, list(zip(mails, (d for _, d in decided), strict=True)), create=True
+    )
     events: list[dict[str, Any]] = []
-    for row, decision in zip(rows, decisions, strict=True):
-        activity = await _after_email(session, row, decision)
-        if activity is not None:
-            activities.append(activity)
-        outcomes.append(_email_events(session, row, decision, events))
+    outcomes = [
+        _email_events(session, row, done.decision, events)
+        for row, done in zip(rows, applied, strict=True)
+    ]
     await write_events(session, events)
-    await services.add_email_activities(session, activities)
     return outcomes
 
 
@@ -173,10 +153,11 @@ def _email_events(
         kind=kind,
         email_id=row["id"],
         message_id=row["message_id"],
-        rule=decision.rule,
+        rule=str(decision.rule),
         links=decision.links.as_dict(),
         notes=decision.notes,
         automatic=decision.automatic,
+        rules_tried=tuple(str(r) for r in decision.rules_tried),
     )
     event = {**outcome.to_json(), "subject": row["subject"], "from": row["from_email"],
              "intake_role": row["intake_role"], "direction": row["direction"],
@@ -188,56 +169,7 @@ def _email_events(
     return outcome
 
 
-async def _create_records(session: AsyncSession, decision: LinkDecision) -> Links:
-    """The inbox lead or ticket the decision asks for; its id joins the links."""
-    links = decision.links
-    if decision.kind == "new_lead" and decision.lead is not None:
-        draft = decision.lead
-        lead = await intake.create_inbox_lead(
-            session, title=draft.title, email=draft.email, first_name=draft.first_name,
-            last_name=draft.last_name, company=draft.company, phone=draft.phone,
-            owner_id=links.owner, account_id=links.account,
-        )
-        return replace(links, inbox_lead=lead.id)
-    if decision.kind == "new_ticket" and decision.ticket is not None:
-        ticket_draft = decision.ticket
-        ticket = await intake.create_ticket_from_mail(
-            session, subject=ticket_draft.subject, description=ticket_draft.description,
-            requester_email=ticket_draft.requester_email,
-            requester_name=ticket_draft.requester_name, account_id=links.account,
-            contact_id=links.contact, owner_id=links.owner, type=ticket_draft.type,
-            priority=ticket_draft.priority,
-        )
-        return replace(links, ticket=ticket.id)
-    return links
-
-
-async def _after_email(
-    session: AsyncSession, email: dict[str, Any], decision: LinkDecision
-) -> dict[str, Any] | None:
-    """What needs the stored e-mail: the ticket's log entry, bouncing marks; the timeline entry
-    is returned, to be added with the group's."""
-    update = decision.ticket_update
-    if decision.kind == "ticket_update" and update is not None:
-        await intake.append_ticket_update(
-            session, update.ticket_id, body=update.body, author=update.author,
-            email_id=email["id"], reopen=update.reopen,
-        )
-    if decision.bounced:
-        await intake.mark_bouncing(session, decision.bounced, email["id"])
-    links = decision.links
-    if links.any and not decision.automatic and decision.kind != "ignore":
-        return services.email_activity(
-            subject=email["subject"], email_id=email["id"], at=email["sent_at"] or utcnow(),
-            owner_id=links.owner,
-            opportunity_id=links.opportunity, ticket_id=links.ticket, account_id=links.account,
-            contact_id=links.contact, inbox_lead_id=links.inbox_lead,
-            notes=(decision.reply_text or "")[:4000] or None,
-        )
-    return None
-
-
-async def quarantine(session: AsyncSession, item: Prepared, reason: str) -> Outcome:
+async def quarantine(session: AsyncSession, item: Prepared, reason: QuarantineReason) -> Outcome:
     envelope = item.raw.envelope
     row = QuarantinedMail(
         dedup_key=item.key,
@@ -246,7 +178,7 @@ async def quarantine(session: AsyncSession, item: Prepared, reason: str) -> Outc
         size=len(item.raw.data),
         envelope_from=envelope.mail_from,
         envelope_to=list(envelope.rcpt_tos),
-        intake_role=envelope.role,
+        intake_role=str(envelope.role),
         source=envelope.source,
     )
     session.add(row)
@@ -256,7 +188,7 @@ async def quarantine(session: AsyncSession, item: Prepared, reason: str) -> Outc
     record_event(
         session, "email.quarantined",
         {"quarantine_id": row.id, "reason": reason, "message_id": message_id,
-         "intake_role": envelope.role, "size": row.size},
+         "intake_role": str(envelope.role), "size": row.size},
         subject=f"quarantine/{row.id}",
     )
     return outcome

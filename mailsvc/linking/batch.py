@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from mailsvc.linking.model import Facts, LinkDecision, Wanted
-from mailsvc.linking.references import RecordId
+from mailsvc.linking.model import Fact, Facts, LinkDecision, Wanted
+from mailsvc.linking.references import RecordId, RecordKind
+from mailsvc.linking.rules import CHAIN_READS
 
 Key = str
 """What a decision reads or changes: ``email:a@b``, ``msg:<id>``, ``ticket:5``, ``contact:7``."""
@@ -42,31 +43,72 @@ def _record(ref: RecordId) -> Key:
     return f"{ref.kind}:{ref.number}"
 
 
-def dependencies(want: Wanted, facts: Facts) -> frozenset[Key]:
-    """What the decision on a mail may read that an earlier mail of the group may change: its
-    addresses (open leads, requesters), the mails it refers to, the records it names or reaches
-    (by thread or as a contact's open record) and its contacts (whose open tickets may change)."""
-    keys: set[Key] = {f"email:{e}" for e in want.emails}
-    keys |= {f"msg:{m}" for m in want.message_ids}
-    records = set(want.record_ids)
-    for ref in facts.thread:
-        if ref.opportunity_id:
-            records.add(RecordId("opportunity", ref.opportunity_id))
-        if ref.ticket_id:
-            records.add(RecordId("ticket", ref.ticket_id))
-    for email in want.emails:
-        for contact in facts.contacts.get(email, ()):
-            keys.add(f"contact:{contact.id}")
-            opportunities = facts.open_opportunities.get(contact.id, ())
-            records |= {RecordId("opportunity", i) for i in opportunities}
-            records |= {RecordId("ticket", i) for i in facts.open_tickets.get(contact.id, ())}
-    for record_id in records:
-        keys.add(_record(record_id))
-        # Reopening a ticket changes its contact's open tickets.
-        record = facts.records.get(record_id)
+def _records(refs: Iterable[RecordId], facts: Facts) -> set[Key]:
+    """The records, and their contacts (reopening a ticket changes its contact's open tickets)."""
+    keys: set[Key] = set()
+    for ref in refs:
+        keys.add(_record(ref))
+        record = facts.records.get(ref)
         if record is not None and record.contact_id is not None:
             keys.add(f"contact:{record.contact_id}")
-    return frozenset(keys)
+    return keys
+
+
+def _nothing(want: Wanted, facts: Facts) -> set[Key]:
+    """Facts no decision changes (users, accounts, domains, default owners)."""
+    return set()
+
+
+def _thread(want: Wanted, facts: Facts) -> set[Key]:
+    """The mails it refers to (a mail of the group may be one), and their records."""
+    refs = [RecordId("opportunity", r.opportunity_id) for r in facts.thread if r.opportunity_id]
+    refs += [RecordId("ticket", r.ticket_id) for r in facts.thread if r.ticket_id]
+    return {f"msg:{m}" for m in want.message_ids} | _records(refs, facts)
+
+
+def _named_records(want: Wanted, facts: Facts) -> set[Key]:
+    return _records(want.record_ids, facts)
+
+
+def _open(kind: RecordKind, by_contact: Callable[[Facts], Mapping[int, tuple[int, ...]]]) -> Reads:
+    """Its contacts' open records of ``kind``: a new or reopened ticket changes them."""
+
+    def keys(want: Wanted, facts: Facts) -> set[Key]:
+        contacts = {c.id for e in want.emails for c in facts.contacts.get(e, ())}
+        refs = [RecordId(kind, i) for c in contacts for i in by_contact(facts).get(c, ())]
+        return {f"contact:{c}" for c in contacts} | _records(refs, facts)
+
+    return keys
+
+
+def _open_leads(want: Wanted, facts: Facts) -> set[Key]:
+    """Its addresses: a new lead (or ticket requester) of an earlier mail may be one of them."""
+    return {f"email:{e}" for e in want.emails}
+
+
+Reads = Callable[[Wanted, Facts], set[Key]]
+KEYS: dict[Fact, Reads] = {
+    Fact.USERS: _nothing,
+    Fact.USER_DOMAINS: _nothing,
+    Fact.CONTACTS: _nothing,
+    Fact.ACCOUNTS_BY_DOMAIN: _nothing,
+    Fact.ACCOUNTS: _nothing,
+    Fact.DEFAULT_OWNER: _nothing,
+    Fact.RECORDS: _named_records,
+    Fact.THREAD: _thread,
+    Fact.OPEN_OPPORTUNITIES: _open("opportunity", lambda facts: facts.open_opportunities),
+    Fact.OPEN_TICKETS: _open("ticket", lambda facts: facts.open_tickets),
+    Fact.OPEN_LEADS: _open_leads,
+}
+"""For each fact, the keys a mail's reading of it depends on: what an earlier mail may change."""
+
+
+def dependencies(
+    want: Wanted, facts: Facts, reads: frozenset[Fact] = CHAIN_READS
+) -> frozenset[Key]:
+    """What the decision on a mail may read that an earlier mail of the group may change: the
+    keys of every fact the rules declare they read (``rules.CHAIN_READS``)."""
+    return frozenset().union(*(KEYS[fact](want, facts) for fact in reads))
 
 
 def effects(message_id: str | None, decision: LinkDecision, facts: Facts) -> frozenset[Key]:

@@ -1,60 +1,46 @@
 """The decision: which records a mail belongs to, or what to create for it, and the rule why.
 
-The rules, in the order they apply (docs/linking.md explains them for users):
-machine mail (loop, bounce, list) -> subject ID -> thread -> auto-reply without either ->
-single open record -> known contact -> open inbox lead -> new ticket / new lead / company -> ignore.
+``decide`` works out who is on the mail (direction, forwards, counterparty), then walks the
+chain of rules (``mailsvc.linking.rules.RULES``); the first rule that decides names itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Literal
 
 from mailsvc.linking.forwards import Forwarded, find_forwarded
 from mailsvc.linking.model import (
     HUMAN,
     Facts,
-    LeadDraft,
     LinkDecision,
-    Links,
     MailKind,
-    RecordRef,
-    TicketDraft,
-    TicketUpdateDraft,
+    Policy,
+    Rule,
     UserRef,
     Wanted,
 )
 from mailsvc.linking.references import (
     IdPatterns,
     RecordId,
-    RecordKind,
     find_record_ids,
     parse_message_ids,
-    strip_reply_prefixes,
 )
 from mailsvc.linking.resolve import (
-    Counterparty,
     Parties,
     find_parties,
+    internal_domains,
     resolve_counterparty,
     wanted_addresses,
     wanted_domains,
 )
-from mailsvc.linking.text import Reply, body_text, phone_from_signature, split_name, split_reply
-from mailsvc.mail import Address, Envelope, ParsedMail
+from mailsvc.linking.rules import RULES, Context, View
+from mailsvc.linking.text import Reply, body_text, split_reply
+from mailsvc.mail import Envelope, ParsedMail
+
+__all__ = ["Policy", "context", "decide", "reply_of", "wanted"]
 
 Direction = Literal["incoming", "outgoing"]
-CLOSED_OPPORTUNITY = frozenset({"won", "lost"})
-OPEN_TICKET = frozenset({"open", "in_progress"})
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """The parts of the settings that linking needs."""
-
-    patterns: IdPatterns
-    intake_addresses: frozenset[str]
-    internal_domains: frozenset[str] = frozenset()
 
 
 def wanted(mail: ParsedMail, policy: Policy) -> Wanted:
@@ -83,19 +69,6 @@ def _subject_ids(subjects: list[str], patterns: IdPatterns) -> tuple[RecordId, .
     return tuple(dict.fromkeys(i for s in subjects for i in find_record_ids(s, patterns)))
 
 
-@dataclass(frozen=True, slots=True)
-class _View:
-    """Who is on the mail after direction and forwards are settled."""
-
-    parties: Parties
-    counterparty: Counterparty
-    names: dict[str, Address]
-    forwarded: Forwarded | None
-    reply: Reply
-    notes: tuple[str, ...]
-    subject: str
-
-
 def decide(
     mail: ParsedMail,
     envelope: Envelope,
@@ -103,38 +76,46 @@ def decide(
     policy: Policy,
     kind: MailKind = HUMAN,
     reply: Reply | None = None,
+    *,
+    sender_verified: bool = True,
 ) -> LinkDecision:
-    """Apply the rules in order; the first that decides names itself in ``rule``.
+    """Walk the chain of rules; the first that decides names itself in ``rule``.
 
     ``reply`` is ``reply_of(mail)`` when the caller worked it out already (it is pure and costly).
+    ``sender_verified`` is False when the receiving server could not verify that a mail with one
+    of our users in its From was sent by us (rule ``sender_unverified``).
     """
+    ctx = context(mail, envelope, facts, policy, kind, reply, sender_verified=sender_verified)
+    tried: list[Rule] = []
+    for spec in RULES:
+        tried.append(spec.rule)
+        decision = spec.check(ctx)
+        if decision is not None:
+            return replace(decision, rule=spec.rule, rules_tried=tuple(tried))
+    raise AssertionError("the last rule of the chain always decides")
+
+
+def context(
+    mail: ParsedMail,
+    envelope: Envelope,
+    facts: Facts,
+    policy: Policy,
+    kind: MailKind = HUMAN,
+    reply: Reply | None = None,
+    *,
+    sender_verified: bool = True,
+) -> Context:
+    """What every rule looks at: who is on the mail, the IDs of its subject (unknown ones noted)
+    and the decision a rule starts from (ignore, with the mail's direction, kind and notes)."""
     view = _view(mail, facts, policy, reply)
-    base = LinkDecision(
-        "ignore", None, direction=view.parties.direction, automatic=kind.machine,
-        mail_kind=kind.name, notes=view.notes, reply_text=view.reply.text,
-    )
-    if kind.name in {"loop", "bounce", "list"}:
-        notes = (*base.notes, *((kind.reason,) if kind.reason else ()))
-        return replace(base, rule=kind.name, notes=notes, bounced=kind.bounced)
     subjects = [mail.subject, *([view.forwarded.subject] if view.forwarded else [])]
     ids = _subject_ids(subjects, policy.patterns)
-    notes = view.notes + tuple(
-        f"unknown_id:{policy.patterns.label(i)}" for i in ids if i not in facts.records
+    unknown = tuple(f"unknown_id:{policy.patterns.label(i)}" for i in ids if i not in facts.records)
+    base = LinkDecision(
+        "ignore", Rule.NO_MATCH, direction=view.parties.direction, automatic=kind.machine,
+        mail_kind=kind.name, notes=view.notes + unknown, reply_text=view.reply.text,
     )
-    found = _pick_records([facts.records[i] for i in ids if i in facts.records], policy, notes)
-    if found[0] or found[1]:
-        return _link_records(base, view, facts, policy, found, "subject_id", notes + found[2])
-    thread = _thread_records(facts)
-    if thread is not None:
-        records, lead_id = thread
-        if lead_id is not None and not any(records):
-            links = _owner_links(view, facts, Links(inbox_lead=lead_id))
-            return replace(base, kind="link", rule="thread", links=links, notes=notes)
-        return _link_records(base, view, facts, policy, (*records, ()), "thread", notes)
-    if kind.name == "auto_reply":
-        reason = (kind.reason,) if kind.reason else ()
-        return replace(base, rule="auto_reply", notes=(*notes, *reason))
-    return _by_addresses(replace(base, notes=notes), view, facts, policy, envelope.role)
+    return Context(mail, envelope.role, facts, policy, kind, view, ids, base, sender_verified)
 
 
 def reply_of(mail: ParsedMail) -> Reply:
@@ -142,8 +123,9 @@ def reply_of(mail: ParsedMail) -> Reply:
     return split_reply(body_text(mail))
 
 
-def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = None) -> _View:
-    parties = find_parties(mail, facts, policy.intake_addresses, policy.internal_domains)
+def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = None) -> View:
+    internal = internal_domains(policy, facts)
+    parties = find_parties(mail, facts, policy.intake_addresses, internal)
     names = {a.email: a for a in (*mail.cc, *mail.to, *mail.from_, *mail.reply_to)}
     forwarded = None
     reply = own if own is not None else reply_of(mail)
@@ -153,7 +135,8 @@ def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = No
         forwarded = find_forwarded(mail)
     if forwarded is not None:
         names.update({a.email: a for a in (*forwarded.cc, *forwarded.to, *forwarded.from_)})
-        original = _forwarded_parties(forwarded, parties.user, facts, policy)
+        original = _forwarded_parties(forwarded, parties.user, facts, policy.intake_addresses,
+                                      internal)
         if original.counterparties:
             parties = original
             reply = split_reply(forwarded.body)
@@ -162,16 +145,16 @@ def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = No
             forwarded = None
     counterparty = resolve_counterparty(parties.counterparties, facts)
     subject = forwarded.subject if forwarded is not None else mail.subject
-    return _View(
+    return View(
         parties, counterparty, names, forwarded, reply, notes + counterparty.ambiguous, subject
     )
 
 
 def _forwarded_parties(
-    forwarded: Forwarded, user: UserRef | None, facts: Facts, policy: Policy
+    forwarded: Forwarded, user: UserRef | None, facts: Facts, exclude: frozenset[str],
+    internal: frozenset[str],
 ) -> Parties:
     """The original's counterparties: its sender, or its recipients if one of us wrote it."""
-    exclude = policy.intake_addresses
     sender = forwarded.sender
     if sender is not None and sender.email in facts.users:
         others = [a.email for a in (*forwarded.to, *forwarded.cc)]
@@ -182,202 +165,7 @@ def _forwarded_parties(
     external = tuple(
         dict.fromkeys(
             e for e in others if e not in exclude and e not in facts.users
-            and e.rpartition("@")[2] not in policy.internal_domains
+            and e.rpartition("@")[2] not in internal
         )
     )
     return Parties(direction, user, external)
-
-
-def _pick_records(
-    records: list[RecordRef], policy: Policy, notes: tuple[str, ...]
-) -> tuple[RecordRef | None, RecordRef | None, tuple[str, ...]]:
-    """The first opportunity and the first ticket named; further ones of a kind are noted."""
-    opportunity = next((r for r in records if r.ref.kind == "opportunity"), None)
-    ticket = next((r for r in records if r.ref.kind == "ticket"), None)
-    extra = tuple(
-        f"ignored_id:{policy.patterns.label(r.ref)}" for r in records
-        if r is not opportunity and r is not ticket
-    )
-    return opportunity, ticket, extra
-
-
-_Pair = tuple[RecordRef | None, RecordRef | None]
-
-
-def _thread_records(facts: Facts) -> tuple[_Pair, int | None] | None:
-    """The records of the newest earlier mail in the thread that had any."""
-    for ref in facts.thread:
-        opportunity = (
-            facts.records.get(RecordId("opportunity", ref.opportunity_id))
-            if ref.opportunity_id else None
-        )
-        ticket = facts.records.get(RecordId("ticket", ref.ticket_id)) if ref.ticket_id else None
-        if opportunity or ticket or ref.inbox_lead_id:
-            return (opportunity, ticket), ref.inbox_lead_id
-    return None
-
-
-def _link_records(
-    base: LinkDecision,
-    view: _View,
-    facts: Facts,
-    policy: Policy,
-    found: tuple[RecordRef | None, RecordRef | None, tuple[str, ...]],
-    rule: str,
-    notes: tuple[str, ...],
-) -> LinkDecision:
-    opportunity, ticket, _ = found
-    main = opportunity or ticket
-    assert main is not None
-    for record in (opportunity, ticket):
-        if record is not None and _is_closed(record):
-            notes += (f"closed_record:{policy.patterns.label(record.ref)}",)
-    contact = view.counterparty.contact
-    account = view.counterparty.account
-    # The person the mail is really with, if they belong to the record's customer; otherwise the
-    # record's own contact.
-    colleague = contact if contact and main.account_id in (None, contact.account_id) else None
-    links = Links(
-        account=main.account_id or (account.id if account else None),
-        contact=(colleague.id if colleague else None) or main.contact_id
-        or (contact.id if contact else None),
-        owner=main.owner_id or _fallback_owner(view, facts),
-        opportunity=opportunity.ref.number if opportunity else None,
-        ticket=ticket.ref.number if ticket else None,
-    )
-    decision = replace(base, kind="link", rule=rule, links=links, notes=notes)
-    if ticket is None or base.automatic:
-        return decision
-    return replace(decision, kind="ticket_update", ticket_update=_ticket_update(view, ticket))
-
-
-def _is_closed(record: RecordRef) -> bool:
-    if record.ref.kind == "opportunity":
-        return record.status in CLOSED_OPPORTUNITY
-    return record.status == "closed"
-
-
-def _ticket_update(view: _View, ticket: RecordRef) -> TicketUpdateDraft:
-    """Incoming mail reopens a resolved ticket; a closed ticket stays closed."""
-    author = view.parties.user.email if view.parties.user else view.counterparty.email
-    reopen = view.parties.direction == "incoming" and ticket.status == "resolved"
-    return TicketUpdateDraft(ticket.ref.number, view.reply.text, author, reopen)
-
-
-def _fallback_owner(view: _View, facts: Facts) -> int | None:
-    """Without a record: the sending (or forwarding) user, the contact's, the account's owner."""
-    contact = view.counterparty.contact
-    account = view.counterparty.account
-    return (
-        (view.parties.user.id if view.parties.user else None)
-        or (contact.owner_id if contact else None)
-        or (account.owner_id if account else None)
-        or facts.default_owner_id
-    )
-
-
-def _owner_links(view: _View, facts: Facts, links: Links) -> Links:
-    contact = view.counterparty.contact
-    account = view.counterparty.account
-    return replace(
-        links,
-        account=links.account or (account.id if account else None),
-        contact=links.contact or (contact.id if contact else None),
-        owner=links.owner or _fallback_owner(view, facts),
-    )
-
-
-def _by_addresses(
-    base: LinkDecision, view: _View, facts: Facts, policy: Policy, role: str
-) -> LinkDecision:
-    """No ID, no thread: the counterparty's open records, open lead, contact or account."""
-    counterparty = view.counterparty
-    notes = base.notes
-    forward_rule = "forward" if view.forwarded is not None else "address"
-    if counterparty.email is None:
-        rule = "internal" if view.parties.user else None
-        return replace(base, rule=rule, notes=(*notes, "no_counterparty"))
-    contact = counterparty.contact
-    if contact is not None:
-        open_ids = (
-            facts.open_tickets if role == "support" else facts.open_opportunities
-        ).get(contact.id, ())
-        if len(open_ids) == 1:
-            kind: RecordKind = "ticket" if role == "support" else "opportunity"
-            record = facts.records.get(RecordId(kind, open_ids[0]))
-            if record is not None:
-                return _link_records(
-                    base, view, facts, policy, (
-                        record if kind == "opportunity" else None,
-                        record if kind == "ticket" else None, (),
-                    ), "single_open_record", notes,
-                )
-        if len(open_ids) > 1:
-            notes += ("several_open_records",)
-        elif role == "support" and view.parties.direction == "incoming":
-            return _new_ticket(replace(base, notes=notes), view, facts)
-        links = _owner_links(view, facts, Links())
-        return replace(base, kind="link", rule=forward_rule, links=links, notes=notes)
-    lead_id = facts.open_leads.get(counterparty.email)
-    if lead_id is not None and role != "support":
-        links = _owner_links(view, facts, Links(inbox_lead=lead_id))
-        return replace(base, kind="link", rule="open_lead", links=links, notes=notes)
-    if role == "support" and view.parties.direction == "incoming":
-        return _new_ticket(base, view, facts)
-    if role == "bcc" and counterparty.account is not None:
-        links = _owner_links(view, facts, Links())
-        return replace(base, kind="link", rule=forward_rule, links=links, notes=notes)
-    if role in {"bcc", "sales"}:
-        return _new_lead(base, view, facts)
-    return replace(base, rule=None, notes=(*notes, "no_match"))
-
-
-def _address(view: _View, email: str) -> Address:
-    return view.names.get(email) or Address("", email)
-
-
-def _title(view: _View, person: Address) -> str:
-    subject = strip_reply_prefixes(view.subject)
-    return (subject or f"E-mail from {person.name or person.email}")[:300]
-
-
-def _new_lead(base: LinkDecision, view: _View, facts: Facts) -> LinkDecision:
-    assert view.counterparty.email is not None
-    person = _address(view, view.counterparty.email)
-    first, last = split_name(person)
-    # Only a mail the person wrote carries their signature; a BCC'd mail carries ours.
-    phone = phone_from_signature(view.reply) if view.parties.direction == "incoming" else None
-    account = view.counterparty.account
-    lead = LeadDraft(
-        title=_title(view, person), email=person.email,
-        first_name=first, last_name=last, company=account.name or None if account else None,
-        phone=phone,
-    )
-    links = Links(
-        account=account.id if account else None,
-        owner=(view.parties.user.id if view.parties.user else None) or facts.default_owner_id,
-    )
-    return replace(base, kind="new_lead", rule="new_lead", links=links, lead=lead)
-
-
-def _new_ticket(base: LinkDecision, view: _View, facts: Facts) -> LinkDecision:
-    assert view.counterparty.email is not None
-    person = _address(view, view.counterparty.email)
-    ticket = TicketDraft(
-        subject=_title(view, person)[:500],
-        description=view.reply.text,
-        requester_email=person.email,
-        requester_name=person.name or None,
-    )
-    contact = view.counterparty.contact
-    account = view.counterparty.account
-    links = Links(
-        account=account.id if account else None,
-        contact=contact.id if contact else None,
-        # A new ticket goes to the support queue's owner before the customer's sales owner.
-        owner=(view.parties.user.id if view.parties.user else None)
-        or facts.default_owner_id
-        or (contact.owner_id if contact else None)
-        or (account.owner_id if account else None),
-    )
-    return replace(base, kind="new_ticket", rule="new_ticket", links=links, ticket=ticket)

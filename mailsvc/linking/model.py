@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
-from mailsvc.linking.references import RecordId
+from mailsvc.linking.references import IdPatterns, RecordId
 
 DecisionKind = Literal["link", "new_lead", "new_ticket", "ticket_update", "ignore"]
 KindName = Literal["human", "auto_reply", "bounce", "list", "loop"]
@@ -26,6 +27,60 @@ class MailKind:
 
 
 HUMAN = MailKind()
+
+
+class Rule(StrEnum):
+    """The rules of linking; a decision names the one that decided (stored, and in the events).
+
+    The values are the names stored with every mail and link; the order of the chain is
+    ``mailsvc.linking.rules.RULES``, explained for users in docs/linking.md.
+    """
+
+    LOOP = "loop"
+    BOUNCE = "bounce"
+    LIST = "list"
+    SENDER_UNVERIFIED = "sender_unverified"
+    SUBJECT_ID = "subject_id"
+    THREAD = "thread"
+    AUTO_REPLY = "auto_reply"
+    INTERNAL = "internal"
+    NO_COUNTERPARTY = "no_counterparty"
+    SINGLE_OPEN_RECORD = "single_open_record"
+    NEW_TICKET = "new_ticket"
+    OPEN_LEAD = "open_lead"
+    FORWARD = "forward"
+    ADDRESS = "address"
+    NEW_LEAD = "new_lead"
+    NO_MATCH = "no_match"
+
+
+class Fact(StrEnum):
+    """What the store knows that a rule may read: each value names a field of ``Facts``."""
+
+    USERS = "users"
+    USER_DOMAINS = "user_domains"
+    CONTACTS = "contacts"
+    ACCOUNTS_BY_DOMAIN = "accounts_by_domain"
+    ACCOUNTS = "accounts"
+    RECORDS = "records"
+    THREAD = "thread"
+    OPEN_OPPORTUNITIES = "open_opportunities"
+    OPEN_TICKETS = "open_tickets"
+    OPEN_LEADS = "open_leads"
+    DEFAULT_OWNER = "default_owner_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The parts of the settings that linking needs.
+
+    ``internal_domains`` empty: the domains of our own users' (non-freemail) addresses are
+    internal (``Facts.user_domains``).
+    """
+
+    patterns: IdPatterns
+    intake_addresses: frozenset[str]
+    internal_domains: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +140,8 @@ class Facts:
     """The answers of the store to a Wanted."""
 
     users: Mapping[str, UserRef] = field(default_factory=dict)
+    # The domains of all active users' addresses, freemail domains left out.
+    user_domains: frozenset[str] = frozenset()
     contacts: Mapping[str, tuple[ContactRef, ...]] = field(default_factory=dict)
     accounts_by_domain: Mapping[str, tuple[AccountRef, ...]] = field(default_factory=dict)
     accounts: Mapping[int, AccountRef] = field(default_factory=dict)
@@ -158,7 +215,7 @@ class LinkDecision:
     """What to do with a mail, and which rule said so."""
 
     kind: DecisionKind
-    rule: str | None
+    rule: Rule
     links: Links = Links()
     direction: Literal["incoming", "outgoing"] = "incoming"
     automatic: bool = False
@@ -169,3 +226,5 @@ class LinkDecision:
     ticket_update: TicketUpdateDraft | None = None
     reply_text: str | None = None
     bounced: tuple[str, ...] = ()
+    # The rules checked in chain order, the deciding one last.
+    rules_tried: tuple[Rule, ...] = ()

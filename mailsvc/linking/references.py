@@ -142,8 +142,26 @@ def _parse_number(digits: str) -> int | None:
     return int(significant)
 
 
+# Dashes and minus signs that NFKC leaves alone but people (and word processors) type for "-".
+_DASHES = dict.fromkeys(
+    (ord(c) for c in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63"), ord("-")
+)
+
+
+def normalise_subject(subject: str) -> str:
+    """``subject`` in Unicode compatibility form (NFKC): a no-break space is a space, full-width
+    letters and digits are ASCII; dashes and minus signs are ``-``; invisible format characters
+    (zero-width space, soft hyphen, direction marks) are dropped."""
+    text = unicodedata.normalize("NFKC", subject).translate(_DASHES)
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def find_record_ids(subject: str, patterns: IdPatterns) -> tuple[RecordId, ...]:
-    """All record IDs in ``subject``, in order of first appearance, without duplicates."""
+    """All record IDs in ``subject`` (NFKC-normalised first), in order of first appearance,
+    without duplicates."""
+    subject = normalise_subject(subject)
     found: dict[RecordId, None] = {}
     for match in patterns.pattern.finditer(subject):
         if _glued_before(subject, match.start()) or _glued_after(subject, match.end()):

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from typing import Literal
 
-from mailsvc.linking.model import AccountRef, ContactRef, Facts, UserRef
+from mailsvc.freemail import is_freemail
+from mailsvc.linking.model import AccountRef, ContactRef, Facts, Policy, UserRef
 from mailsvc.mail import Address, ParsedMail
 
 
-@lru_cache(maxsize=1)
-def freemail_domains() -> frozenset[str]:
-    text = resources.files("mailsvc.linking").joinpath("data/freemail.txt").read_text("utf-8")
-    return frozenset(
-        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
-    )
+def internal_domains(policy: Policy, facts: Facts) -> frozenset[str]:
+    """``MAILSVC_INTERNAL_DOMAINS``; unset, the domains of our own users' (non-freemail) addresses,
+    so a team mailbox such as ``vertrieb@`` of the company is one of us, not a customer."""
+    return policy.internal_domains or facts.user_domains
 
 
-def is_freemail(domain: str) -> bool:
-    return domain.lower() in freemail_domains()
+def user_domains(addresses: Iterable[str]) -> frozenset[str]:
+    """The domains of users' addresses that name our company (freemail domains do not)."""
+    domains = (a.rpartition("@")[2].lower() for a in addresses)
+    return frozenset(d for d in domains if d and not is_freemail(d))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +45,17 @@ def find_parties(
 ) -> Parties:
     """Outgoing when the sender is one of our users; otherwise the sender is the counterparty.
 
-    Counterparties are never our users, intake addresses or addresses of internal domains.
+    A sender of an internal domain who is no user (a team mailbox) writing to outside addresses
+    is outgoing as well, without a user. Counterparties are never our users, intake addresses or
+    addresses of internal domains.
     """
     sender = mail.sender
     user = facts.users.get(sender.email) if sender else None
+    recipients = _external(_addresses((*mail.to, *mail.cc), intake), facts, internal)
     if user is not None:
-        others = _addresses((*mail.to, *mail.cc), intake)
-        return Parties("outgoing", user, _external(others, facts, internal))
+        return Parties("outgoing", user, recipients)
+    if sender is not None and sender.domain in internal and recipients:
+        return Parties("outgoing", None, recipients)
     senders = _addresses((*mail.reply_to, *mail.from_), intake)
     return Parties("incoming", None, _external(senders, facts, internal))
 

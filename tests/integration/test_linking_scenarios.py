@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from typing import Any
 
@@ -1189,6 +1189,145 @@ SCENARIOS: list[Scenario] = [
 ]
 
 
+def fullwidth(text: str) -> str:
+    """``text`` in full-width characters (ASCII letters, digits, ``-``), as CJK input gives."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+NEW_PERSON = "Neu Kollege <neu.kollege@acme.example>"
+TEAM_MAILBOX = "Vertrieb <vertrieb@ours.example>"
+
+# The gaps of issue 17: Unicode IDs, a new person at the customer, a team mailbox of our domain.
+GAP_SCENARIOS: list[Scenario] = [
+    Scenario(
+        "id_typed_with_a_no_break_space_is_found",
+        "sales",
+        raw(CARLA, SALES, "AW: Angebot OPP\u00a0{opp_open}"),
+        "linked",
+        "subject_id",
+        L(account="acme", contact="carla", owner="anna", opportunity="opp_open"),
+    ),
+    Scenario(
+        "id_in_full_width_characters_is_found",
+        "support",
+        lambda ids: mail(GORDON, SUPPORT, "Re: " + fullwidth(f"TCK-{ids['t_open']}")),
+        "ticket_updated",
+        "subject_id",
+        L(account="globex", contact="gordon", owner="sam", ticket="t_open"),
+    ),
+    Scenario(
+        "id_with_a_typographic_dash_is_found",
+        "sales",
+        raw(GORDON, SALES, "Angebot OPP\u2013{opp_globex}"),
+        "linked",
+        "subject_id",
+        L(account="globex", contact="gordon", owner="anna", opportunity="opp_globex"),
+    ),
+    Scenario(
+        "unknown_person_at_the_customer_replies_with_the_id",
+        "sales",
+        raw(NEW_PERSON, SALES, "Re: Angebot OPP-{opp_open}"),
+        "linked",
+        "subject_id",
+        L(account="acme", owner="anna", opportunity="opp_open"),
+        notes=("new_person",),
+    ),
+    Scenario(
+        "unknown_person_at_the_customer_replies_in_the_thread",
+        "sales",
+        mail(NEW_PERSON, SALES, "Re: Offer", in_reply_to="<prior-opp@ours.example>"),
+        "linked",
+        "thread",
+        L(account="acme", owner="anna", opportunity="opp_open"),
+        notes=("new_person",),
+        before=(PRIOR_BCC,),
+    ),
+    Scenario(
+        "unknown_person_at_the_customer_on_a_ticket_is_logged_without_contact",
+        "support",
+        raw("someone@globex.example", SUPPORT, "Re: TCK-{t_open}"),
+        "ticket_updated",
+        "subject_id",
+        L(account="globex", owner="sam", ticket="t_open"),
+        notes=("new_person",),
+    ),
+    Scenario(
+        "user_bccs_an_unknown_person_at_the_customer_with_the_id",
+        "bcc",
+        raw(ANNA, NEW_PERSON, "Ihr Angebot OPP-{opp_open}"),
+        "linked",
+        "subject_id",
+        L(account="acme", owner="anna", opportunity="opp_open"),
+        notes=("new_person",),
+        direction="outgoing",
+    ),
+    Scenario(
+        "stranger_of_another_domain_with_the_id_keeps_the_records_contact",
+        "sales",
+        raw("Someone <someone@elsewhere.example>", SALES, "OPP-{opp_open}"),
+        "linked",
+        "subject_id",
+        L(account="acme", contact="carla", owner="anna", opportunity="opp_open"),
+    ),
+    Scenario(
+        "team_mailbox_of_our_domain_on_sales_is_no_lead",
+        "sales",
+        mail(TEAM_MAILBOX, SALES, "Anfrage weitergeleitet"),
+        "ignored",
+        "no_counterparty",
+        L(),
+        notes=("no_counterparty",),
+    ),
+    Scenario(
+        "team_mailbox_of_our_domain_on_support_opens_no_ticket",
+        "support",
+        mail(TEAM_MAILBOX, SUPPORT, "Drucker"),
+        "ignored",
+        "no_counterparty",
+        L(),
+        notes=("no_counterparty",),
+    ),
+    Scenario(
+        "team_mailbox_of_our_domain_writing_to_a_customer_links_the_customer",
+        "bcc",
+        mail(TEAM_MAILBOX, [CARLA, BCC], "Ihr Angebot"),
+        "linked",
+        "single_open_record",
+        L(account="acme", contact="carla", owner="anna", opportunity="opp_open"),
+        direction="outgoing",
+    ),
+    Scenario(
+        "configured_internal_domains_replace_the_users_domains",
+        "sales",
+        mail(TEAM_MAILBOX, SALES, "Anfrage"),
+        "lead_created",
+        "new_lead",
+        L(owner="sally", inbox_lead="new"),
+        settings={"internal_domains": ("corp.example",)},
+    ),
+    Scenario(
+        "mail_without_from_is_ignored_with_a_rule",
+        "sales",
+        b"To: sales@crm.example\nSubject: Hi\nMessage-ID: <nofrom@x.example>\n\nHi\n",
+        "ignored",
+        "no_counterparty",
+        L(),
+        notes=("no_counterparty",),
+    ),
+    Scenario(
+        "user_mail_on_support_to_an_unknown_address_is_no_match",
+        "support",
+        mail(ANNA, "Paula <paula@gmx.de>", "Hello"),
+        "ignored",
+        "no_match",
+        L(),
+        notes=("no_match",),
+        direction="outgoing",
+    ),
+]
+SCENARIOS += GAP_SCENARIOS
+
+
 def test_there_are_at_least_sixty_scenarios() -> None:
     names = [s.name for s in SCENARIOS]
     assert len(names) == len(set(names))
@@ -1345,3 +1484,119 @@ async def test_concurrent_mail_of_one_unknown_sender_opens_one_lead(postgres_dat
                 .where(OutboxEvent.type == "inbox_lead.created")
             )
             assert created == 1
+
+
+# ------------------------------------------------------------------ issue 17: beyond the table
+
+
+async def test_a_forged_user_sender_creates_nothing_in_the_users_name(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The receiving server could not verify a mail in a user's name (``sender_verified``): it is
+    stored and ignored, with no lead, no ticket update and no owner."""
+    async with open_services(make_settings(**OWNERS), migrate=False) as svc:
+        async with svc.sessions() as session, session.begin():
+            ids = await build_world(session)
+        for to, subject in [("Paula <paula@gmx.de>", "Offer"),
+                            (GORDON, f"Re: TCK-{ids['t_open']}")]:
+            envelope = Envelope("anna@ours.example", (BCC,), "bcc", "smtp")
+            item = await svc.pipeline.prepare(RawMail(mail(ANNA, to, subject), envelope))
+            async with svc.sessions() as session:
+                before = await counts(session)
+            outcome = (await svc.pipeline.process([replace(item, sender_verified=False)]))[0]
+            assert (outcome.kind, outcome.rule, outcome.notes) == (
+                "ignored", "sender_unverified", ("sender_unverified",)
+            )
+            assert not any(outcome.links.values())
+            async with svc.sessions() as session:
+                assert await counts(session) == before
+                email = await session.get(Email, outcome.email_id)
+                assert email is not None and email.direction == "incoming"
+
+
+async def test_a_lead_entered_by_hand_takes_the_next_mail_of_its_address(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """One way to make an inbox lead: the API's lead claims its address like the intake's, so the
+    next mail goes to it instead of opening a second lead; one event shape for both."""
+    from mailsvc.crmstore import services as crm
+
+    async with open_services(make_settings(**OWNERS), migrate=False) as svc:
+        async with svc.sessions() as session, session.begin():
+            await build_world(session)
+            lead = await crm.create_inbox_lead(session, "Fair contact", email="Petra@Neu.example")
+            second = await crm.create_inbox_lead(session, "Again", email="petra@neu.example")
+        assert (lead.open_key, second.open_key) == ("petra@neu.example", None)
+        outcome = await submit(svc, "sales", mail("Petra <petra@neu.example>", SALES, "Hallo"))
+        assert (outcome.rule, outcome.links["inbox_lead"]) == ("open_lead", lead.id)
+        typed = await submit(svc, "sales", mail("Max <max@lead.example>", SALES, "Anfrage"))
+        async with svc.sessions() as session:
+            shapes = {
+                frozenset(e.data) for e in await session.scalars(
+                    select(OutboxEvent).where(OutboxEvent.type == "inbox_lead.created")
+                )
+            }
+        assert typed.kind == "lead_created" and len(shapes) == 1
+
+
+async def test_csv_import_gives_no_company_a_freemail_domain(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """posteo.de is freemail (one list for linking, CRM and CSV import): importing a contact there
+    gives the company no domain, so the next posteo.de person is no employee of it."""
+    from mailsvc.contacts_import import import_contacts
+
+    settings = make_settings(**OWNERS)
+    async with (
+        open_services(settings, migrate=False) as svc,
+        svc.sessions() as session,
+        session.begin(),
+    ):
+        await build_world(session)
+    report = await import_contacts(
+        settings, "company,first_name,last_name,email\nKlein GmbH,Kai,Klein,kai@posteo.de\n"
+    )
+    assert report.contacts_created == 1
+    async with open_services(settings, migrate=False) as svc:
+        async with svc.sessions() as session:
+            domains = list(await session.scalars(
+                select(AccountDomain.domain).where(AccountDomain.domain == "posteo.de")
+            ))
+        assert domains == []
+        outcome = await submit(svc, "sales", mail("Pia <pia@posteo.de>", SALES, "Anfrage"))
+        assert outcome.kind == "lead_created" and outcome.links["account"] is None
+
+
+async def test_intake_and_reprocess_apply_a_decision_alike(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """One applier: links are labelled with the deciding rule and the timeline entry gets the time
+    the mail was sent, else received, whether the intake or reprocessing put it there."""
+    from mailsvc.crmstore.models import EmailLink
+    from mailsvc.ingest.reprocess import Selection, reprocess
+
+    async with open_services(make_settings(**OWNERS), migrate=False) as svc:
+        async with svc.sessions() as session, session.begin():
+            ids = await build_world(session)
+        undated = mail("Zoe <zoe@acme.example>", SALES, "Hallo")  # no Date header
+        assert b"\nDate:" not in undated
+        first = await submit(svc, "bcc", undated)
+        assert first.rule == "address"
+        async with svc.sessions() as session, session.begin():
+            session.add(Contact(first_name="Zoe", last_name="Z", email="zoe@acme.example",
+                                account_id=ids["acme"], owner_id=ids["sally"],
+                                addresses=[ContactEmail(email="zoe@acme.example")]))
+        counted = await reprocess(svc.pipeline, svc.sessions, Selection(ids=(first.email_id,)))
+        assert counted["relinked"] == 1
+        async with svc.sessions() as session:
+            email = await session.get(Email, first.email_id)
+            assert email is not None and email.sent_at is None
+            activities = list(await session.scalars(
+                select(Activity).where(Activity.email_id == email.id)
+            ))
+            assert [a.done_at for a in activities] == [email.received_at]
+            assert activities[0].contact_id is not None
+            rules = set(await session.scalars(
+                select(EmailLink.rule).where(EmailLink.email_id == email.id)
+            ))
+        assert rules == {"address"}

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
+from mailsvc.linking.batch import (
+    KEYS,
+    dependencies,
+    effects,
+    facts_for,
+    may_change,
+    merge_wanted,
+)
 from mailsvc.linking.model import (
     ContactRef,
+    Fact,
     Facts,
     LeadDraft,
     LinkDecision,
@@ -101,3 +109,20 @@ def test_reopening_a_ticket_touches_the_ticket_and_its_contact() -> None:
     assert {"ticket:7", "contact:21"} <= named
     # What a waiting mail may change covers what it would change once decided.
     assert effects("<w@x>", update, facts) <= may_change("<w@x>", named, facts)
+
+
+def test_what_a_mail_waits_for_is_derived_from_the_facts_the_rules_read() -> None:
+    assert set(KEYS) == set(Fact)
+    facts = Facts(contacts={"carla@acme.example": (CARLA,)}, open_tickets={20: (7,)},
+                  records={TICKET.ref: TICKET}, thread=(ThreadRef("<m>", opportunity_id=5),))
+    mail = want("carla@acme.example", ids=(RecordId("ticket", 7),), msgs=("<m>",))
+    assert dependencies(mail, facts, frozenset()) == frozenset()
+    assert dependencies(mail, facts, frozenset({Fact.OPEN_LEADS})) == {"email:carla@acme.example"}
+    assert dependencies(mail, facts, frozenset({Fact.THREAD})) == {"msg:<m>", "opportunity:5"}
+    assert dependencies(mail, facts, frozenset({Fact.OPEN_TICKETS})) == {
+        "contact:20", "ticket:7", "contact:21"
+    }
+    # The chain reads them all: the default is their union.
+    assert dependencies(mail, facts) == frozenset().union(
+        *(dependencies(mail, facts, frozenset({f})) for f in Fact)
+    )

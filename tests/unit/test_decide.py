@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, fields, replace
+from dataclasses import field as dc_field
+from pathlib import Path
+
 import pytest
 
-from mailsvc.linking.decide import Policy, decide, wanted
+from mailsvc.linking.decide import Policy, context, decide, wanted
 from mailsvc.linking.model import (
     HUMAN,
     AccountRef,
     ContactRef,
+    Fact,
     Facts,
     LinkDecision,
     MailKind,
     RecordRef,
+    Rule,
     ThreadRef,
     UserRef,
 )
 from mailsvc.linking.references import IdPatterns, RecordId
+from mailsvc.linking.rules import CHAIN_READS, RULES, Context, RuleSpec
 from mailsvc.mail import Address, Envelope, ParsedMail
 
 POLICY = Policy(
@@ -224,3 +232,244 @@ def test_wanted_includes_the_forwarded_original() -> None:
     want = wanted(m, POLICY)
     assert "g@globex.example" in want.emails and "globex.example" in want.domains
     assert want.record_ids == (RecordId("opportunity", 5),)
+
+
+# ------------------------------------------------------------------ the chain, rule by rule
+
+DAVE = ContactRef(21, 10, None, "dave@acme.example")
+FACTS_ALL = Facts(
+    users=FACTS.users,
+    user_domains=frozenset({"ours.example"}),
+    contacts={**FACTS.contacts, "dave@acme.example": (DAVE,)},
+    accounts_by_domain=FACTS.accounts_by_domain,
+    accounts=FACTS.accounts,
+    records=FACTS.records,
+    open_opportunities=FACTS.open_opportunities,
+    open_tickets={20: (7,)},
+    open_leads={"lead@gmail.com": 3},
+    default_owner_id=9,
+)
+THREAD_FACTS = replace(FACTS_ALL, thread=(ThreadRef("p@x", opportunity_id=5),))
+FORWARD_BODY = "FYI\n\n---------- Forwarded message ---------\nFrom: Carla <carla@acme.example>\n" \
+    "Subject: Question\nTo: anna@ours.example\n\nHello Anna\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One mail before one rule: what the rule decides (``None``: it passes)."""
+
+    m: ParsedMail
+    role: str = "sales"
+    facts: Facts = FACTS_ALL
+    kind: MailKind = HUMAN
+    verified: bool = True
+    decides: str | None = None  # the decision's kind
+    links: dict[str, int | None] = dc_field(default_factory=dict)
+    notes: tuple[str, ...] | None = None
+
+
+CARLA_IN = mail("carla@acme.example", "sales@crm.example", "Question")
+STRANGER = mail("new@gmail.com", "sales@crm.example", "Question")
+RULE_CASES: dict[Rule, list[Case]] = {
+    Rule.LOOP: [
+        Case(CARLA_IN, kind=MailKind("loop", "X-Mailsvc-Loop header"), decides="ignore",
+             notes=("X-Mailsvc-Loop header",)),
+        Case(CARLA_IN, kind=MailKind("bounce", "x")),
+    ],
+    Rule.BOUNCE: [
+        Case(CARLA_IN, kind=MailKind("bounce", "delivery report", ("dave@acme.example",)),
+             decides="ignore", notes=("delivery report",)),
+        Case(CARLA_IN),
+    ],
+    Rule.LIST: [
+        Case(CARLA_IN, kind=MailKind("list", "List-Id header"), decides="ignore"),
+        Case(CARLA_IN, kind=MailKind("auto_reply", "subject")),
+    ],
+    Rule.SENDER_UNVERIFIED: [
+        Case(mail("anna@ours.example", "carla@acme.example", "OPP-5"), "bcc", verified=False,
+             decides="ignore", links={"owner": None, "opportunity": None},
+             notes=("sender_unverified",)),
+        Case(mail("anna@ours.example", "carla@acme.example", "OPP-5"), "bcc"),
+        Case(CARLA_IN, verified=False),
+    ],
+    Rule.SUBJECT_ID: [
+        Case(mail("carla@acme.example", "sales@crm.example", "Re: OPP-5"), decides="link",
+             links={"opportunity": 5, "contact": 20, "account": 10, "owner": 1}, notes=()),
+        Case(mail("carla@acme.example", "sales@crm.example", "OPP\u00a05"), decides="link",
+             links={"opportunity": 5}),
+        Case(mail("carla@acme.example", "sales@crm.example", "ＯＰＰ－５"), decides="link",
+             links={"opportunity": 5}),
+        Case(mail("dave@acme.example", "sales@crm.example", "OPP-5 OPP-6"), decides="link",
+             links={"opportunity": 5, "contact": 21}, notes=("ignored_id:OPP-6",)),
+        Case(mail("new.person@acme.example", "sales@crm.example", "OPP-5"), decides="link",
+             links={"opportunity": 5, "contact": None, "account": 10},
+             notes=("new_person",)),
+        Case(mail("someone@elsewhere.example", "sales@crm.example", "OPP-5"), decides="link",
+             links={"opportunity": 5, "contact": 20}, notes=()),
+        Case(mail("carla@acme.example", "support@crm.example", "TCK-7"), "support",
+             decides="ticket_update", links={"ticket": 7}),
+        Case(mail("carla@acme.example", "sales@crm.example", "OPP-99")),
+        Case(CARLA_IN),
+    ],
+    Rule.THREAD: [
+        Case(mail("carla@acme.example", "sales@crm.example", in_reply_to=("p@x",)),
+             facts=THREAD_FACTS, decides="link", links={"opportunity": 5, "contact": 20}),
+        Case(mail("new.person@acme.example", "sales@crm.example", in_reply_to=("p@x",)),
+             facts=THREAD_FACTS, decides="link",
+             links={"opportunity": 5, "contact": None, "account": 10}, notes=("new_person",)),
+        Case(mail("new@gmail.com", "sales@crm.example", in_reply_to=("l@x",)),
+             facts=replace(FACTS_ALL, thread=(ThreadRef("l@x", inbox_lead_id=3),)),
+             decides="link", links={"inbox_lead": 3, "owner": 9}),
+        Case(CARLA_IN),
+    ],
+    Rule.AUTO_REPLY: [
+        Case(CARLA_IN, kind=MailKind("auto_reply", "subject"), decides="ignore",
+             notes=("subject",)),
+        Case(CARLA_IN),
+    ],
+    Rule.INTERNAL: [
+        Case(mail("anna@ours.example", "sam@ours.example"), "bcc", decides="ignore",
+             notes=("no_counterparty",)),
+        Case(mail("anna@ours.example", "carla@acme.example"), "bcc"),
+    ],
+    Rule.NO_COUNTERPARTY: [
+        Case(mail("x", "sales@crm.example", from_=()), decides="ignore",
+             notes=("no_counterparty",)),
+        Case(mail("vertrieb@ours.example", "sales@crm.example"), decides="ignore",
+             notes=("no_counterparty",)),
+        Case(mail("vertrieb@ours.example", "sales@crm.example"), facts=replace(
+            FACTS_ALL, user_domains=frozenset())),
+        Case(CARLA_IN),
+    ],
+    Rule.SINGLE_OPEN_RECORD: [
+        Case(CARLA_IN, decides="link", links={"opportunity": 5, "contact": 20}),
+        Case(mail("carla@acme.example", "support@crm.example"), "support",
+             decides="ticket_update", links={"ticket": 7}),
+        Case(mail("dave@acme.example", "sales@crm.example")),
+    ],
+    Rule.NEW_TICKET: [
+        Case(mail("new@gmail.com", "support@crm.example", "Re: Printer"), "support",
+             decides="new_ticket", links={"owner": 9}),
+        Case(mail("dave@acme.example", "support@crm.example"), "support",
+             decides="new_ticket", links={"contact": 21, "account": 10}),
+        Case(mail("carla@acme.example", "support@crm.example"), "support"),
+        Case(STRANGER),
+    ],
+    Rule.OPEN_LEAD: [
+        Case(mail("lead@gmail.com", "sales@crm.example"), decides="link",
+             links={"inbox_lead": 3}),
+        Case(mail("lead@gmail.com", "support@crm.example"), "support"),
+        Case(STRANGER),
+    ],
+    Rule.FORWARD: [
+        Case(mail("anna@ours.example", "bcc@crm.example", "Fwd: Question", FORWARD_BODY), "bcc",
+             decides="link", links={"contact": 20, "owner": 1}, notes=("forwarded:gmail",)),
+        Case(mail("dave@acme.example", "sales@crm.example")),
+    ],
+    Rule.ADDRESS: [
+        Case(mail("dave@acme.example", "sales@crm.example"), decides="link",
+             links={"contact": 21, "account": 10, "owner": 1}),
+        Case(mail("new@acme.example", "bcc@crm.example"), "bcc", decides="link",
+             links={"account": 10, "contact": None}),
+        Case(mail("new@acme.example", "sales@crm.example")),
+    ],
+    Rule.NEW_LEAD: [
+        Case(STRANGER, decides="new_lead", links={"owner": 9}),
+        Case(mail("anna@ours.example", "paula@gmx.de"), "bcc", decides="new_lead",
+             links={"owner": 1}),
+        Case(mail("anna@ours.example", "paula@gmx.de"), "support"),
+    ],
+    Rule.NO_MATCH: [
+        Case(mail("anna@ours.example", "paula@gmx.de"), "support", decides="ignore",
+             notes=("no_match",)),
+    ],
+}
+
+
+def _context(case: Case) -> Context:
+    envelope = Envelope(None, ("x",), case.role)  # type: ignore[arg-type]
+    return context(case.m, envelope, case.facts, POLICY, case.kind, sender_verified=case.verified)
+
+
+@pytest.mark.parametrize(
+    ("spec", "case"),
+    [(spec, case) for spec in RULES for case in RULE_CASES[spec.rule]],
+    ids=[f"{spec.rule}-{n}" for spec in RULES for n, _ in enumerate(RULE_CASES[spec.rule])],
+)
+def test_each_rule_over_hand_made_facts(spec: RuleSpec, case: Case) -> None:
+    decision = spec.check(_context(case))
+    if case.decides is None:
+        assert decision is None
+        return
+    assert decision is not None and decision.kind == case.decides
+    links = decision.links.as_dict()
+    assert {k: links[k] for k in case.links} == case.links
+    if case.notes is not None:
+        assert decision.notes == case.notes
+
+
+def test_every_rule_has_a_case_where_it_decides_and_one_where_it_passes() -> None:
+    for spec in RULES:
+        cases = RULE_CASES[spec.rule]
+        assert any(c.decides for c in cases), spec.rule
+        assert spec is RULES[-1] or any(c.decides is None for c in cases), spec.rule
+
+
+def test_the_chain_names_every_rule_once_and_each_explains_itself() -> None:
+    assert [spec.rule for spec in RULES] == list(Rule)
+    assert all(len(spec.explanation) > 30 for spec in RULES)
+
+
+def test_the_chain_reads_every_fact_there_is() -> None:
+    assert {f.value for f in Fact} == {f.name for f in fields(Facts)}
+    assert frozenset(Fact) == CHAIN_READS
+
+
+@pytest.mark.parametrize(
+    "m",
+    [
+        mail("x", "sales@crm.example", from_=()),
+        mail("carla@acme.example", "sales@crm.example", "OPP-5"),
+        mail("anna@ours.example", "paula@gmx.de"),
+        mail("vertrieb@ours.example", "support@crm.example"),
+    ],
+)
+@pytest.mark.parametrize("role", ["bcc", "sales", "support"])
+def test_a_decision_always_names_its_rule_and_the_rules_tried(m: ParsedMail, role: str) -> None:
+    decision = run(m, role, FACTS_ALL)
+    assert isinstance(decision.rule, Rule)
+    assert decision.rules_tried[-1] == decision.rule
+    order = [spec.rule for spec in RULES]
+    assert list(decision.rules_tried) == order[: order.index(decision.rule) + 1]
+
+
+def test_the_sender_trust_rule_creates_nothing_in_a_users_name() -> None:
+    m = mail("anna@ours.example", "paula@gmx.de", "Offer")
+    decision = decide(m, Envelope(None, ("x",), "bcc"), FACTS_ALL, POLICY, sender_verified=False)
+    assert (decision.kind, decision.rule, decision.direction) == (
+        "ignore", "sender_unverified", "incoming"
+    )
+    assert decision.lead is None and not decision.links.any
+    assert decide(m, Envelope(None, ("x",), "bcc"), FACTS_ALL, POLICY).rule == "new_lead"
+
+
+def test_a_team_mailbox_of_our_domain_writing_to_a_customer_is_outgoing() -> None:
+    m = mail("vertrieb@ours.example", "dave@acme.example", "Offer")
+    decision = run(m, "bcc", FACTS_ALL)
+    assert (decision.rule, decision.direction, decision.links.contact) == (
+        "address", "outgoing", 21
+    )
+
+
+def test_configured_internal_domains_replace_the_users_domains() -> None:
+    policy = replace(POLICY, internal_domains=frozenset({"corp.example"}))
+    m = mail("vertrieb@ours.example", "sales@crm.example", "Hello")
+    decision = decide(m, Envelope(None, ("x",), "sales"), FACTS_ALL, policy)
+    assert decision.rule == "new_lead"
+
+
+def test_docs_list_the_rules_in_chain_order() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "linking.md").read_text("utf-8")
+    section = text.split("## The rules, in order", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\d+\. \*\*`([a-z_]+)`\*\*", section, flags=re.M)
+    assert listed == [spec.rule.value for spec in RULES]

@@ -49,6 +49,7 @@ from mailsvc.crmstore.services.inbox import (
     create_company_from_lead,
     create_inbox_lead,
     create_person_from_lead,
+    open_inbox_lead,
     update_inbox_lead,
 )
 from mailsvc.crmstore.services.opportunities import (
@@ -145,6 +146,7 @@ __all__ = [
     "mark_won",
     "normalise_company",
     "normalise_email",
+    "open_inbox_lead",
     "pay_invoice",
     "schedule_activity_plan",
     "set_activity_plan",

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailsvc.crmstore.base import Base
 from mailsvc.crmstore.models import ChoiceOption, Tag
 from mailsvc.errors import Conflict, NotFound, RuleViolation
+from mailsvc.freemail import freemail_domains
 
 M = TypeVar("M", bound=Base)
 T = TypeVar("T")
@@ -31,11 +32,8 @@ BUILTIN_CHOICES: dict[str, tuple[str, ...]] = {
     "ticket_type": ("question", "incident", "problem", "complaint"),
 }
 
-FREEMAIL_DOMAINS = frozenset({
-    "gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com",
-    "icloud.com", "gmx.de", "gmx.net", "web.de", "t-online.de", "aol.com", "proton.me",
-    "protonmail.com", "mail.de", "freenet.de",
-})
+# The one freemail list (mailsvc/freemail.py), shared with linking and CSV import.
+FREEMAIL_DOMAINS = freemail_domains()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.crmstore.services.common import (
-    FREEMAIL_DOMAINS,
     Outcome,
     apply_changes,
     check_choice,
@@ -41,6 +40,7 @@ from mailsvc.crmstore.services.people import (
     find_contact_duplicate,
 )
 from mailsvc.errors import Conflict, RuleViolation
+from mailsvc.freemail import is_freemail
 
 LEAD_FIELDS = ("title", "source", "priority", "status", "owner_id", "company", "street", "zip",
                "city", "first_name", "last_name", "email", "phone", "budget", "campaign_id")
@@ -65,24 +65,60 @@ async def create_inbox_lead(
     last_name: str | None = None, email: str | None = None, phone: str | None = None,
     budget: Decimal | None = None, campaign_id: int | None = None,
 ) -> InboxLead:
+    """A lead entered by a person (API): checked, then made by ``open_inbox_lead``. It becomes the
+    open lead of its address (the next mail from there goes to it) unless another lead is open
+    for that address already."""
     if not title.strip():
         raise RuleViolation("an inbox lead needs a title")
     if budget is not None and budget < 0:
         raise RuleViolation("a budget cannot be negative")
     await ensure_exists(session, User, owner_id, "user")
     await ensure_exists(session, Campaign, campaign_id, "campaign")
-    lead = InboxLead(
-        title=title.strip(), source=await check_choice(session, "lead_source", source),
-        priority=await check_choice(session, "priority", priority), owner_id=owner_id,
+    address = normalise_email(email) if email else None
+    taken = address is not None and await session.scalar(
+        select(InboxLead.id).where(InboxLead.open_key == address)
+    ) is not None
+    return await open_inbox_lead(
+        session, title=title.strip(), email=address, claim_address=not taken,
+        source=await check_choice(session, "lead_source", source) or source,
+        priority=await check_choice(session, "priority", priority) or priority, owner_id=owner_id,
         company=company, street=street, zip=zip, city=city, first_name=first_name,
-        last_name=last_name, email=normalise_email(email) if email else None, phone=phone,
-        budget=budget, campaign_id=campaign_id,
+        last_name=last_name, phone=phone, budget=budget, campaign_id=campaign_id,
+    )
+
+
+async def open_inbox_lead(
+    session: AsyncSession, *, title: str, email: str | None, claim_address: bool = True,
+    source: str = "e-mail", priority: str = "normal", first_name: str | None = None,
+    last_name: str | None = None, company: str | None = None, phone: str | None = None,
+    owner_id: int | None = None, account_id: int | None = None, street: str | None = None,
+    zip: str | None = None, city: str | None = None, budget: Decimal | None = None,
+    campaign_id: int | None = None,
+) -> InboxLead:
+    """The one way an inbox lead is made (intake and API), with one ``inbox_lead.created`` event.
+
+    With ``claim_address`` the lead's address becomes its open key: the database then holds one
+    open lead per address, and mail from it goes to this lead. A concurrent writer that opened a
+    lead for the same address first makes the flush raise IntegrityError; the intake retries and
+    finds that lead.
+    """
+    address = normalise_email(email) if email else None
+    lead = InboxLead(
+        title=title[:300], source=source, priority=priority, status=LeadStatus.NEW,
+        email=address, open_key=address if claim_address else None, first_name=first_name,
+        last_name=last_name, company=company, phone=phone, owner_id=owner_id,
+        account_id=account_id, street=street, zip=zip, city=city, budget=budget,
+        campaign_id=campaign_id,
     )
     session.add(lead)
     await session.flush()
-    record_event(session, "inbox_lead.created",
-                 {"id": lead.id, "title": lead.title, "source": lead.source, "email": lead.email},
-                 subject=_subject(lead))
+    record_event(
+        session, "inbox_lead.created",
+        {"id": lead.id, "title": lead.title, "source": lead.source, "status": str(lead.status),
+         "email": address, "first_name": first_name, "last_name": last_name,
+         "company": company, "phone": phone, "owner_id": owner_id, "account_id": account_id},
+        subject=_subject(lead),
+    )
     return lead
 
 
@@ -141,7 +177,7 @@ async def create_company_from_lead(session: AsyncSession, lead_id: int) -> Outco
     if not (lead.company or "").strip():
         raise RuleViolation(f"inbox lead {lead.id} has no company name")
     domain = email_domain(lead.email)
-    domain = None if domain in FREEMAIL_DOMAINS else domain
+    domain = None if domain is None or is_freemail(domain) else domain
     existing = await find_account_duplicate(session, lead.company, domain)
     if existing is not None:
         outcome = Outcome(existing, False,
