@@ -17,6 +17,8 @@ class Envelope:
     rcpt_tos: tuple[str, ...]
     role: Role
     source: str = "smtp"  # smtp, imap, file, stdin
+    peer: str | None = None  # the SMTP client's IP address
+    authenticated: str | None = None  # the SMTP AUTH login (lower case), if the client logged in
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,15 @@ from mailsvc.errors import ParseError, StoreUnavailable
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import Outcome
-from mailsvc.ingest.parse import dedup_key, parse_mail
+from mailsvc.ingest.parse import (
+    DEFAULT_LIMITS,
+    MimeLimitExceeded,
+    ParseLimits,
+    dedup_key,
+    parse_mail,
+)
 from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email, store_emails
+from mailsvc.ingest.trust import needs_lookup, sender_verified, trust_policy
 from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
 from mailsvc.linking.decide import Policy, decide, reply_of, wanted
 from mailsvc.linking.model import LinkDecision, MailKind, Wanted
@@ -47,13 +54,15 @@ logger = logging.getLogger(__name__)
 PARSE_IN_THREAD_BYTES = 256 * 1024
 
 
-def prepare(raw: RawMail, max_bytes: int) -> Prepared:
+def prepare(raw: RawMail, max_bytes: int, limits: ParseLimits = DEFAULT_LIMITS) -> Prepared:
     """Parse and key one message; what cannot be parsed is prepared for quarantine."""
     if len(raw.data) > max_bytes:
         reason = f"message larger than {max_bytes} bytes"
         return Prepared(raw, dedup_key(None, raw.data), None, reason)
     try:
-        parsed = parse_mail(raw.data)
+        parsed = parse_mail(raw.data, limits)
+    except MimeLimitExceeded as exc:
+        return Prepared(raw, dedup_key(None, raw.data), None, f"limit exceeded: {exc}")
     except ParseError as exc:
         return Prepared(raw, dedup_key(None, raw.data), None, f"unparseable: {exc}")
     except Exception as exc:  # a parser bug must not lose the mail: quarantine it
@@ -88,6 +97,11 @@ class Pipeline:
         self._sessions = sessions
         self._settings = settings
         self._policy = policy_from(settings)
+        self._trust = trust_policy(settings)
+        self._limits = ParseLimits(
+            settings.mime_max_depth, settings.mime_max_parts, settings.mime_max_attachments,
+            settings.mime_max_decoded_bytes,
+        )
         # Every intake role's default owner, looked up with each group's facts.
         self._owners = tuple(
             sorted({o for r in ("bcc", "sales", "support") if (o := settings.owner_for(r))})
@@ -120,13 +134,14 @@ class Pipeline:
         return await future
 
     async def prepare(self, raw: RawMail) -> Prepared:
-        if len(raw.data) > PARSE_IN_THREAD_BYTES:
+        dkim = self._trust.verify_dkim and needs_lookup(raw.data)  # DNS: not on the event loop
+        if len(raw.data) > PARSE_IN_THREAD_BYTES or dkim:
             return await asyncio.to_thread(self._prepare, raw)
         return self._prepare(raw)
 
     def _prepare(self, raw: RawMail) -> Prepared:
         """Parse, then do the pure per-mail work too, so the writer only decides and stores."""
-        item = prepare(raw, self._settings.max_message_bytes)
+        item = prepare(raw, self._settings.max_message_bytes, self._limits)
         if item.parsed is None:
             return item
         try:
@@ -135,6 +150,7 @@ class Pipeline:
                 kind=classify(item.parsed, raw.envelope, self._settings.max_received_headers),
                 want=wanted(item.parsed, self._policy),
                 reply=reply_of(item.parsed),
+                sender_verified=sender_verified(raw, item.parsed, self._trust),
             )
         except Exception:  # the writer tries again and quarantines the mail if it fails there
             logger.exception("preparing %s failed", item.key)
@@ -294,7 +310,10 @@ class Pipeline:
                 deferred.append(n)
                 changed |= may_change(item.parsed.message_id, deps, mine)
                 continue
-            decision = decide(item.parsed, envelope, mine, self._policy, kind, reply)
+            decision = decide(
+                item.parsed, envelope, mine, self._policy, kind, reply,
+                sender_verified=item.sender_verified,
+            )
             changed |= effects(item.parsed.message_id, decision, mine)
             decided.append((n, decision))
         return decided, deferred
@@ -344,7 +363,10 @@ class Pipeline:
         envelope = item.raw.envelope
         kind, want, reply = self._inputs(item)
         facts = await load_facts(session, want, self._settings.owner_for(envelope.role))
-        decision = decide(item.parsed, envelope, facts, self._policy, kind, reply)
+        decision = decide(
+            item.parsed, envelope, facts, self._policy, kind, reply,
+            sender_verified=item.sender_verified,
+        )
         return await store_email(session, item, decision)
 
 

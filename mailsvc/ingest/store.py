@@ -16,11 +16,15 @@ from mailsvc.crmstore.models import (
     Email,
     EmailAttachment,
     EmailLink,
+    InboxLead,
     LinkTarget,
     QuarantinedMail,
+    Ticket,
+    TicketUpdate,
 )
 from mailsvc.crmstore.outbox import record_event, write_events
 from mailsvc.ingest.outcome import Outcome, OutcomeKind
+from mailsvc.ingest.sanitize import clean_text, column_length, fit, fit_row
 from mailsvc.linking.model import LinkDecision, Links, MailKind, Wanted
 from mailsvc.linking.text import Reply
 from mailsvc.mail import Address, ParsedMail, RawMail
@@ -38,6 +42,8 @@ class Prepared:
     kind: MailKind | None = None
     want: Wanted | None = None
     reply: Reply | None = None
+    # Whether the header From is proven to be the author's (ingest/trust.py).
+    sender_verified: bool = False
 
 
 def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
@@ -45,12 +51,12 @@ def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
 
 
 def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -> dict[str, Any]:
-    """The ``emails`` row of a decided mail."""
+    """The ``emails`` row of a decided mail, every value cleaned and fitted to its column."""
     mail = item.parsed
     assert mail is not None
     sender = mail.sender
     envelope = item.raw.envelope
-    return {
+    return fit_row(Email.__table__, {
         "dedup_key": item.key,
         "message_id": mail.message_id,
         "subject": mail.subject,
@@ -79,12 +85,15 @@ def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -
         "rule": decision.rule,
         "notes": list(decision.notes),
         "received_at": utcnow(),
-    }
+    }, keep=_KEYS)
+
+
+_KEYS = frozenset({"dedup_key"})  # looked up as they are: never changed on the way in
 
 
 def attachment_values(mail: ParsedMail, email_id: int | None = None) -> list[dict[str, Any]]:
     return [
-        {
+        fit_row(EmailAttachment.__table__, {
             "email_id": email_id,
             "filename": a.filename,
             "content_type": a.content_type,
@@ -92,7 +101,7 @@ def attachment_values(mail: ParsedMail, email_id: int | None = None) -> list[dic
             "inline": a.inline,
             "size": len(a.content),
             "content": a.content,
-        }
+        })
         for a in mail.attachments
     ]
 
@@ -193,18 +202,30 @@ async def _create_records(session: AsyncSession, decision: LinkDecision) -> Link
     links = decision.links
     if decision.kind == "new_lead" and decision.lead is not None:
         draft = decision.lead
+        lead_table = InboxLead.__table__
         lead = await intake.create_inbox_lead(
-            session, title=draft.title, email=draft.email, first_name=draft.first_name,
-            last_name=draft.last_name, company=draft.company, phone=draft.phone,
+            session, title=fit(draft.title, column_length(lead_table, "title")) or "",
+            email=fit(draft.email, column_length(lead_table, "open_key")) or "",
+            first_name=fit(draft.first_name, column_length(lead_table, "first_name")),
+            last_name=fit(draft.last_name, column_length(lead_table, "last_name")),
+            company=fit(draft.company, column_length(lead_table, "company")),
+            phone=fit(draft.phone, column_length(lead_table, "phone")),
             owner_id=links.owner, account_id=links.account,
         )
         return replace(links, inbox_lead=lead.id)
     if decision.kind == "new_ticket" and decision.ticket is not None:
         ticket_draft = decision.ticket
+        ticket_table = Ticket.__table__
         ticket = await intake.create_ticket_from_mail(
-            session, subject=ticket_draft.subject, description=ticket_draft.description,
-            requester_email=ticket_draft.requester_email,
-            requester_name=ticket_draft.requester_name, account_id=links.account,
+            session, subject=fit(ticket_draft.subject, column_length(ticket_table, "subject"))
+            or "", description=clean_text(ticket_draft.description),
+            requester_email=fit(
+                ticket_draft.requester_email, column_length(ticket_table, "requester_email")
+            ) or "",
+            requester_name=fit(
+                ticket_draft.requester_name, column_length(ticket_table, "requester_name")
+            ),
+            account_id=links.account,
             contact_id=links.contact, owner_id=links.owner, type=ticket_draft.type,
             priority=ticket_draft.priority,
         )
@@ -220,7 +241,8 @@ async def _after_email(
     update = decision.ticket_update
     if decision.kind == "ticket_update" and update is not None:
         await intake.append_ticket_update(
-            session, update.ticket_id, body=update.body, author=update.author,
+            session, update.ticket_id, body=clean_text(update.body),
+            author=fit(update.author, column_length(TicketUpdate.__table__, "author")),
             email_id=email["id"], reopen=update.reopen,
         )
     if decision.bounced:
@@ -239,16 +261,17 @@ async def _after_email(
 
 async def quarantine(session: AsyncSession, item: Prepared, reason: str) -> Outcome:
     envelope = item.raw.envelope
-    row = QuarantinedMail(
-        dedup_key=item.key,
-        reason=reason[:4000],
-        raw=item.raw.data,
-        size=len(item.raw.data),
-        envelope_from=envelope.mail_from,
-        envelope_to=list(envelope.rcpt_tos),
-        intake_role=envelope.role,
-        source=envelope.source,
-    )
+    reason = clean_text(reason[:4000])
+    row = QuarantinedMail(**fit_row(QuarantinedMail.__table__, {
+        "dedup_key": item.key,
+        "reason": reason,
+        "raw": item.raw.data,
+        "size": len(item.raw.data),
+        "envelope_from": envelope.mail_from,
+        "envelope_to": list(envelope.rcpt_tos),
+        "intake_role": envelope.role,
+        "source": envelope.source,
+    }, keep=_KEYS))
     session.add(row)
     await session.flush()
     message_id = item.parsed.message_id if item.parsed else None

@@ -103,11 +103,21 @@ def decide(
     policy: Policy,
     kind: MailKind = HUMAN,
     reply: Reply | None = None,
+    *,
+    sender_verified: bool = True,
 ) -> LinkDecision:
     """Apply the rules in order; the first that decides names itself in ``rule``.
 
     ``reply`` is ``reply_of(mail)`` when the caller worked it out already (it is pure and costly).
+    A From of one of our users that is not ``sender_verified`` (docs/trust.md) is not believed:
+    the mail is stored, nothing is done in that user's name.
     """
+    sender = mail.sender
+    if not sender_verified and sender is not None and sender.email in facts.users:
+        return LinkDecision(
+            "ignore", "sender_unverified", direction="incoming", automatic=kind.machine,
+            mail_kind=kind.name, notes=("sender_unverified",),
+        )
     view = _view(mail, facts, policy, reply)
     base = LinkDecision(
         "ignore", None, direction=view.parties.direction, automatic=kind.machine,
