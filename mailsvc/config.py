@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -183,6 +184,32 @@ class Settings(BaseSettings):
             return value
         return value.upper() if info.field_name == "log_level" else value.lower()
 
+    # --- Sender trust, intake limits and hostile input (docs/trust.md) ---
+    # Who may write as one of our users: the level of proof a header From needs.
+    sender_verification: Literal["dmarc", "aligned", "off"] = "aligned"
+    # authserv-ids whose Authentication-Results headers are believed (all others are ignored).
+    trusted_authserv_ids: AddressList = ()
+    # Over SMTP, those headers count only from clients in these networks (when any are set).
+    trusted_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    dkim_verify: bool = True
+    dkim_dns_timeout: float = Field(default=5.0, gt=0, le=60)
+    # SMTP AUTH: a file of "address:bcrypt-hash" lines; unset, the intake offers no AUTH.
+    smtp_auth_users: FilePath | None = None
+    smtp_auth_allow_plaintext: bool = False
+    smtp_max_connections: int = Field(default=200, ge=1)
+    smtp_max_connections_per_ip: int = Field(default=20, ge=1)
+    smtp_max_concurrent_data: int = Field(default=20, ge=1)
+    smtp_data_slot_wait: float = Field(default=30.0, ge=0)
+    smtp_max_line_bytes: int = Field(default=65536, ge=1001)
+    smtp_max_header_count: int = Field(default=1000, ge=10)
+    smtp_max_header_bytes: int = Field(default=512 * 1024, ge=4096)
+    smtp_idle_timeout: float = Field(default=300.0, gt=0)
+    smtp_data_timeout: float = Field(default=600.0, gt=0)
+    mime_max_depth: int = Field(default=30, ge=1)
+    mime_max_parts: int = Field(default=1000, ge=1)
+    mime_max_attachments: int = Field(default=500, ge=0)
+    mime_max_decoded_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+
     @model_validator(mode="before")
     @classmethod
     def _imap_file(cls, data: Any) -> Any:
@@ -196,7 +223,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "bcc_address", "sales_address", "support_address", "internal_domains", "api_keys",
-        mode="before",
+        "trusted_authserv_ids", "trusted_networks", mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -210,6 +237,23 @@ class Settings(BaseSettings):
             if not ((local and at and "." in domain) or domain == "localhost"):
                 raise ValueError(f"{address!r} is not an e-mail address")
         return tuple(address.lower() for address in value)
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _authserv_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(item.lower() for item in value)
+
+    @model_validator(mode="after")
+    def _smtp_auth(self) -> Settings:
+        if (
+            self.smtp_auth_users is not None and self.smtp_tls_cert is None
+            and not self.smtp_auth_allow_plaintext
+        ):
+            raise ValueError(
+                "MAILSVC_SMTP_AUTH_USERS needs MAILSVC_SMTP_TLS_CERT and _KEY (AUTH only over "
+                "TLS), or MAILSVC_SMTP_AUTH_ALLOW_PLAINTEXT=true for a closed test set-up"
+            )
+        return self
 
     @field_validator("internal_domains")
     @classmethod

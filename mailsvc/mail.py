@@ -23,6 +23,8 @@ class Envelope:
     rcpt_tos: tuple[str, ...]
     role: Role
     source: str = "smtp"  # smtp, imap, file, stdin
+    peer: str | None = None  # the SMTP client's IP address
+    authenticated: str | None = None  # the SMTP AUTH login (lower case), if the client logged in
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role(self.role))  # a plain "bcc" becomes Role.BCC

@@ -52,6 +52,9 @@ def base_settings(database_url: str, **overrides: Any) -> Settings:
         "amqp_url": None,
         "batch_max_wait_ms": 1.0,
         "relay_poll_seconds": 0.2,
+        # The linking scenarios are about linking, not sender trust: they believe the header From.
+        # The trust tests (test_smtp_trust.py, test_trust.py) set the level they test.
+        "sender_verification": "off",
         "_env_file": None,
     }
     values.update(overrides)

@@ -21,6 +21,7 @@ from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import Email, IntakeMail, QuarantinedMail
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.parse import mail_key
+from mailsvc.ingest.sanitize import fit_row
 from mailsvc.mail import Envelope, RawMail, Role
 
 __all__ = ["Accepted", "accept_mails", "envelope_extra", "intake_values", "mail_key", "raw_of"]
@@ -65,9 +66,10 @@ def envelope_extra(envelope: Envelope) -> dict[str, Any]:
 
 
 def intake_values(raw: RawMail, key: str) -> dict[str, Any]:
-    """The ``intake`` row of an accepted mail."""
+    """The ``intake`` row of an accepted mail, every value cleaned and fitted to its column (an
+    odd envelope must never fail the group commit it shares with other mails)."""
     envelope = raw.envelope
-    return {
+    return fit_row(IntakeMail.__table__, {
         "dedup_key": key,
         "raw": raw.data,
         "mail_from": envelope.mail_from,
@@ -77,14 +79,14 @@ def intake_values(raw: RawMail, key: str) -> dict[str, Any]:
         "envelope_extra": envelope_extra(envelope),
         "accepted_at": utcnow(),
         "attempts": 0,
-    }
+    }, keep=frozenset({"dedup_key"}))
 
 
 def raw_of(row: IntakeMail) -> RawMail:
     """The RawMail an intake row was accepted as (envelope extras restored where the Envelope of
     this version knows them)."""
     known = {field.name for field in dataclasses.fields(Envelope)}
-    extra = {
+    extra: dict[str, Any] = {
         name: tuple(value) if isinstance(value, list) else value
         for name, value in (row.envelope_extra or {}).items() if name in known
     }

@@ -18,9 +18,17 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore import intake, services
-from mailsvc.crmstore.models import Activity, EmailLink, LinkTarget
+from mailsvc.crmstore.models import (
+    Activity,
+    EmailLink,
+    InboxLead,
+    LinkTarget,
+    Ticket,
+    TicketUpdate,
+)
 from mailsvc.crmstore.services.emails import MANUAL
 from mailsvc.ingest.outcome import LINK_NAMES
+from mailsvc.ingest.sanitize import clean_text, column_length, fit
 from mailsvc.linking.model import LinkDecision, Links
 
 # The record a mail created is its own: reapplying keeps that link (and the outcome saying so).
@@ -119,18 +127,31 @@ async def _create_records(session: AsyncSession, decision: LinkDecision) -> Link
     links = decision.links
     if decision.kind == "new_lead" and decision.lead is not None:
         draft = decision.lead
+        leads = InboxLead.__table__
         lead = await services.open_inbox_lead(
-            session, title=draft.title, email=draft.email, source=intake.EMAIL_SOURCE,
-            first_name=draft.first_name, last_name=draft.last_name, company=draft.company,
-            phone=draft.phone, owner_id=links.owner, account_id=links.account,
+            session, title=fit(draft.title, column_length(leads, "title")) or "",
+            email=fit(draft.email, column_length(leads, "open_key")) or "",
+            source=intake.EMAIL_SOURCE,
+            first_name=fit(draft.first_name, column_length(leads, "first_name")),
+            last_name=fit(draft.last_name, column_length(leads, "last_name")),
+            company=fit(draft.company, column_length(leads, "company")),
+            phone=fit(draft.phone, column_length(leads, "phone")),
+            owner_id=links.owner, account_id=links.account,
         )
         return replace(links, inbox_lead=lead.id)
     if decision.kind == "new_ticket" and decision.ticket is not None:
         ticket_draft = decision.ticket
+        tickets = Ticket.__table__
         ticket = await intake.create_ticket_from_mail(
-            session, subject=ticket_draft.subject, description=ticket_draft.description,
-            requester_email=ticket_draft.requester_email,
-            requester_name=ticket_draft.requester_name, account_id=links.account,
+            session, subject=fit(ticket_draft.subject, column_length(tickets, "subject")) or "",
+            description=clean_text(ticket_draft.description),
+            requester_email=fit(
+                ticket_draft.requester_email, column_length(tickets, "requester_email")
+            ) or "",
+            requester_name=fit(
+                ticket_draft.requester_name, column_length(tickets, "requester_name")
+            ),
+            account_id=links.account,
             contact_id=links.contact, owner_id=links.owner, type=ticket_draft.type,
             priority=ticket_draft.priority,
         )
@@ -173,7 +194,8 @@ async def _after_links(session: AsyncSession, mail: StoredMail, decision: LinkDe
     update = decision.ticket_update
     if decision.kind == "ticket_update" and update is not None:
         await intake.append_ticket_update(
-            session, update.ticket_id, body=update.body, author=update.author,
+            session, update.ticket_id, body=clean_text(update.body),
+            author=fit(update.author, column_length(TicketUpdate.__table__, "author")),
             email_id=mail.id, reopen=update.reopen,
         )
     if decision.bounced:

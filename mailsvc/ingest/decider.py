@@ -43,7 +43,7 @@ from mailsvc.crmstore.db import read_session
 from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, QuarantinedMail
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.accept import raw_of
-from mailsvc.ingest.outcome import Outcome
+from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason, stored_reason
 from mailsvc.ingest.pipeline import prepare_item, store_unavailable
 from mailsvc.ingest.store import Prepared, quarantine
 
@@ -123,7 +123,8 @@ async def stored_outcomes(session: AsyncSession, keys: Sequence[str]) -> dict[st
         select(QuarantinedMail.dedup_key, QuarantinedMail.id, QuarantinedMail.reason)
         .where(QuarantinedMail.dedup_key.in_(keys))
     ):
-        found.setdefault(key, Outcome("quarantined", quarantine_id=quarantine_id, reason=reason))
+        found.setdefault(key, Outcome("quarantined", quarantine_id=quarantine_id,
+                                      reason=stored_reason(reason)))
     return found
 
 
@@ -371,7 +372,8 @@ class Decider:
             if row is None or row.attempts < self._max_attempts:
                 return
             item = await self._pipeline.prepare(raw_of(row))
-            await quarantine(session, item, reason)
+            typed = reason if isinstance(reason, QuarantineReason) else ProcessingFailed.of(reason)
+            await quarantine(session, item, typed)
             await session.delete(row)
             logger.error("intake %d quarantined after %d failed decisions", row.id, row.attempts)
 

@@ -44,6 +44,12 @@ class Unparseable(QuarantineReason):
     prefix = "unparseable: "
 
 
+class LimitExceeded(QuarantineReason):
+    """The MIME structure is beyond the configured limits (depth, parts, attachments, size)."""
+
+    prefix = "limit exceeded: "
+
+
 class ParserFailed(QuarantineReason):
     """The parser failed on the message (a bug, or a message it cannot handle)."""
 
@@ -55,6 +61,16 @@ class ProcessingFailed(QuarantineReason):
     may store it."""
 
     prefix = "processing error: "
+
+
+def stored_reason(text: str) -> QuarantineReason:
+    """A reason read back from the store, as the type it was written as."""
+    for kind in (LimitExceeded, ParserFailed, ProcessingFailed, Unparseable):
+        if text.startswith(kind.prefix):
+            return kind(text)
+    if text.startswith("message larger than"):
+        return TooLarge(text)
+    return QuarantineReason(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import binascii
 import codecs
 import email
 import hashlib
+import heapq
 import quopri
 import re
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,8 @@ from mailsvc.errors import ParseError
 from mailsvc.linking.references import normalise_message_id, parse_message_ids
 from mailsvc.mail import Address, Attachment, ParsedMail
 
-__all__ = ["MAX_DEPTH", "dedup_key", "mail_key", "parse_mail"]
+__all__ = ["DEFAULT_LIMITS", "MAX_DEPTH", "MimeLimitExceeded", "ParseLimits", "dedup_key",
+           "mail_key", "parse_mail"]
 
 MAX_DEPTH = 3  # message/rfc822 parts nested deeper than this stay attachments only
 MAX_MESSAGE_ID = 900  # longer "ids" are dropped: not plausible, and too long for the store
@@ -64,6 +66,23 @@ _RELATED = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """How much MIME structure and decoded content one mail may have (docs/trust.md)."""
+
+    max_depth: int = 30
+    max_parts: int = 1000
+    max_attachments: int = 500
+    max_decoded_bytes: int = 100 * 1024 * 1024
+
+
+DEFAULT_LIMITS = ParseLimits()
+
+
+class MimeLimitExceeded(ParseError):
+    """The mail is beyond a ParseLimits bound; the message names which."""
+
+
 @dataclass
 class _Content:
     """What the walk over the MIME parts of one message collects."""
@@ -79,9 +98,88 @@ class _Content:
 # ---------------------------------------------------------------- public API
 
 
-def parse_mail(data: bytes) -> ParsedMail:
-    """Parse one raw message; raise ParseError only if the bytes hold no usable mail."""
-    return _parse_bytes(data, depth=0)
+def parse_mail(data: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMail:
+    """Parse one raw message; raise ParseError only if the bytes hold no usable mail, and
+    MimeLimitExceeded (a ParseError) if it is beyond ``limits``."""
+    depth, parts = mime_shape(data, limits)
+    if depth > limits.max_depth:
+        raise MimeLimitExceeded(f"MIME parts nested {depth} deep (at most {limits.max_depth})")
+    if parts > limits.max_parts:
+        raise MimeLimitExceeded(f"{parts} MIME parts (at most {limits.max_parts})")
+    parsed = _parse_bytes(data, depth=0)
+    if len(parsed.attachments) > limits.max_attachments:
+        raise MimeLimitExceeded(
+            f"{len(parsed.attachments)} attachments (at most {limits.max_attachments})"
+        )
+    decoded = _decoded_size(parsed)
+    if decoded > limits.max_decoded_bytes:
+        raise MimeLimitExceeded(
+            f"{decoded} bytes of decoded content (at most {limits.max_decoded_bytes})"
+        )
+    return parsed
+
+
+# Searched in a lower-cased copy; each starts with a literal, which keeps the scan fast.
+_BOUNDARY = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))')
+_DELIMITER = re.compile(rb"\n--([^\r\n]{1,210})")
+_MESSAGE_TYPE = re.compile(rb"\ncontent-type:[ \t]*(?:\r?\n[ \t]+)?message/")
+
+
+def mime_shape(data: bytes, stop: ParseLimits = DEFAULT_LIMITS) -> tuple[int, int]:
+    """A cheap estimate of (nesting depth, number of parts) from the raw bytes, before the
+    costly parse: boundary delimiters opened and closed, plus message/* parts enclosed without a
+    delimiter in between. At least half the true depth, so a bound on it bounds the parse. Stops
+    counting once past a limit of ``stop``."""
+    lower = b"\n" + data.lower()  # same offsets (+1): boundaries are read from ``data``
+    declared: set[bytes] = set()
+    for count, m in enumerate(_BOUNDARY.finditer(lower), 1):
+        if count > stop.max_parts:  # each multipart declares one: too many already
+            return 0, count
+        group = 1 if m.start(1) >= 0 else 2
+        declared.add(data[m.start(group) - 1 : m.end(group) - 1])
+    if not declared and _MESSAGE_TYPE.search(lower) is None:
+        return 0, 0
+    events = heapq.merge(  # in order of position, lazily: the loop may stop early
+        (
+            (m.start(), data[m.start(1) - 1 : m.end(1) - 1].rstrip(b" \t\r"))
+            for m in _DELIMITER.finditer(lower)
+        ),
+        ((m.start(), None) for m in _MESSAGE_TYPE.finditer(lower)),
+        key=lambda event: event[0],
+    )
+    stack: list[bytes] = []
+    level: dict[bytes, int] = {}  # boundary -> its index in stack
+    chain = depth = parts = 0
+    for _, token in events:
+        if token is None:  # a message/* part: one level more until the next delimiter
+            chain += 1
+            parts += 1
+        else:
+            closing = token.endswith(b"--") and token[:-2] in declared
+            name = token[:-2] if closing else token
+            if name not in declared:
+                continue
+            chain = 0
+            if name in level:
+                _unwind(stack, level, level[name] + (0 if closing else 1))
+            elif not closing:
+                level[name] = len(stack)
+                stack.append(name)
+            parts += 0 if closing else 1
+        depth = max(depth, len(stack) + chain)
+        if depth > stop.max_depth or parts > stop.max_parts:
+            break
+    return depth, parts
+
+
+def _unwind(stack: list[bytes], level: dict[bytes, int], keep: int) -> None:
+    while len(stack) > keep:
+        del level[stack.pop()]
+
+
+def _decoded_size(mail: ParsedMail) -> int:
+    size = len(mail.text) + len(mail.html) + sum(len(a.content) for a in mail.attachments)
+    return size + sum(_decoded_size(inner) for inner in mail.enclosed)
 
 
 def mail_key(data: bytes) -> str:

@@ -40,15 +40,22 @@ from mailsvc.ingest.accept import Accepted, accept_mails
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import (
+    LimitExceeded,
     Outcome,
     ParserFailed,
     ProcessingFailed,
-    QuarantineReason,
     TooLarge,
     Unparseable,
 )
-from mailsvc.ingest.parse import mail_key, parse_mail
+from mailsvc.ingest.parse import (
+    DEFAULT_LIMITS,
+    MimeLimitExceeded,
+    ParseLimits,
+    mail_key,
+    parse_mail,
+)
 from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email, store_emails
+from mailsvc.ingest.trust import TrustPolicy, needs_lookup, sender_verified, trust_policy
 from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
 from mailsvc.linking.decide import Policy, decide, reply_of, wanted
 from mailsvc.linking.model import LinkDecision, MailKind, Wanted
@@ -65,13 +72,15 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 UNPARSEABLE = Unparseable("unparseable")
 
 
-def prepare(raw: RawMail, max_bytes: int) -> Prepared:
+def prepare(raw: RawMail, max_bytes: int, limits: ParseLimits = DEFAULT_LIMITS) -> Prepared:
     """Parse and key one message; what cannot be parsed is prepared for quarantine."""
     key = mail_key(raw.data)
     if len(raw.data) > max_bytes:
         return Prepared(raw, key, None, TooLarge.limit(max_bytes))
     try:
-        parsed = parse_mail(raw.data)
+        parsed = parse_mail(raw.data, limits)
+    except MimeLimitExceeded as exc:
+        return Prepared(raw, key, None, LimitExceeded.of(str(exc)))
     except ParseError as exc:
         return Prepared(raw, key, None, Unparseable.of(str(exc)))
     except Exception as exc:  # a parser bug must not lose the mail: quarantine it
@@ -87,19 +96,22 @@ class PrepareOptions:
     max_bytes: int
     max_received_headers: int
     policy: Policy
+    limits: ParseLimits
+    trust: TrustPolicy
 
 
 def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
     """Parse, then do the pure per-mail work too, so the writer only decides and stores."""
-    item = prepare(raw, options.max_bytes)
+    item = prepare(raw, options.max_bytes, options.limits)
     if item.parsed is None:
         return item
     try:
         return replace(
             item,
-            kind=classify(item.parsed, raw.envelope, options.max_received_headers),
+            kind=classify(item.parsed, raw.envelope, options.max_received_headers, raw.data),
             want=wanted(item.parsed, options.policy),
             reply=reply_of(item.parsed),
+            sender_verified=sender_verified(raw, item.parsed, options.trust),
         )
     except Exception:  # the writer tries again and quarantines the mail if it fails there
         logger.exception("preparing %s failed", item.key)
@@ -132,8 +144,14 @@ class Pipeline:
         self._sessions = sessions
         self._settings = settings
         self._policy = policy_from(settings)
+        self._trust = trust_policy(settings)
+        self._limits = ParseLimits(
+            settings.mime_max_depth, settings.mime_max_parts, settings.mime_max_attachments,
+            settings.mime_max_decoded_bytes,
+        )
         self.options = PrepareOptions(
-            settings.max_message_bytes, settings.max_received_headers, self._policy
+            settings.max_message_bytes, settings.max_received_headers, self._policy,
+            self._limits, self._trust,
         )
         # Every intake role's default owner, looked up with each group's facts.
         self._owners = tuple(
@@ -340,8 +358,10 @@ class Pipeline:
     # ------------------------------------------------------------------ decide
 
     async def prepare(self, raw: RawMail) -> Prepared:
-        """Parse and do the pure per-mail work (in a thread for a large mail)."""
-        if len(raw.data) > PARSE_IN_THREAD_BYTES:
+        """Parse and do the pure per-mail work (in a thread for a large mail, or when verifying
+        a DKIM signature needs a DNS lookup)."""
+        dkim = self._trust.verify_dkim and needs_lookup(raw.data)
+        if len(raw.data) > PARSE_IN_THREAD_BYTES or dkim:
             return await asyncio.to_thread(prepare_item, raw, self.options)
         return prepare_item(raw, self.options)
 

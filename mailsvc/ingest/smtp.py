@@ -1,18 +1,32 @@
-"""The SMTP intake (aiosmtpd): intake addresses only, size limit, 250 only after the accept
-commit (raw bytes, envelope and dedup key durable; deciding follows in the decide workers)."""
+"""The SMTP intake (aiosmtpd): intake addresses only, bounded resources, 250 only after the accept
+commit (raw bytes, envelope and dedup key durable; deciding follows in the decide stage).
+
+``IntakeSMTP`` is aiosmtpd's protocol with the limits of docs/trust.md: connections in total and
+per client address, messages receiving at once, line length, header count and size, idle and DATA
+timeouts, and SMTP AUTH checked off the event loop. ``IntakeHandler`` makes the decisions: which
+recipients, what envelope, which reply.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+import bcrypt
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailsvc.config import Settings
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
+from mailsvc.ingest.sanitize import bad_address
 from mailsvc.mail import Envelope as MailEnvelope
 from mailsvc.mail import RawMail, Role
 
@@ -23,16 +37,43 @@ OK_RCPT = "250 2.1.5 Recipient ok"
 UNKNOWN_RECIPIENT = "550 5.1.1 No such intake address here; this server does not relay"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+BAD_SENDER = "553 5.1.7 Bad sender address: control characters or invalid UTF-8"
+BAD_RECIPIENT_BYTES = "553 5.1.3 Bad recipient address: control characters or invalid UTF-8"
 STORAGE_FAILED = "451 4.3.0 Temporary storage failure, please try again later"
 INTERNAL_ERROR = "451 4.3.0 Temporary local error, please try again later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, please try again later"
+TOO_MANY_FROM_YOU = "421 4.7.0 Too many connections from your address, please try again later"
+BUSY = "451 4.3.2 Too many messages in progress, please try again later"
+DATA_TIMEOUT = "421 4.4.2 Message not completed in time, closing connection"
+TOO_MUCH_DATA = "552 5.3.4 Message too big"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_TOO_MANY = "421 4.7.0 Too many failed authentication attempts, closing connection"
+MAX_AUTH_FAILURES = 3
 
 # When one message is addressed to several intake roles, it is processed once, under this order.
 ROLE_PRECEDENCE: tuple[Role, ...] = (Role.BCC, Role.SUPPORT, Role.SALES)
 
 
-def pick_role(recipients: list[str], roles: dict[str, Role]) -> Role:
+def pick_role(recipients: list[str], roles: Mapping[str, Role]) -> Role:
     found = {roles[r.lower()] for r in recipients if r.lower() in roles}
     return next(role for role in ROLE_PRECEDENCE if role in found)
+
+
+def envelope_of(
+    session: Session, envelope: Envelope, roles: Mapping[str, Role]
+) -> MailEnvelope:
+    """The transport facts of one SMTP transaction: sender, recipients, role, client, login."""
+    peer = session.peer
+    login = session.auth_data if session.authenticated else None
+    return MailEnvelope(
+        mail_from=envelope.mail_from or None,
+        rcpt_tos=tuple(r.lower() for r in envelope.rcpt_tos),
+        role=pick_role(envelope.rcpt_tos, roles),
+        source="smtp",
+        peer=str(peer[0]) if isinstance(peer, tuple) and peer else None,
+        authenticated=login if isinstance(login, str) else None,
+    )
 
 
 class IntakeHandler:
@@ -42,11 +83,34 @@ class IntakeHandler:
         self._pipeline = pipeline
         self._roles = settings.intake_roles
         self._max_recipients = settings.max_recipients
+        self._auth = settings.smtp_auth_users is not None
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._auth:
+            return responses
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        if bad_address(address):
+            logger.info("refused sender %r from %s", address, session.peer)
+            return BAD_SENDER
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         rcpt_options: list[str],
     ) -> str:
+        if bad_address(address):
+            return BAD_RECIPIENT_BYTES
         if "@" not in address:
             return BAD_RECIPIENT
         if address.lower() not in self._roles:
@@ -60,15 +124,9 @@ class IntakeHandler:
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
-        data = envelope.original_content or b""
         raw = RawMail(
-            data=data,
-            envelope=MailEnvelope(
-                mail_from=envelope.mail_from or None,
-                rcpt_tos=tuple(r.lower() for r in envelope.rcpt_tos),
-                role=pick_role(envelope.rcpt_tos, self._roles),
-                source="smtp",
-            ),
+            data=envelope.original_content or b"",
+            envelope=envelope_of(session, envelope, self._roles),
         )
         try:
             outcome = await self._pipeline.accept(raw)
@@ -83,6 +141,345 @@ class IntakeHandler:
         return "250 2.0.0 Ok: duplicate, already accepted"
 
 
+# ---------------------------------------------------------------- limits shared by connections
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpLimits:
+    max_connections: int
+    max_connections_per_ip: int
+    max_concurrent_data: int
+    data_slot_wait: float
+    max_line_bytes: int
+    max_header_count: int
+    max_header_bytes: int
+    idle_timeout: float
+    data_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpLimits:
+        return cls(
+            max_connections=settings.smtp_max_connections,
+            max_connections_per_ip=settings.smtp_max_connections_per_ip,
+            max_concurrent_data=settings.smtp_max_concurrent_data,
+            data_slot_wait=settings.smtp_data_slot_wait,
+            max_line_bytes=settings.smtp_max_line_bytes,
+            max_header_count=settings.smtp_max_header_count,
+            max_header_bytes=settings.smtp_max_header_bytes,
+            idle_timeout=settings.smtp_idle_timeout,
+            data_timeout=settings.smtp_data_timeout,
+        )
+
+
+class Gate:
+    """Counts the open connections (in total and per client address) and the messages being
+    received, for one listening server."""
+
+    def __init__(self, limits: SmtpLimits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+        self._data = asyncio.Semaphore(limits.max_concurrent_data)
+
+    def enter(self, ip: str) -> str | None:
+        """Count a new connection, or return the reply that refuses it."""
+        if self.total >= self.limits.max_connections:
+            return TOO_MANY_CONNECTIONS
+        if self.per_ip[ip] >= self.limits.max_connections_per_ip:
+            return TOO_MANY_FROM_YOU
+        self.total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def leave(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+    async def data_slot(self) -> bool:
+        """Wait a while for a free slot to receive a message in."""
+        try:
+            async with asyncio.timeout(self.limits.data_slot_wait):
+                await self._data.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    def release_data(self) -> None:
+        self._data.release()
+
+
+# ---------------------------------------------------------------- SMTP AUTH
+
+
+class AuthUsers:
+    """``address:bcrypt-hash`` lines (``#`` comments); re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: float | None = None
+        self._hashes: dict[str, bytes] = {}
+        # Checked for unknown logins too, so an answer's timing tells nothing about who exists.
+        self._dummy = bcrypt.hashpw(b"unknown", bcrypt.gensalt(rounds=10))
+
+    def _load(self) -> dict[str, bytes]:
+        try:
+            stamp = os.stat(self._path).st_mtime
+        except OSError as exc:
+            logger.error("cannot read the SMTP AUTH users file %s: %s", self._path, exc)
+            return {}
+        if stamp != self._stamp:
+            hashes: dict[str, bytes] = {}
+            for line in self._path.read_text("utf-8").splitlines():
+                login, sep, hashed = line.strip().partition(":")
+                if sep and not login.startswith("#"):
+                    hashes[login.strip().lower()] = hashed.strip().encode("ascii", "replace")
+            self._hashes, self._stamp = hashes, stamp
+        return self._hashes
+
+    def check(self, login: str, password: bytes) -> bool:
+        hashed = self._load().get(login.strip().lower())
+        try:
+            ok = bcrypt.checkpw(password, hashed or self._dummy)
+        except ValueError:  # not a bcrypt hash
+            logger.error("SMTP AUTH users file: the entry of %s is not a bcrypt hash", login)
+            return False
+        return ok and hashed is not None
+
+
+_PENDING = "pending"
+
+
+class IntakeSMTP(SMTP):
+    """aiosmtpd's SMTP with connection and message limits, bare-LF-tolerant DATA and AUTH that
+    checks passwords in a thread."""
+
+    def __init__(
+        self, handler: Any, *, gate: Gate, users: AuthUsers | None, **kwargs: Any
+    ) -> None:
+        # aiosmtpd sizes its StreamReader by this attribute: the longest line we read at all.
+        self.line_length_limit = gate.limits.max_line_bytes
+        super().__init__(handler, timeout=gate.limits.idle_timeout, **kwargs)
+        self._gate = gate
+        self._users = users
+        self._counted: str | None = None
+        self._refused = False
+        self._auth_failures = 0
+
+    # ------------------------------------------------------------ connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and self._counted is None:  # not after STARTTLS
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            refusal = self._gate.enter(ip)
+            if refusal is not None:
+                logger.warning("refused a connection from %s: %s", ip, refusal)
+                self._refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(refusal.encode("ascii") + b"\r\n")
+                transport.close()
+                return
+            self._counted = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted is not None:
+            self._gate.leave(self._counted)
+            self._counted = None
+        super().connection_lost(error)
+
+    def _peer(self) -> object:
+        return self.session.peer if self.session is not None else None
+
+    # ------------------------------------------------------------ AUTH
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # aiosmtpd calls this synchronously; the bcrypt check runs later, in a thread.
+        return AuthResult(success=False, handled=False, message=_PENDING, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._finish_auth(await super().auth_LOGIN(_, args))
+
+    async def _finish_auth(self, result: AuthResult) -> AuthResult:
+        if result.message != _PENDING:
+            return result
+        data = result.auth_data
+        ok = False
+        login = ""
+        if self._users is not None and isinstance(data, LoginPassword):
+            login = data.login.decode("utf-8", "replace").strip().lower()
+            ok = await asyncio.to_thread(self._users.check, login, data.password)
+        if ok:
+            logger.info("SMTP AUTH as %s from %s", login, self._peer())
+            return AuthResult(success=True, auth_data=login, message=AUTH_OK)
+        self._auth_failures += 1
+        logger.warning("SMTP AUTH failed for %r from %s", login, self._peer())
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            await self.push(AUTH_TOO_MANY)
+            if self.transport is not None:
+                self.transport.close()
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=AUTH_FAILED)
+
+    # ------------------------------------------------------------ DATA
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        if not await self._gate.data_slot():
+            await self.push(BUSY)
+            return
+        try:
+            await self._data()
+        finally:
+            self._gate.release_data()
+
+    async def _data(self) -> None:
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = DataReader(self._gate.limits, self.data_size_limit)
+        try:
+            async with asyncio.timeout(self._gate.limits.data_timeout):
+                while self.transport is not None and not reader.done:
+                    try:
+                        line = await self._reader.readuntil(b"\n")
+                    except asyncio.LimitOverrunError as exc:
+                        line = await self._reader.read(exc.consumed)
+                    if reader.feed(line):
+                        self._reset_timeout()  # data keeps coming: the connection is not idle
+        except TimeoutError:
+            logger.warning("%s: DATA not completed in time", self._peer())
+            await self.push(DATA_TIMEOUT)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if not reader.done:
+            return  # the connection is gone
+        if reader.problem is not None:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(reader.problem)
+            return
+        assert self.envelope is not None
+        content = reader.content()
+        self.envelope.content = self.envelope.original_content = content
+        del content
+        # The idle timer must not cut the connection while the store works on the reply.
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._reset_timeout()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+
+class DataReader:
+    """The DATA section line by line: dot-unstuffing, the end marker, the limits.
+
+    Lines end at LF, so mail with bare LF line ends is read as lines, not as one over-long line
+    (clients such as smtplib send such bytes unchanged). Only ``.`` CRLF after a CRLF ends the
+    data; a dot line after a bare LF stays part of the message (no SMTP smuggling).
+    """
+
+    __slots__ = (
+        "_after_crlf",
+        "_buffer",
+        "_continues",
+        "_header",
+        "_header_bytes",
+        "_header_count",
+        "_limits",
+        "_max_size",
+        "_since_reset",
+        "_size",
+        "done",
+        "problem",
+    )
+
+    RESET_EVERY = 64 * 1024
+
+    def __init__(self, limits: SmtpLimits, max_size: int | None) -> None:
+        self._limits = limits
+        self._max_size = max_size
+        self._buffer = bytearray()
+        self._size = 0
+        self._after_crlf = True  # the start of DATA counts as after CRLF
+        self._continues = False  # the line read is the tail of an over-long line
+        self._header = True
+        self._header_count = 0
+        self._header_bytes = 0
+        self._since_reset = 0
+        self.done = False
+        self.problem: str | None = None
+
+    def feed(self, line: bytes) -> bool:
+        """Take one line (or a piece of an over-long one); True when the idle timer is due."""
+        complete = line.endswith(b"\n")
+        fresh = not self._continues
+        self._continues = not complete
+        if fresh and complete and line == b".\r\n" and self._after_crlf:
+            self.done = True
+            return False
+        if complete:
+            self._after_crlf = line.endswith(b"\r\n")
+        if fresh and line.startswith(b"."):
+            line = line[1:]
+        self._check(line, fresh, complete)
+        if self.problem is None:
+            self._buffer += line
+        self._since_reset += len(line)
+        if self._since_reset >= self.RESET_EVERY:
+            self._since_reset = 0
+            return True
+        return False
+
+    def _check(self, line: bytes, fresh: bool, complete: bool) -> None:
+        limits = self._limits
+        self._size += len(line)
+        if not complete or len(line) > limits.max_line_bytes:
+            self._fail(f"500 5.5.2 Line longer than {limits.max_line_bytes} bytes")
+        if self._max_size and self._size > self._max_size:
+            self._fail(TOO_MUCH_DATA)
+        if not self._header:
+            return
+        if fresh and line in (b"\r\n", b"\n"):
+            self._header = False
+            return
+        self._header_bytes += len(line)
+        if fresh and line[:1] not in (b" ", b"\t"):
+            self._header_count += 1
+        if self._header_count > limits.max_header_count:
+            self._fail(f"552 5.3.4 Too many header fields (more than {limits.max_header_count})")
+        if self._header_bytes > limits.max_header_bytes:
+            self._fail(f"552 5.3.4 Header section larger than {limits.max_header_bytes} bytes")
+
+    def _fail(self, reply: str) -> None:
+        if self.problem is None:
+            self.problem = reply
+            self._buffer = bytearray()  # nothing of it is kept: free the memory now
+
+    def content(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        return data
+
+
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The STARTTLS context from the configured certificate and key, if any."""
     if settings.smtp_tls_cert is None or settings.smtp_tls_key is None:
@@ -92,11 +489,14 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[SMTP]:
+def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[IntakeSMTP]:
     """A protocol factory for ``loop.create_server`` (one SMTP object per connection)."""
+    users = AuthUsers(settings.smtp_auth_users) if settings.smtp_auth_users else None
     return partial(
-        SMTP,
+        IntakeSMTP,
         IntakeHandler(pipeline, settings),
+        gate=Gate(SmtpLimits.from_settings(settings)),
+        users=users,
         data_size_limit=settings.max_message_bytes,
         enable_SMTPUTF8=True,
         decode_data=False,
@@ -104,6 +504,8 @@ def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[SMTP]:
         ident="mailsvc ESMTP",
         tls_context=tls_context(settings),
         require_starttls=settings.smtp_require_tls,
+        auth_require_tls=not settings.smtp_auth_allow_plaintext,
+        auth_exclude_mechanism=() if users else ("PLAIN", "LOGIN"),
     )
 
 

@@ -15,6 +15,7 @@ from mailsvc.crmstore.models import Email, EmailAttachment, QuarantinedMail
 from mailsvc.crmstore.outbox import record_event, write_events
 from mailsvc.ingest.applier import StoredMail, apply_decisions
 from mailsvc.ingest.outcome import Outcome, OutcomeKind, QuarantineReason
+from mailsvc.ingest.sanitize import clean_text, fit_row
 from mailsvc.linking.model import LinkDecision, MailKind, Wanted
 from mailsvc.linking.text import Reply
 from mailsvc.mail import Address, ParsedMail, RawMail
@@ -32,8 +33,9 @@ class Prepared:
     kind: MailKind | None = None
     want: Wanted | None = None
     reply: Reply | None = None
-    # False: the From is one of our users but the receiving server could not verify it.
-    sender_verified: bool = True
+    # Whether the header From is proven to be its author's (ingest/trust.py); unproven unless
+    # the prepare step says so.
+    sender_verified: bool = False
 
 
 def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
@@ -41,12 +43,12 @@ def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
 
 
 def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -> dict[str, Any]:
-    """The ``emails`` row of a decided mail."""
+    """The ``emails`` row of a decided mail, every value cleaned and fitted to its column."""
     mail = item.parsed
     assert mail is not None
     sender = mail.sender
     envelope = item.raw.envelope
-    return {
+    return fit_row(Email.__table__, {
         "dedup_key": item.key,
         "message_id": mail.message_id,
         "subject": mail.subject,
@@ -75,12 +77,15 @@ def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -
         "rule": str(decision.rule),
         "notes": list(decision.notes),
         "received_at": utcnow(),
-    }
+    }, keep=_KEYS)
+
+
+_KEYS = frozenset({"dedup_key"})  # looked up as they are: never changed on the way in
 
 
 def attachment_values(mail: ParsedMail, email_id: int | None = None) -> list[dict[str, Any]]:
     return [
-        {
+        fit_row(EmailAttachment.__table__, {
             "email_id": email_id,
             "filename": a.filename,
             "content_type": a.content_type,
@@ -88,7 +93,7 @@ def attachment_values(mail: ParsedMail, email_id: int | None = None) -> list[dic
             "inline": a.inline,
             "size": len(a.content),
             "content": a.content,
-        }
+        })
         for a in mail.attachments
     ]
 
@@ -171,16 +176,16 @@ def _email_events(
 
 async def quarantine(session: AsyncSession, item: Prepared, reason: QuarantineReason) -> Outcome:
     envelope = item.raw.envelope
-    row = QuarantinedMail(
-        dedup_key=item.key,
-        reason=reason[:4000],
-        raw=item.raw.data,
-        size=len(item.raw.data),
-        envelope_from=envelope.mail_from,
-        envelope_to=list(envelope.rcpt_tos),
-        intake_role=str(envelope.role),
-        source=envelope.source,
-    )
+    row = QuarantinedMail(**fit_row(QuarantinedMail.__table__, {
+        "dedup_key": item.key,
+        "reason": clean_text(reason[:4000]),
+        "raw": item.raw.data,
+        "size": len(item.raw.data),
+        "envelope_from": envelope.mail_from,
+        "envelope_to": list(envelope.rcpt_tos),
+        "intake_role": str(envelope.role),
+        "source": envelope.source,
+    }, keep=_KEYS))
     session.add(row)
     await session.flush()
     message_id = item.parsed.message_id if item.parsed else None
