@@ -120,7 +120,7 @@ class Relay:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 logger.warning("relay: broker or store unavailable (%s); retrying", exc)
                 await self.close()
-                await asyncio.sleep(backoff + random.uniform(0, backoff))
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # jitter, within the cap
                 backoff = min(backoff * 2, self._reconnect_max)
 
     async def _sleep(self) -> None:
