@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     db_tcp_keepalive_seconds: int = Field(default=30, ge=1)
     # Client side: a command's answer (the only bound when the server never sees the query),
     # opening a connection, waiting for a pooled one.
-    db_command_timeout_seconds: float = Field(default=15.0, ge=0)
+    db_command_timeout_seconds: float = Field(default=12.0, ge=0)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     # SQLite: how long a writer waits for another one's lock.

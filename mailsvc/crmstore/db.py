@@ -46,7 +46,7 @@ class Timeouts:
     statement: float = 10.0  # server: one statement (statement_timeout)
     lock: float = 5.0  # server: waiting for a row or table lock (lock_timeout)
     idle_in_transaction: float = 60.0  # server: a transaction left open by a vanished client
-    command: float = 15.0  # client: one command's answer (the only bound if the server is away)
+    command: float = 12.0  # client: one command's answer (the only bound if the server is away)
     connect: float = 5.0  # client: opening a connection
     pool: float = 10.0  # client: waiting for a free pooled connection
     keepalive_idle: int = 30  # TCP keepalive, both ends: first probe after this idle time
