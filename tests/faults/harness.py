@@ -106,7 +106,9 @@ def send_once(port: int, message_id: str, data: bytes, timeout: float = 120.0) -
                 code, raw = smtp.data(data)
                 reply = raw.decode(errors="replace")
     except smtplib.SMTPResponseException as exc:
-        code, reply = exc.smtp_code, exc.smtp_error.decode(errors="replace")
+        error = exc.smtp_error
+        code = exc.smtp_code
+        reply = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
     except (OSError, smtplib.SMTPException) as exc:
         code, reply = None, f"{type(exc).__name__}: {exc}"
     return Attempt(message_id, port, code, reply, time.monotonic() - started, time.monotonic())

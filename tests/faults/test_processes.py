@@ -90,7 +90,7 @@ def test_processes_cold_starting_on_an_empty_database_all_come_up(tmp_path: Path
         load.join()
         check_promises(stack, load, events=False)
         assert all(p.process is not None and p.process.poll() is None for p in processes)
-        wait_until(lambda: all(p.readyz() and p.readyz()[0] == 200 for p in processes),  # type: ignore[index]
+        wait_until(lambda: all((r := p.readyz()) is not None and r[0] == 200 for p in processes),
                    within=60, what="every process ready")
 
 
