@@ -283,3 +283,14 @@ async def pending_count(sessions: async_sessionmaker[AsyncSession]) -> int:
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.sent_at.is_(None))
         )
         return int(count or 0)
+
+
+async def unroutable_types(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
+    """Pending events the broker could not route to any queue, counted by type (routing key)."""
+    async with read_session(sessions) as session:
+        rows = await session.execute(
+            select(OutboxEvent.type, func.count())
+            .where(OutboxEvent.sent_at.is_(None), _parked())
+            .group_by(OutboxEvent.type)
+        )
+        return {str(kind): int(count) for kind, count in rows.all()}

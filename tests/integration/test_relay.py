@@ -97,3 +97,26 @@ async def test_broker_status_is_ok_only_after_a_round_trip_and_not_when_unreacha
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_doctor_names_the_event_types_no_queue_is_bound_for(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from mailsvc.doctor import check_events
+
+    async with consumer(AMQP_URL, binding="bound.*") as received:
+        settings = make_settings(amqp_url=AMQP_URL, amqp_exchange=received.exchange)
+        assert (await check_events(settings)).status == "ok"
+        async with open_services(settings, migrate=False) as services:
+            async with services.sessions() as session, session.begin():
+                record_event(session, "nobody.listens", {"n": 1})
+            relay = build_relay(settings, services.sessions)
+            assert relay is not None
+            try:
+                await relay.publish_pending()
+            finally:
+                await relay.close()
+        finding = await check_events(settings)
+        assert finding.status == "warn"
+        assert "nobody.listens (1)" in finding.detail
+        assert received.exchange in finding.fix
