@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailsvc.config import Settings
-from mailsvc.crmstore.db import create_engine, create_session_factory
+from mailsvc.crmstore.db import Timeouts, create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.errors import ConfigError, StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
@@ -62,6 +62,20 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
+def database_timeouts(settings: Settings) -> Timeouts:
+    """The bounds on every database wait, from the settings (docs/reliability.md)."""
+    return Timeouts(
+        statement=settings.db_statement_timeout_seconds,
+        lock=settings.db_lock_timeout_seconds,
+        idle_in_transaction=settings.db_idle_in_transaction_timeout_seconds,
+        command=settings.db_command_timeout_seconds,
+        connect=settings.db_connect_timeout_seconds,
+        pool=settings.db_pool_timeout_seconds,
+        keepalive_idle=settings.db_tcp_keepalive_seconds,
+        sqlite_busy=settings.sqlite_busy_timeout_seconds,
+    )
+
+
 def build_relay(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Relay | None:
     if settings.amqp_url is None:
         return None
@@ -73,12 +87,15 @@ def build_relay(settings: Settings, sessions: async_sessionmaker[AsyncSession]) 
         settings.amqp_exchange,
         batch_size=settings.relay_batch_size,
         poll_seconds=settings.relay_poll_seconds,
+        publish_timeout=settings.relay_publish_timeout_seconds,
+        reconnect_max=settings.relay_reconnect_max_seconds,
+        unroutable_retry=settings.relay_unroutable_retry_seconds,
     )
 
 
 @asynccontextmanager
 async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, database_timeouts(settings))
     try:
         if migrate:
             await ensure_schema(engine, settings)

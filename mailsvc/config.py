@@ -170,6 +170,26 @@ class Settings(BaseSettings):
     imap_mailboxes: tuple[ImapMailbox, ...] = ()
     imap_config: Path | None = None
 
+    # --- Faults: every wait on the database and the broker is bounded (docs/reliability.md) ---
+    # PostgreSQL, server side (0 = no limit): one statement, waiting for a lock, a transaction
+    # left idle by its client; TCP keepalives (client and server) find a dead peer.
+    db_statement_timeout_seconds: float = Field(default=10.0, ge=0)
+    db_lock_timeout_seconds: float = Field(default=5.0, ge=0)
+    db_idle_in_transaction_timeout_seconds: float = Field(default=60.0, ge=0)
+    db_tcp_keepalive_seconds: int = Field(default=30, ge=1)
+    # Client side: a command's answer (the only bound when the server never sees the query),
+    # opening a connection, waiting for a pooled one.
+    db_command_timeout_seconds: float = Field(default=12.0, ge=0)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # SQLite: how long a writer waits for another one's lock.
+    sqlite_busy_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Relay: a publish's confirm (and a connect), the cap of the reconnect backoff, and how often
+    # events no queue was bound for are tried again.
+    relay_publish_timeout_seconds: float = Field(default=10.0, gt=0)
+    relay_reconnect_max_seconds: float = Field(default=5.0, gt=0)
+    relay_unroutable_retry_seconds: float = Field(default=30.0, gt=0)
+
     # --- logging ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # `text` for people, `json` for log collectors (one object per line, uvicorn included).

@@ -38,6 +38,7 @@ async def run_checks(settings: Settings) -> list[Finding]:
     checks: list[tuple[str, Callable[[], Awaitable[Finding]]]] = [
         ("database", lambda: check_database(settings)),
         ("broker", lambda: check_broker(settings)),
+        ("events", lambda: check_events(settings)),
         *[(f"imap {m.name}", _imap_check(m)) for m in settings.imap_mailboxes],
     ]
     findings = [check_intake_addresses(settings), check_disk(settings)]
@@ -71,6 +72,27 @@ async def check_database(settings: Settings) -> Finding:
         return Finding("database", "fail", f"schema at {current or 'empty'}, needs {head}",
                        "run `mailsvc db upgrade`")
     return Finding("database", "ok", f"reachable, schema at {current}")
+
+
+async def check_events(settings: Settings) -> Finding:
+    """Events the broker returned because no queue is bound for their routing key."""
+    from mailsvc.crmstore.db import create_engine, create_session_factory
+    from mailsvc.events.relay import unroutable_types
+
+    engine = create_engine(settings.database_url)
+    try:
+        waiting = await unroutable_types(create_session_factory(engine))
+    except Exception as exc:
+        return Finding("events", "warn", f"cannot read the outbox: {_short(exc)}")
+    finally:
+        await engine.dispose()
+    if not waiting:
+        return Finding("events", "ok", "no event waits for a queue to be bound")
+    kinds = ", ".join(f"{kind} ({count})" for kind, count in sorted(waiting.items()))
+    return Finding(
+        "events", "warn", f"no queue is bound for: {kinds}; these events wait in the outbox",
+        f"bind a queue to exchange {settings.amqp_exchange!r} for them (or a catch-all `#`)",
+    )
 
 
 async def check_broker(settings: Settings) -> Finding:

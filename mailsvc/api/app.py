@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from mailsvc import __version__
 from mailsvc.api import problems
 from mailsvc.api.deps import require_api_key
+from mailsvc.api.health import ReadinessChecks, intake_backlog
 from mailsvc.api.routes import (
     activities,
     documents,
@@ -26,7 +25,6 @@ from mailsvc.api.routes import (
 )
 from mailsvc.api.ui import routes as ui
 from mailsvc.bootstrap import Services
-from mailsvc.crmstore.db import read_session
 from mailsvc.metrics import record_request, register
 
 DESCRIPTION = """The CRM store of mailsvc: accounts, contacts, inbox leads, opportunities,
@@ -69,28 +67,12 @@ def create_app(services: Services) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    readiness = ReadinessChecks(services)
+
     @app.get("/readyz", tags=["health"])
-    async def readyz(request: Request) -> JSONResponse:
-        services: Services = request.app.state.services
-        checks: dict[str, Any] = {}
-        try:
-            async with read_session(services.sessions) as session:
-                await session.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"error: {type(exc).__name__}"
-        # Reported, not required: a backlog means deciding is behind, not that intake stopped.
-        checks["intake_backlog"] = await intake_backlog(services)
-        if services.relay is None:
-            checks["broker"] = "not configured"
-        else:
-            checks["broker"] = "ok" if services.relay.connected else "unavailable"
-        if services.mailboxes:
-            # Reported, not required: one mailbox down must not take the SMTP intake offline.
-            checks["mailboxes"] = {p.mailbox.name: p.status() for p in services.mailboxes}
-        ready = checks["database"] == "ok" and checks["broker"] in ("ok", "not configured")
-        return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                            status_code=200 if ready else 503)
+    async def readyz() -> JSONResponse:
+        result = await readiness.check()
+        return JSONResponse(result.body(), status_code=200 if result.ready else 503)
 
     @app.get("/metrics", tags=["health"])
     async def metrics(request: Request) -> Response:
@@ -98,20 +80,6 @@ def create_app(services: Services) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-async def intake_backlog(services: Services) -> dict[str, Any]:
-    """Accepted mail not decided yet (count, age of the oldest); also sets the gauges."""
-    from mailsvc import metrics as intake_metrics
-    from mailsvc.ingest.decider import backlog
-
-    try:
-        async with read_session(services.sessions) as session:
-            found = await backlog(session)
-    except Exception as exc:
-        return {"error": type(exc).__name__}
-    intake_metrics.record_backlog(found.count, found.age_seconds())
-    return found.to_json()
 
 
 def problems_model() -> type:

@@ -1,12 +1,25 @@
-"""Engine and session factory for SQLite (aiosqlite) and PostgreSQL (asyncpg)."""
+"""Engine and session factory for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+Every wait on the database is bounded: a hung, black-holed or half-open database must turn into an
+error (SMTP 451, /readyz 503) within seconds, never into a stall. On PostgreSQL that takes
+server-side timeouts (statement, lock, idle in transaction; TCP keepalives so the server drops a
+dead client and its locks), a client-side timeout per command (the only one that helps when the
+server never sees the query), a connect timeout and a pool checkout timeout. A connection whose
+command timed out is thrown away, not reused: its protocol state is unknown.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -15,26 +28,136 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+logger = logging.getLogger(__name__)
+
 # Execution option: how a SQLite transaction begins. IMMEDIATE (the default) is right for anything
 # that reads and then writes; read-only work passes READ_ONLY to not queue behind writers.
 SQLITE_BEGIN = "sqlite_begin"
 READ_ONLY: dict[str, Any] = {SQLITE_BEGIN: "DEFERRED"}
 
+# SQLSTATEs after which the same transaction may simply be tried again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 
-def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
-    """An engine for the URL; SQLite gets WAL, a busy timeout, foreign keys and real SAVEPOINTs."""
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Bounds on every database wait, in seconds (0 = no bound). Defaults: README, Configuration."""
+
+    statement: float = 10.0  # server: one statement (statement_timeout)
+    lock: float = 5.0  # server: waiting for a row or table lock (lock_timeout)
+    idle_in_transaction: float = 60.0  # server: a transaction left open by a vanished client
+    command: float = 12.0  # client: one command's answer (the only bound if the server is away)
+    connect: float = 5.0  # client: opening a connection
+    pool: float = 10.0  # client: waiting for a free pooled connection
+    keepalive_idle: int = 30  # TCP keepalive, both ends: first probe after this idle time
+    keepalive_interval: int = 10  # between probes
+    keepalive_count: int = 3  # unanswered probes before the connection counts as dead
+    sqlite_busy: float = 10.0  # SQLite: waiting for another writer's lock
+
+    def for_migrations(self) -> Timeouts:
+        """Schema changes may legitimately run long and wait for another migrator's lock."""
+        return replace(self, statement=0.0, command=0.0, lock=600.0)
+
+
+def create_engine(
+    database_url: str, timeouts: Timeouts | None = None, **kwargs: Any
+) -> AsyncEngine:
+    """An engine for the URL with every wait bounded by ``timeouts`` (defaults if not given).
+
+    SQLite gets WAL, a busy timeout, foreign keys and real SAVEPOINTs.
+    """
+    timeouts = timeouts or Timeouts()
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, **kwargs)
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, timeouts)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(database_url, **kwargs)
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 10)
+        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("pool_timeout", timeouts.pool or None)
+    connect_args = postgres_connect_args(timeouts)
+    connect_args.update(kwargs.pop("connect_args", {}))
+    engine = create_async_engine(database_url, connect_args=connect_args, **kwargs)
+    _tune_postgres(engine, timeouts)
+    return engine
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def postgres_connect_args(timeouts: Timeouts) -> dict[str, Any]:
+    """asyncpg ``connect()`` arguments: client timeouts and the server-side session settings."""
+    return {
+        "timeout": timeouts.connect or None,
+        "command_timeout": timeouts.command or None,
+        "server_settings": {
+            "statement_timeout": _ms(timeouts.statement),
+            "lock_timeout": _ms(timeouts.lock),
+            "idle_in_transaction_session_timeout": _ms(timeouts.idle_in_transaction),
+            "tcp_keepalives_idle": str(timeouts.keepalive_idle),
+            "tcp_keepalives_interval": str(timeouts.keepalive_interval),
+            "tcp_keepalives_count": str(timeouts.keepalive_count),
+        },
+    }
+
+
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000))
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A client-side timeout (asyncpg's command or connect timeout) somewhere in the chain."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a short chain; never follow a cycle for ever
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure: the transaction lost a race and may run again."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
+
+
+def _tune_postgres(engine: AsyncEngine, timeouts: Timeouts) -> None:
     sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        _keepalive(dbapi_connection, timeouts)
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # After a client-side timeout the connection is mid-command (and may sit on a dead TCP
+        # path): never hand it out again. Invalidating it closes the socket at once.
+        if is_timeout(context.original_exception):
+            context.is_disconnect = True
+
+
+def _keepalive(dbapi_connection: Any, timeouts: Timeouts) -> None:
+    """TCP keepalive on the client socket, so a silently dropped connection dies in ~a minute."""
+    transport = getattr(getattr(dbapi_connection, "driver_connection", None), "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # options missing on some platforms
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, timeouts.keepalive_idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, timeouts.keepalive_interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, timeouts.keepalive_count)
+
+
+def _tune_sqlite(engine: AsyncEngine, timeouts: Timeouts) -> None:
+    sync_engine = engine.sync_engine
+    busy_ms = round(timeouts.sqlite_busy * 1000)
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -46,7 +169,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
 from mailsvc.config import Settings
-from mailsvc.crmstore.db import read_session
+from mailsvc.crmstore.db import is_retryable, read_session
 from mailsvc.crmstore.models import IntakeMail, QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
 from mailsvc.ingest.accept import Accepted, accept_mails
@@ -70,6 +71,8 @@ logger = logging.getLogger(__name__)
 
 PARSE_IN_THREAD_BYTES = 256 * 1024
 UNPARSEABLE = Unparseable("unparseable")
+# The safe path runs again after a deadlock with another process, at most this often in all.
+SAFE_PATH_TRIES = 5
 
 
 def prepare(raw: RawMail, max_bytes: int, limits: ParseLimits = DEFAULT_LIMITS) -> Prepared:
@@ -384,7 +387,7 @@ class Pipeline:
                 # mail has its own SAVEPOINT and a failing one is retried or quarantined alone.
                 logger.warning("group of %d redone mail by mail: %r", len(items), exc)
                 metrics.record_fallback()
-                outcomes = await self._transaction(items, release, self._apply_all)
+                outcomes = await self._safe_path(items, release)
         except SQLAlchemyError as exc:
             logger.error("storage failed for %d message(s): %s", len(items), exc)
             raise StoreUnavailable(f"storage failed: {type(exc).__name__}") from exc
@@ -407,6 +410,21 @@ class Pipeline:
             )
         if self._on_commit is not None:
             self._on_commit()
+
+    async def _safe_path(
+        self, items: Sequence[Prepared], release: Sequence[int]
+    ) -> list[Outcome]:
+        """The group mail by mail; a deadlock or serialization failure against another process
+        (the same mails racing in) runs it again, where the winner's rows make them duplicates."""
+        for attempt in range(1, SAFE_PATH_TRIES + 1):
+            try:
+                return await self._transaction(items, release, self._apply_all)
+            except DBAPIError as exc:
+                if attempt == SAFE_PATH_TRIES or not is_retryable(exc):
+                    raise
+                logger.warning("group of %d lost a race (%s), trying again", len(items), exc.orig)
+                await asyncio.sleep(random.uniform(0.01, 0.2) * attempt)
+        raise AssertionError("unreachable")
 
     async def _transaction(
         self,
