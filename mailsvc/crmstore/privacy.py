@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 PLACEHOLDER = "[erased]"
 ERASED_NOTE = "erased"
-EVENT = "privacy.erased"
 CHUNK = 500  # ids per IN (...) list: well under SQLite's limits
 
 # Keys of event data that carry what a person wrote or who they are.
@@ -373,7 +372,7 @@ async def erase(
     session.add(audit)
     await session.flush()
     report.erasure_id = audit.id
-    record_event(session, EVENT, {
+    record_event(session, "privacy.erased", {
         "erasure_id": audit.id, "contact_ids": report.contacts, "email_ids": email_ids,
         "inbox_lead_ids": report.inbox_leads, "ticket_ids": report.tickets,
         "counts": dict(report.counts)}, subject=f"erasure/{audit.id}")
