@@ -599,7 +599,8 @@ def erase(
         async with open_services(settings) as services, services.sessions() as session:
             async with session.begin():
                 report = await run_erase(session, contact_id=contact, address=address,
-                                         actor="cli", dry_run=dry_run)
+                                         actor="cli", dry_run=dry_run,
+                                         protected=settings.intake_roles)
             return report.to_json()
 
     try:

@@ -54,6 +54,8 @@ from mailsvc.crmstore.models import (
     Quote,
     Ticket,
     TicketUpdate,
+    User,
+    UserEmail,
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.errors import NotFound, RuleViolation
@@ -130,8 +132,29 @@ async def contacts_with(session: AsyncSession, addresses: Iterable[str]) -> set[
 
 async def resolve_person(
     session: AsyncSession, *, contact_id: int | None = None, address: str | None = None,
+    protected: Iterable[str] = (),
 ) -> tuple[set[int], set[str]]:
-    """The contacts and addresses of the person named by a contact id or an address."""
+    """The contacts and addresses of the person named by a contact id or an address.
+
+    Refuses a person with one of the ``protected`` addresses (the intake's own: every mail is
+    to them) or a user's address (our own staff are not erased as customers)."""
+    contacts, addresses = await _person(session, contact_id=contact_id, address=address)
+    refused = addresses & {normalise(a) for a in protected}
+    users = await session.scalars(select(User.id).where(func.lower(User.email).in_(
+        sorted(addresses))).union(select(UserEmail.user_id).where(
+            func.lower(UserEmail.email).in_(sorted(addresses)))))
+    user_ids = sorted(set(users))
+    if refused:
+        raise RuleViolation("an intake address of this service cannot be erased")
+    if user_ids:
+        raise RuleViolation(f"the address belongs to user {user_ids[0]}: users are not erased "
+                            "this way")
+    return contacts, addresses
+
+
+async def _person(
+    session: AsyncSession, *, contact_id: int | None, address: str | None,
+) -> tuple[set[int], set[str]]:
     if (contact_id is None) == (address is None):
         raise RuleViolation("name the person by exactly one of a contact id or an address")
     if contact_id is not None:
@@ -345,10 +368,13 @@ async def _find(session: AsyncSession, contacts: set[int], addresses: set[str]) 
 async def erase(
     session: AsyncSession, *, contact_id: int | None = None, address: str | None = None,
     actor: str = "cli", dry_run: bool = False, now: datetime | None = None,
+    protected: Iterable[str] = (),
 ) -> ErasureReport:
-    """Erase a person's personal data (see the module docstring); ``dry_run`` only counts."""
+    """Erase a person's personal data (see the module docstring); ``dry_run`` only counts.
+    ``protected``: addresses never erased (the intake addresses)."""
     now = now or utcnow()
-    contacts, addresses = await resolve_person(session, contact_id=contact_id, address=address)
+    contacts, addresses = await resolve_person(session, contact_id=contact_id, address=address,
+                                               protected=protected)
     found = await _find(session, contacts, addresses)
     email_ids = [m.id for m in found.mails]
     report = ErasureReport(dry_run=dry_run, contacts=sorted(contacts), emails=email_ids,

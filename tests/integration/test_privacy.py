@@ -224,6 +224,11 @@ async def test_erase_refuses_an_unknown_contact_and_an_unclear_person(
             await erase(session, contact_id=1, address=MAX)
         with pytest.raises(RuleViolation):
             await erase(session, address="not an address")
+        with pytest.raises(RuleViolation, match="intake address"):
+            await erase(session, address=BCC.upper(), protected=[BCC])
+        await crm.create_user(session, USER, "Anna")
+        with pytest.raises(RuleViolation, match="user"):
+            await erase(session, address=USER)
 
 
 async def test_the_api_erases_for_an_administrator(services: Services) -> None:
