@@ -28,6 +28,7 @@ from mailsvc.api.routes import (
     settings,
     tickets,
 )
+from mailsvc.api.ui import routes as ui
 from mailsvc.bootstrap import Services
 from mailsvc.crmstore.db import read_session
 from mailsvc.keys import parse_configured_key
@@ -57,8 +58,11 @@ def create_app(services: Services) -> FastAPI:
                                app.swagger_ui_oauth2_redirect_url)),
         public_docs=config.api_public_docs, public_metrics=config.metrics_public,
         public_readyz_detail=config.readyz_detail_public,
+        # The triage page signs people in itself (a cookie session) and checks CSRF.
+        own_sign_in=(ui.router.prefix,),
     )
     limiter = FailureLimiter(config.api_auth_failures, config.api_auth_failure_window_seconds)
+    app.state.auth_failures = limiter  # the triage page's sign-in counts its failures here too
     # The last added runs first: count everything, then let only what may pass reach the app.
     app.add_middleware(Guard, policy=policy, limiter=limiter,
                        max_body_bytes=config.api_max_body_bytes)
@@ -67,6 +71,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(Instrument, templates=RouteTemplates(lambda: [
         *(f"{API_PREFIX}{route.path}" for module in modules for route in module.router.routes
           if isinstance(route, APIRoute)),
+        *(route.path for route in ui.router.routes if isinstance(route, APIRoute)),
         *(path for route in app.routes if isinstance(path := getattr(route, "path", None), str)),
     ]))
 
@@ -79,6 +84,9 @@ def create_app(services: Services) -> FastAPI:
     for module in modules:
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static, name="ui-static")
+    app.add_exception_handler(ui.SignInRequired, ui.sign_in_required)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -53,6 +53,8 @@ class AccessPolicy:
 
     keys: tuple[bytes, ...]
     docs_paths: frozenset[str] = frozenset()
+    # Paths whose application signs people in itself (the triage page's cookie session).
+    own_sign_in: tuple[str, ...] = ()
     public_docs: bool = False
     public_metrics: bool = False
     public_readyz_detail: bool = False
@@ -66,6 +68,8 @@ class AccessPolicy:
             return Access.OPEN if self.public_metrics else Access.KEY
         if path in self.docs_paths:
             return Access.OPEN if self.public_docs else Access.KEY
+        if any(path == prefix or path.startswith(prefix + "/") for prefix in self.own_sign_in):
+            return Access.OPEN
         return Access.KEY
 
 

@@ -367,3 +367,19 @@ def loads(statement: str, *columns: str) -> bool:
     """Whether a SELECT reads one of these columns of e-mails or attachments."""
     names = "|".join(columns)
     return re.search(rf'(emails|email_attachments)"?\."?({names})\b', statement) is not None
+
+
+async def test_the_triage_page_signs_in_itself_within_the_same_failure_limit(
+    keyed: Callable[..., Settings],
+) -> None:
+    async with client_for(keyed(api_auth_failures=2)) as c:
+        assert (await c.get("/ui/login")).status_code == 200  # no bearer key needed
+        # A key given as its digest signs in too.
+        signed = await c.post("/ui/login", data={"key": OTHER, "next": "/ui/inbox"})
+        assert signed.status_code == 303 and "mailsvc_ui" in signed.headers["set-cookie"]
+        for _ in range(2):
+            wrong = await c.post("/ui/login", data={"key": "guess", "next": "/ui/inbox"})
+            assert wrong.status_code == 200 and "set-cookie" not in wrong.headers
+        blocked = await c.post("/ui/login", data={"key": KEY, "next": "/ui/inbox"})
+        assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
+        problem(await c.get("/api/v1/users", headers=AUTH), 429)  # one limit for both doors
