@@ -140,6 +140,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = False) -> None:
+    from mailsvc.crmstore.privacy import retention_loop
     from mailsvc.ingest.imap import build_pollers
     from mailsvc.ingest.smtp import start_smtp
 
@@ -162,6 +163,8 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
             logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
         if settings.api_enabled:
             tasks.append(asyncio.create_task(_serve_api(services), name="api"))
+        if settings.retention_days is not None:
+            tasks.append(asyncio.create_task(retention_loop(services.sessions, settings)))
         await stop.wait()
         logger.info("shutting down: no new mail, finishing what is in flight")
         smtp.close()
@@ -649,6 +652,73 @@ def reprocess(
     Console().print(table)
     for result in failed:
         err.print(f"e-mail {result.email_id} failed: {result.reason}")
+
+
+@app.command()
+def erase(
+    contact: Annotated[
+        int | None, typer.Option("--contact", min=1, metavar="ID", help="The contact's id.")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", metavar="ADDR", help="An e-mail address.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be erased.")
+    ] = False,
+) -> None:
+    """Erase a person's personal data: their mail (raw bytes, bodies, attachments), their
+    contact data and what pending events say about them; leaves an audit entry and a
+    `privacy.erased` event (docs/privacy.md). Prints one JSON object with the counts.
+
+    Exit status: 0 done, 64 neither or both of --contact and --address, 66 no such contact,
+    75 the store is unavailable.
+    """
+    from mailsvc.crmstore.privacy import erase as run_erase
+    from mailsvc.errors import NotFound, RuleViolation
+
+    if (contact is None) == (address is None):
+        err.print("[red]name the person with exactly one of --contact ID or --address ADDR[/red]")
+        raise typer.Exit(EX_USAGE)
+    settings = _settings()
+
+    async def go() -> dict[str, Any]:
+        async with open_services(settings) as services, services.sessions() as session:
+            async with session.begin():
+                report = await run_erase(session, contact_id=contact, address=address,
+                                         actor="cli", dry_run=dry_run,
+                                         protected=settings.intake_roles)
+            return report.to_json()
+
+    try:
+        result = _run(go())
+    except NotFound as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_NOINPUT) from None
+    except RuleViolation as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_USAGE) from None
+    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def retention() -> None:
+    """Remove raw bytes, headers, bodies and attachments of mail older than
+    MAILSVC_RETENTION_DAYS (nothing when unset); `mailsvc serve` does this every
+    MAILSVC_RETENTION_INTERVAL_SECONDS. Prints one JSON object with the counts."""
+    from mailsvc.crmstore.privacy import enforce_retention
+
+    settings = _settings()
+    if settings.retention_days is None:
+        err.print("MAILSVC_RETENTION_DAYS is not set: all mail is kept")
+
+    async def go() -> dict[str, Any]:
+        async with open_services(settings) as services:
+            report = await enforce_retention(services.sessions, settings)
+        return {"emails": report.emails, "attachments": report.attachments,
+                "quarantined": report.quarantined,
+                "cutoff": report.cutoff.isoformat() if report.cutoff else None}
+
+    sys.stdout.write(json.dumps(_run(go())) + "\n")
 
 
 @app.command()

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mailsvc.errors import ConfigError
+from mailsvc.keys import parse_configured_key
 from mailsvc.mail import Role
 
 AddressList = Annotated[tuple[str, ...], NoDecode]
@@ -229,6 +230,20 @@ class Settings(BaseSettings):
     mime_max_parts: int = Field(default=1000, ge=1)
     mime_max_attachments: int = Field(default=500, ge=0)
     mime_max_decoded_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # --- API security and privacy (docs/api.md, docs/privacy.md) ---
+    # Largest request body the API reads (413 beyond, checked before and while reading).
+    api_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Failed authentications a client may make at once; afterwards one per
+    # window / failures seconds, 429 in between.
+    api_auth_failures: int = Field(default=10, ge=1)
+    api_auth_failure_window_seconds: float = Field(default=60.0, gt=0)
+    # With API keys set, these are open without a key only when switched on.
+    api_public_docs: bool = False
+    metrics_public: bool = False
+    readyz_detail_public: bool = False
+    # Raw bytes and bodies of mail older than this many days are removed (unset: kept).
+    retention_days: int | None = Field(default=None, ge=1)
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -248,6 +263,13 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            parse_configured_key(key)
+        return value
 
     @field_validator("bcc_address", "sales_address", "support_address")
     @classmethod

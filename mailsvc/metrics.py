@@ -49,10 +49,17 @@ def _metrics() -> Any:
             "mail).",
         ),
         requests=Counter(
-            "mailsvc_api_requests", "API requests answered, by method and status class.",
-            ["method", "status"],
+            "mailsvc_api_requests",
+            "API requests answered, by method (unknown methods: other), route template "
+            "(unmatched paths: unmatched) and status class.",
+            ["method", "route", "status"],
         ),
     )
+
+# Label values are bounded: a made-up method or path must not create a new series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "unmatched"
 
 
 def record_outcome(kind: str) -> None:
@@ -88,10 +95,20 @@ def record_fallback() -> None:
     _metrics().fallbacks.inc()
 
 
-def record_request(method: str, status: int) -> None:
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def status_label(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+def record_request(method: str, route: str | None, status: int) -> None:
+    """Count one answered request; ``route`` is the route template (None: no route matched)."""
     if not _enabled:
         return
-    _metrics().requests.labels(method=method, status=f"{status // 100}xx").inc()
+    _metrics().requests.labels(method=method_label(method), route=route or UNMATCHED_ROUTE,
+                               status=status_label(status)).inc()
 
 
 def register() -> None:

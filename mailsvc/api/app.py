@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailsvc import __version__
 from mailsvc.api import problems
 from mailsvc.api.deps import require_api_key
+from mailsvc.api.guard import AccessPolicy, Guard, docs_paths
 from mailsvc.api.health import ReadinessChecks, intake_backlog
+from mailsvc.api.instrument import Instrument, RouteTemplates
+from mailsvc.api.ratelimit import FailureLimiter
 from mailsvc.api.routes import (
     activities,
     documents,
@@ -19,20 +21,26 @@ from mailsvc.api.routes import (
     inbox,
     opportunities,
     people,
+    privacy,
     reports,
     settings,
     tickets,
 )
 from mailsvc.api.ui import routes as ui
 from mailsvc.bootstrap import Services
-from mailsvc.metrics import record_request, register
+from mailsvc.keys import parse_configured_key
+from mailsvc.metrics import register
 
 DESCRIPTION = """The CRM store of mailsvc: accounts, contacts, inbox leads, opportunities,
 tickets, activities, quotes, orders, invoices, e-mails with their links, and dashboard reports.
 
 Errors are RFC 9457 problem documents (`application/problem+json`). Authentication: an API key
 from `MAILSVC_API_KEYS` as `Authorization: Bearer <key>` (with no key configured the API is open
-and listens on loopback only)."""
+and listens on loopback only). Repeated failed authentication is answered 429 with
+`Retry-After`; a body over `MAILSVC_API_MAX_BODY_BYTES` is refused with 413 unread."""
+
+
+API_PREFIX = "/api/v1"
 
 
 def create_app(services: Services) -> FastAPI:
@@ -42,21 +50,37 @@ def create_app(services: Services) -> FastAPI:
     problems.register(app)
     register()  # the intake metrics exist from the start
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                    ) -> Response:
-        response = await call_next(request)
-        record_request(request.method, response.status_code)
-        return response
+    config = services.settings
+    policy = AccessPolicy(
+        keys=tuple(parse_configured_key(key) for key in config.api_keys),
+        docs_paths=docs_paths((app.openapi_url, app.docs_url, app.redoc_url,
+                               app.swagger_ui_oauth2_redirect_url)),
+        public_docs=config.api_public_docs, public_metrics=config.metrics_public,
+        public_readyz_detail=config.readyz_detail_public,
+        # The triage page signs people in itself (a cookie session) and checks CSRF.
+        own_sign_in=(ui.router.prefix,),
+    )
+    limiter = FailureLimiter(config.api_auth_failures, config.api_auth_failure_window_seconds)
+    app.state.auth_failures = limiter  # the triage page's sign-in counts its failures here too
+    # The last added runs first: count everything, then let only what may pass reach the app.
+    app.add_middleware(Guard, policy=policy, limiter=limiter,
+                       max_body_bytes=config.api_max_body_bytes)
+    modules = (people, opportunities, inbox, tickets, activities, documents, emails, settings,
+               reports, privacy)
+    app.add_middleware(Instrument, templates=RouteTemplates(lambda: [
+        *(f"{API_PREFIX}{route.path}" for module in modules for route in module.router.routes
+          if isinstance(route, APIRoute)),
+        *(route.path for route in ui.router.routes if isinstance(route, APIRoute)),
+        *(path for route in app.routes if isinstance(path := getattr(route, "path", None), str)),
+    ]))
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(require_api_key)], responses={
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_api_key)], responses={
         401: {"model": problems_model(), "description": "No or a wrong API key"},
         404: {"model": problems_model(), "description": "Not found"},
         409: {"model": problems_model(), "description": "Conflict"},
         422: {"model": problems_model(), "description": "Invalid request or rule violation"},
     })
-    for module in (people, opportunities, inbox, tickets, activities, documents, emails,
-                   settings, reports):
+    for module in modules:
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(ui.router)

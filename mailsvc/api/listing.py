@@ -39,7 +39,9 @@ async def page(
         needle = query.q.strip().lower()
         stmt = stmt.where(or_(*(func.lower(col).contains(needle, autoescape=True)
                                 for col in search)))
-    total = await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    # Count over the ids only: the rows' columns (a mail's raw bytes) are never read to count.
+    counted = stmt.with_only_columns(model.id, maintain_column_froms=True).subquery()
+    total = await session.scalar(select(func.count()).select_from(counted)) or 0
     sort = query.sort or default_sort
     name = sort.lstrip("-")
     if name not in sorts:

@@ -416,6 +416,8 @@ class Email(Base):
     rule: Mapped[str | None] = mapped_column(String(64))
     notes: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # When the raw bytes, headers, bodies and attachments were removed (erasure, retention).
+    content_removed_at: Mapped[datetime | None]
 
     attachments: Mapped[list[EmailAttachment]] = relationship(
         back_populates="email", cascade="all, delete-orphan"
@@ -523,6 +525,18 @@ class IntakeMail(Base):
     accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+class Erasure(Base):
+    """The audit trail of removed personal data: who, when, how much; never whose."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "erase" (a person's data) or "retention" (old mail content).
+    kind: Mapped[str] = mapped_column(String(16))
+    # Who asked: "cli", "api", "retention"; never a name or an address.
+    actor: Mapped[str] = mapped_column(String(100))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
 
 class MailboxState(Base):

@@ -81,7 +81,8 @@ class Reprocessed:
 
 
 def _conditions(selection: Selection) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
+    # Mail whose content was erased or expired has nothing left to decide from.
+    conditions: list[ColumnElement[bool]] = [Email.content_removed_at.is_(None)]
     if selection.ids:
         conditions.append(Email.id.in_(selection.ids))
     if selection.since is not None:

@@ -255,6 +255,10 @@ async def test_api_key_auth(make_settings: Any) -> None:
             problem(await c.get("/api/v1/users", headers={"Authorization": "Bearer nope"}), 401)
             ok(await c.get("/api/v1/users", headers={"Authorization": "Bearer other"}))
             ok(await c.get("/healthz"))
-            assert (await c.get("/readyz")).json()["checks"]["database"] == "ok"
-            metrics = await c.get("/metrics")
+            # With keys set, /readyz tells anyone its status, and its detail only with a key.
+            assert (await c.get("/readyz")).json() == {"status": "ok"}
+            ready = await c.get("/readyz", headers={"Authorization": "Bearer other"})
+            assert ready.json()["checks"]["database"] == "ok"
+            problem(await c.get("/metrics"), 401)
+            metrics = await c.get("/metrics", headers={"Authorization": "Bearer s3cret"})
             assert "mailsvc_api_requests" in metrics.text

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import exists, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import load_only, selectinload
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
@@ -18,6 +18,17 @@ from mailsvc.crmstore.models import Email, EmailLink, LinkTarget
 from mailsvc.errors import NotFound
 
 router = APIRouter(tags=["emails"])
+
+
+def _columns(model: type[s.EmailOut]) -> Any:
+    """Load only what the answer shows: never the raw bytes, headers or bodies it leaves out
+    (a page of 50 mails must not read 50 x 25 MB). Anything else touched raises."""
+    names = [name for name in model.model_fields if name != "links"]
+    return load_only(*(getattr(Email, name) for name in names), raiseload=True)
+
+
+SUMMARY = _columns(s.EmailOut)
+DETAIL = _columns(s.EmailDetailOut)
 
 
 class EmailQuery(s.ListQuery):
@@ -45,16 +56,16 @@ async def list_emails(
     rows, total = await page(
         session, Email, query, conditions=conditions, search=(Email.subject, Email.from_email),
         sorts=("id", "received_at", "sent_at"), default_sort="-received_at",
-        statement=select(Email).options(selectinload(Email.links)),
+        statement=select(Email).options(SUMMARY, selectinload(Email.links)),
     )
     return s.Page(items=[views.email(r) for r in rows], total=total, limit=query.limit,
                   offset=query.offset)
 
 
-async def _email(session: Session, email_id: int) -> Email:
+async def _email(session: Session, email_id: int, *, detail: bool = False) -> Email:
     email = await session.scalar(
-        select(Email).options(selectinload(Email.links)).where(Email.id == email_id)
-        .execution_options(populate_existing=True)
+        select(Email).options(DETAIL if detail else SUMMARY, selectinload(Email.links))
+        .where(Email.id == email_id).execution_options(populate_existing=True)
     )
     if email is None:
         raise NotFound(f"e-mail {email_id} does not exist")
@@ -63,7 +74,7 @@ async def _email(session: Session, email_id: int) -> Email:
 
 @router.get("/emails/{email_id}")
 async def get_email(email_id: PathId, session: Session) -> s.EmailDetailOut:
-    out = views.email(await _email(session, email_id), detail=True)
+    out = views.email(await _email(session, email_id, detail=True), detail=True)
     assert isinstance(out, s.EmailDetailOut)
     return out
 

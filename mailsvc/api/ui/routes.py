@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mailsvc.api.deps import get_services
+from mailsvc.api.ratelimit import FailureLimiter, retry_after_header
 from mailsvc.api.ui import queries
 from mailsvc.api.ui.i18n import MESSAGES, other, pick_language
 from mailsvc.api.ui.session import (
@@ -105,9 +106,18 @@ async def login_page(request: Request, next: str = "/ui/inbox", error: bool = Fa
 async def login(request: Request, key: Annotated[str, Form()] = "",
                 next: Annotated[str, Form()] = "/ui/inbox") -> Response:
     keys = _keys(request)
+    # The API's failed-authentication limit (mailsvc/api/guard.py) counts sign-ins too.
+    limiter: FailureLimiter | None = getattr(request.app.state, "auth_failures", None)
+    client = request.client.host if request.client else "unknown"
+    if keys and limiter is not None and (wait := limiter.blocked_for(client)) > 0:
+        refused = _render(request, "login.html", None, next=_safe_next(next), error=True)
+        refused.status_code = 429
+        refused.headers["Retry-After"] = retry_after_header(wait)
+        return refused
     if keys and not valid_key(key, keys):
-        logger.warning("triage page: failed sign-in from %s",
-                       request.client.host if request.client else "?")
+        if limiter is not None:
+            limiter.failed(client)
+        logger.warning("triage page: failed sign-in from %s", client)
         return _render(request, "login.html", None, next=_safe_next(next), error=True)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(COOKIE, encode(new_session(key if keys else ""), _secret(request)),

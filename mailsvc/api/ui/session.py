@@ -14,6 +14,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from mailsvc.keys import matches_any, parse_configured_key
+
 COOKIE = "mailsvc_ui"
 MAX_AGE_SECONDS = 12 * 3600
 
@@ -58,15 +60,16 @@ def decode(cookie: str | None, secret: bytes, now: float | None = None) -> UiSes
 
 
 def key_matches(session: UiSession, keys: tuple[str, ...]) -> bool:
-    """The key the session was signed in with is still one of the configured keys."""
+    """The key the session was signed in with is still one of the configured keys (each as it
+    is or as ``sha256:<hex>``)."""
     if not keys:
         return True
-    return any(hmac.compare_digest(session.fingerprint, fingerprint(k)) for k in keys)
+    return any(hmac.compare_digest(session.fingerprint, parse_configured_key(k).hex())
+               for k in keys)
 
 
 def valid_key(supplied: str, keys: tuple[str, ...]) -> bool:
-    digest = fingerprint(supplied)
-    return any(hmac.compare_digest(digest, fingerprint(k)) for k in keys)
+    return matches_any(supplied, [parse_configured_key(k) for k in keys])
 
 
 def _sign(body: str, secret: bytes) -> str:

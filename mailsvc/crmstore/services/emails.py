@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import defer, selectinload
 
 from mailsvc.crmstore.base import Base
 from mailsvc.crmstore.models import (
@@ -87,7 +87,8 @@ async def timeline(
     total = await session.scalar(select(func.count()).select_from(EmailLink).where(*where)) or 0
     rows = await session.execute(
         select(Email, EmailLink.rule).join(EmailLink, EmailLink.email_id == Email.id)
-        .options(selectinload(Email.links))
+        .options(selectinload(Email.links), *(defer(column, raiseload=True) for column in (
+            Email.raw, Email.headers, Email.text_body, Email.html_body, Email.reply_text)))
         .where(*where).order_by(Email.received_at.desc(), Email.id.desc())
         .limit(limit).offset(offset)
     )
