@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -43,11 +44,62 @@ IDLE_SLICE_SECONDS = 1.0
 CLOSE_TIMEOUT_SECONDS = 2.0
 
 
+class Client(IMAPClient):  # type: ignore[misc]  # imapclient has no type hints
+    """imapclient, made to see every change the server reports around IDLE.
+
+    imaplib reads the socket through a buffer, and imapclient's ``idle_check`` polls the socket
+    before it reads. Dovecot sends ``+ idling`` and ``* 4 EXISTS`` (for a mail that came after the
+    last command) in one packet: ``idle()`` reads the first line, the second waits in the buffer,
+    invisible to poll(), until the IDLE times out. And untagged responses that arrive with another
+    command (``* 4 EXISTS`` at the end of a SEARCH that did not yet see that mail) are kept in
+    imaplib's list, where nothing looks. This class closes both gaps; it relies on imaplib's
+    ``file`` and ``untagged_responses`` and on imapclient's poll hook, all stable for years.
+    """
+
+    def take_new_mail_reported(self) -> bool:
+        """Whether the server said EXISTS since the last call (and forget what it said).
+
+        Also keeps the list from growing for the life of the connection.
+        """
+        responses = self._imap.untagged_responses
+        responses.pop("RECENT", None)
+        return bool(responses.pop("EXISTS", None))
+
+    def _poll_socket(self, sock: socket.socket, timeout: float | None = None) -> Any:
+        return self._poll_buffered(super()._poll_socket, sock, timeout)
+
+    def _select_poll_socket(self, sock: socket.socket, timeout: float | None = None) -> Any:
+        return self._poll_buffered(super()._select_poll_socket, sock, timeout)
+
+    def _poll_buffered(
+        self, poll: Callable[[socket.socket, float | None], Any], sock: socket.socket,
+        timeout: float | None,
+    ) -> Any:
+        # idle_check() has made the socket non-blocking, so a peek never waits.
+        if self._peek():
+            return [sock]
+        events = poll(sock, timeout)
+        if events:
+            data = self._peek()
+            if data == b"":  # readable, yet nothing to read: the server closed the connection
+                raise self.AbortError("socket error: EOF (the server closed the connection)")
+            if data is None:  # only part of a TLS record so far
+                return []
+        return events
+
+    def _peek(self) -> bytes | None:
+        """Bytes received but not read yet; b"" at EOF (or nothing yet on a plain socket)."""
+        try:
+            return bytes(self._imap.file.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+
+
 @dataclass(slots=True)
 class Connection:
     """A logged-in client with the selected folder's facts."""
 
-    client: IMAPClient
+    client: Client
     uidvalidity: int
     can_idle: bool
     can_move: bool
@@ -169,7 +221,7 @@ class MailboxPoller:
     def _connect(self) -> Connection:
         mailbox = self.mailbox
         context = tls_context(mailbox) if mailbox.tls != "none" else None
-        client = IMAPClient(
+        client = Client(
             mailbox.host, port=mailbox.effective_port, ssl=mailbox.tls == "ssl",
             ssl_context=context, timeout=mailbox.timeout,
         )
@@ -201,15 +253,21 @@ class MailboxPoller:
             folders.append(self.mailbox.quarantine_folder)
         return folders
 
-    @staticmethod
-    def _new_uids(connection: Connection, last_uid: int) -> list[int]:
-        # "n:*" always matches the newest message even below n, hence the filter.
-        found = connection.client.search(["UID", f"{last_uid + 1}:*", "NOT", "DELETED"])
-        return sorted(uid for uid in found if uid > last_uid)
+    def _new_uids(self, connection: Connection, last_uid: int) -> tuple[list[int], bool]:
+        """UIDs above ``last_uid``, and whether new mail was reported during the search.
 
-    @staticmethod
+        Dovecot searches the folder as this session last saw it, and reports a mail that arrived
+        since then only at the end of the SEARCH, as ``* n EXISTS``, not in its result; nor does
+        it repeat that when IDLE starts. Such a report means: search again before waiting.
+        """
+        client = connection.client
+        client.take_new_mail_reported()  # those came before this search; it sees their mail
+        # "n:*" always matches the newest message even below n, hence the filter.
+        found = client.search(["UID", f"{last_uid + 1}:*", "NOT", "DELETED"])
+        return sorted(uid for uid in found if uid > last_uid), client.take_new_mail_reported()
+
     def _fetch(
-        connection: Connection, uids: Sequence[int], max_bytes: int | None
+        self, connection: Connection, uids: Sequence[int], max_bytes: int | None
     ) -> tuple[dict[int, bytes], dict[int, int]]:
         """The messages' bytes, and the sizes of those above ``max_bytes`` (not downloaded)."""
         too_large: dict[int, int] = {}
@@ -283,9 +341,10 @@ class MailboxPoller:
     async def _watch(self, connection: Connection) -> None:
         last_uid = await self._load_state(connection.uidvalidity)
         while True:
-            uids = await self._call(self._new_uids, connection, last_uid)
+            uids, reported = await self._call(self._new_uids, connection, last_uid)
             if not uids:
-                await self._wait_for_mail(connection)
+                if not reported:
+                    await self._wait_for_mail(connection)
                 continue
             for start in range(0, len(uids), self.mailbox.fetch_batch):
                 chunk = uids[start:start + self.mailbox.fetch_batch]

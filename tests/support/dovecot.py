@@ -21,6 +21,11 @@ from imapclient import IMAPClient
 from tests.support.tls import make_test_ca
 
 PASSWORD = "secret"  # every test user has it
+# Waits here end as soon as their condition holds; the limits only stop a hopeless wait, and are
+# long enough for a machine busy with other work.
+DEADLINE = 120.0
+# Socket timeout of the tests' own IMAP connections.
+CLIENT_TIMEOUT = 60.0
 
 
 def free_port() -> int:
@@ -110,7 +115,7 @@ userdb {{
         with (self.root / "log" / "start.log").open("ab") as out:
             subprocess.run(["dovecot", "-c", str(self.config)], check=True,
                            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         while not (self._pid() and self._listening() and self._can_log_in()):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"dovecot did not start:\n{self.log}")
@@ -119,7 +124,7 @@ userdb {{
     def _can_log_in(self) -> bool:
         """Ready means a login works, not just an open port (after a crash that can lag)."""
         try:
-            client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=2)
+            client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=CLIENT_TIMEOUT)
             client.login(self.users[0], PASSWORD)
             client.select_folder("INBOX")  # the mailbox itself answers, not only the login
             client.logout()
@@ -156,20 +161,20 @@ userdb {{
         # "alive", and the restarted Dovecot would wait minutes for a lock nobody holds.
         for lock in (self.root / "mail").rglob("*.lock"):
             lock.unlink(missing_ok=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE
         while self._listening() and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def _listening(self) -> bool:
         try:
-            with socket.create_connection((self.host, self.plain_port), timeout=0.2):
+            with socket.create_connection((self.host, self.plain_port), timeout=CLIENT_TIMEOUT):
                 return True
         except OSError:
             return False
 
     @staticmethod
     def _wait_gone(pid: int, *, zombie_ok: bool) -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline:
             state = _state(pid)
             if state is None or (zombie_ok and state == "Z"):
@@ -179,7 +184,7 @@ userdb {{
     @contextmanager
     def client(self, user: str = "alice", folder: str | None = "INBOX") -> Iterator[IMAPClient]:
         """A plain IMAP client logged in as ``user`` (the tests' side of the mailbox)."""
-        client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=10)
+        client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=CLIENT_TIMEOUT)
         client.login(user, PASSWORD)
         if folder:
             client.select_folder(folder)
