@@ -23,6 +23,7 @@ from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.files import Importer
 from mailsvc.ingest.outcome import Outcome
+from mailsvc.logs import configure_logging
 from mailsvc.mail import Envelope, RawMail, Role
 
 # sysexits(3)
@@ -51,15 +52,7 @@ def _settings(config_exit: int = EX_CONFIG) -> Settings:
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(config_exit) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # mail-parser warns about every content type it leaves to us; that is not news.
-    logging.getLogger("mailparser").setLevel(logging.ERROR)
-    # aiosmtpd logs every SMTP command at INFO; keep it for debugging only.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.root.level))
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
