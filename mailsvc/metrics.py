@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 INTAKE_OUTCOMES = Counter(
     "mailsvc_intake_messages",
@@ -43,3 +43,24 @@ def record_fallback() -> None:
 
 def record_request(method: str, status: int) -> None:
     API_REQUESTS.labels(method=method, status=f"{status // 100}xx").inc()
+
+
+# --- IMAP mailboxes ---
+IMAP_ERRORS = Counter(
+    "mailsvc_imap_errors",
+    "IMAP mailbox failures, by mailbox and kind (token, login, tls, network, store, other); "
+    "each is followed by a reconnect.",
+    ["mailbox", "kind"],
+)
+IMAP_CONNECTED = Gauge(
+    "mailsvc_imap_connected", "1 while the mailbox's poller is connected and logged in.",
+    ["mailbox"],
+)
+
+
+def record_imap_error(mailbox: str, kind: str) -> None:
+    IMAP_ERRORS.labels(mailbox=mailbox, kind=kind).inc()
+
+
+def set_imap_connected(mailbox: str, connected: bool) -> None:
+    IMAP_CONNECTED.labels(mailbox=mailbox).set(1 if connected else 0)

@@ -15,6 +15,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +28,11 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mailsvc import metrics
 from mailsvc.config import ImapMailbox, Settings
 from mailsvc.crmstore.models import MailboxState
 from mailsvc.errors import StoreUnavailable
+from mailsvc.ingest.oauth2 import TokenError, TokenSource, renew_at
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.mail import Envelope, RawMail
@@ -105,6 +108,11 @@ class Connection:
     can_move: bool
     can_uid_expunge: bool
     idling: bool = False
+    renew_at: float | None = None  # time.time() when its OAuth2 token must be renewed
+
+
+class SessionRenewal(Exception):  # not an error: the token is about to expire
+    """Log in again with a fresh token before the session's token expires."""
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -147,6 +155,8 @@ class MailboxPoller:
         self.waiting = False  # caught up, waiting in IDLE or between polls
         self.connected = False
         self._progressed = False  # this connection committed mail or caught up
+        self.tokens = (TokenSource(mailbox.oauth2, mailbox.username)
+                       if mailbox.oauth2 is not None else None)
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -159,10 +169,12 @@ class MailboxPoller:
             while True:
                 connection: Connection | None = None
                 self._progressed = False
+                renewing = False
                 try:
                     connection = await self._call(self._connect)
                     self.connects += 1
                     self.connected = True
+                    metrics.set_imap_connected(self.mailbox.name, True)
                     logger.info(
                         "mailbox %s: connected to %s:%s, watching %s (%s)",
                         self.mailbox.name, self.mailbox.host, self.mailbox.effective_port,
@@ -171,13 +183,21 @@ class MailboxPoller:
                         f"polling every {self.mailbox.poll_interval:g}s",
                     )
                     await self._watch(connection)
+                except SessionRenewal:
+                    renewing = True
+                    logger.info("mailbox %s: OAuth2 token about to expire, logging in again",
+                                self.mailbox.name)
                 except Exception as exc:
                     self._report(exc)
                 finally:
                     self.connected = False
+                    metrics.set_imap_connected(self.mailbox.name, False)
                     if connection is not None:
                         # Queued on the poller's thread; never awaited, so cancellation is quick.
                         self._executor.submit(self._close, connection)
+                if renewing:
+                    attempt = 0
+                    continue
                 if self._progressed:  # it worked for a while: start the backoff afresh
                     attempt = 0
                 delay = backoff_delay(
@@ -191,8 +211,10 @@ class MailboxPoller:
 
     def status(self) -> dict[str, Any]:
         """What /readyz tells about this mailbox."""
+        oauth2 = self.mailbox.oauth2
         return {
             "state": "connected" if self.connected else "reconnecting",
+            "auth": f"oauth2 {oauth2.mechanism}" if oauth2 else "password",
             "last_error": self.last_error,
             "connects": self.connects,
             "messages": dict(self.counts),
@@ -200,26 +222,40 @@ class MailboxPoller:
 
     def _report(self, exc: Exception) -> None:
         name, where = self.mailbox.name, f"{self.mailbox.host}:{self.mailbox.effective_port}"
-        if isinstance(exc, ssl.SSLCertVerificationError):
+        oauth2 = self.mailbox.oauth2
+        if isinstance(exc, TokenError):
+            kind = "token"
+            endpoint = self.tokens.endpoint if self.tokens else "?"
+            message = f"no OAuth2 token for {self.mailbox.username} from {endpoint}: {exc}"
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            kind = "tls"
             hint = ("check host" if "hostname" in str(exc.verify_message).lower()
                     else "for a private CA set ca_file")
             message = f"TLS certificate of {where} not trusted ({exc.verify_message}); {hint}"
         elif isinstance(exc, LoginError):
-            message = f"login as {self.mailbox.username} refused by {where}: {_text(exc)}"
+            kind = "login"
+            how = f" ({oauth2.mechanism} token)" if oauth2 else ""
+            message = f"login as {self.mailbox.username}{how} refused by {where}: {_text(exc)}"
         elif isinstance(exc, StoreUnavailable):
+            kind = "store"
             message = f"store unavailable, messages stay in the mailbox: {exc}"
         elif isinstance(exc, IMAPClientError | OSError):
+            kind = "network"
             message = f"IMAP error with {where}: {type(exc).__name__}: {_text(exc)}"
         else:
+            kind = "other"
             logger.exception("mailbox %s: unexpected error", name)
             message = f"unexpected error: {exc!r}"
         self.last_error = message
+        metrics.record_imap_error(name, kind)
         logger.error("mailbox %s: %s", name, message)
 
     # --- blocking side, run on the poller's own thread -------------------------------------
 
     def _connect(self) -> Connection:
         mailbox = self.mailbox
+        # The token first: no use connecting without one.
+        token = self.tokens.token() if self.tokens is not None else None
         context = tls_context(mailbox) if mailbox.tls != "none" else None
         client = Client(
             mailbox.host, port=mailbox.effective_port, ssl=mailbox.tls == "ssl",
@@ -228,7 +264,12 @@ class MailboxPoller:
         try:
             if mailbox.tls == "starttls":
                 client.starttls(context)
-            client.login(mailbox.username, mailbox.secret())
+            if token is None:
+                client.login(mailbox.username, mailbox.secret())
+            elif mailbox.oauth2 is not None and mailbox.oauth2.mechanism == "OAUTHBEARER":
+                client.oauthbearer_login(mailbox.username, token.value)
+            else:
+                client.oauth2_login(mailbox.username, token.value)
             for folder in self._side_folders():
                 if not client.folder_exists(folder):
                     client.create_folder(folder)
@@ -243,6 +284,8 @@ class MailboxPoller:
             can_idle=b"IDLE" in capabilities,
             can_move=b"MOVE" in capabilities,
             can_uid_expunge=b"UIDPLUS" in capabilities,
+            renew_at=(renew_at(token, mailbox.oauth2.refresh_margin)
+                      if token is not None and mailbox.oauth2 is not None else None),
         )
 
     def _side_folders(self) -> list[str]:
@@ -341,6 +384,8 @@ class MailboxPoller:
     async def _watch(self, connection: Connection) -> None:
         last_uid = await self._load_state(connection.uidvalidity)
         while True:
+            if connection.renew_at is not None and time.time() >= connection.renew_at:
+                raise SessionRenewal
             uids, reported = await self._call(self._new_uids, connection, last_uid)
             if not uids:
                 if not reported:
@@ -401,17 +446,21 @@ class MailboxPoller:
             self.waiting = False
 
     async def _wait(self, connection: Connection) -> None:
+        # Wake up in time to log in again before the session's token expires.
+        until_renewal = (max(0.0, connection.renew_at - time.time())
+                         if connection.renew_at is not None else float("inf"))
         if not (self.mailbox.idle and connection.can_idle):
             self.waiting = True
-            await asyncio.sleep(self.mailbox.poll_interval)
+            await asyncio.sleep(min(self.mailbox.poll_interval, until_renewal))
             return
         await self._call(self._idle_start, connection)
         self.waiting = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.mailbox.idle_timeout
+        deadline = loop.time() + min(self.mailbox.idle_timeout, until_renewal)
         while loop.time() < deadline:
             # Any untagged response (EXISTS, EXPUNGE, ...) is a reason to look again.
-            if await self._call(self._idle_wait, connection, IDLE_SLICE_SECONDS):
+            slice_seconds = min(IDLE_SLICE_SECONDS, max(0.0, deadline - loop.time()))
+            if await self._call(self._idle_wait, connection, slice_seconds):
                 break
         await self._call(self._idle_stop, connection)
 

@@ -45,6 +45,9 @@ class Dovecot:
     plain_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
+    # XOAUTH2 and OAUTHBEARER too: tokens checked at this RFC 7662 introspection endpoint, which
+    # must answer {"active": true, "username": <the login name>}.
+    oauth2_introspection_url: str | None = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -61,6 +64,23 @@ class Dovecot:
             shutil.chown(home, "dovecot", "dovecot")  # the mail user is dovecot
             lines.append(f"{user}:{{PLAIN}}{PASSWORD}:{entry.pw_uid}:{entry.pw_gid}::{home}")
         (self.root / "passwd").write_text("\n".join(lines) + "\n")
+        mechanisms, oauth2_passdb = "plain login", ""
+        if self.oauth2_introspection_url:
+            mechanisms += " xoauth2 oauthbearer"
+            (self.root / "oauth2.conf.ext").write_text(
+                "introspection_mode = post\n"
+                f"introspection_url = {self.oauth2_introspection_url}\n"
+                "force_introspection = yes\n"
+                "username_attribute = username\n"
+                "active_attribute = active\n"
+                "active_value = true\n"
+            )
+            oauth2_passdb = f"""
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.root}/oauth2.conf.ext
+}}"""
         self.config = self.root / "dovecot.conf"
         self.config.write_text(f"""
 base_dir = {self.root}/run
@@ -72,7 +92,7 @@ default_internal_user = dovecot
 default_login_user = dovenull
 first_valid_uid = 1
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 # No delay after a failed login: the tests log in with wrong passwords on purpose.
 auth_failure_delay = 0
 mail_location = maildir:~/Maildir
@@ -90,8 +110,9 @@ service imap-login {{
 }}
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = {self.root}/passwd
-}}
+}}{oauth2_passdb}
 userdb {{
   driver = passwd-file
   args = {self.root}/passwd
@@ -239,8 +260,10 @@ def _process_group(pgid: int) -> list[int]:
 
 
 @contextmanager
-def running_dovecot(users: tuple[str, ...] = ("alice", "bob")) -> Iterator[Dovecot]:
-    server = Dovecot(users=users)
+def running_dovecot(
+    users: tuple[str, ...] = ("alice", "bob"), oauth2_introspection_url: str | None = None,
+) -> Iterator[Dovecot]:
+    server = Dovecot(users=users, oauth2_introspection_url=oauth2_introspection_url)
     server.start()
     try:
         yield server
