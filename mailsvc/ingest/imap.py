@@ -45,6 +45,9 @@ T = TypeVar("T")
 # shutdown never waits on a thread parked in IDLE for minutes.
 IDLE_SLICE_SECONDS = 1.0
 CLOSE_TIMEOUT_SECONDS = 2.0
+# A session lasts at least this long even when its token is short-lived, so a token endpoint
+# that hands out (nearly) expired tokens cannot drive a tight login loop.
+MIN_SESSION_SECONDS = 1.0
 
 
 class Client(IMAPClient):  # type: ignore[misc]  # imapclient has no type hints
@@ -284,7 +287,8 @@ class MailboxPoller:
             can_idle=b"IDLE" in capabilities,
             can_move=b"MOVE" in capabilities,
             can_uid_expunge=b"UIDPLUS" in capabilities,
-            renew_at=(renew_at(token, mailbox.oauth2.refresh_margin)
+            renew_at=(max(renew_at(token, mailbox.oauth2.refresh_margin),
+                          time.time() + MIN_SESSION_SECONDS)
                       if token is not None and mailbox.oauth2 is not None else None),
         )
 
