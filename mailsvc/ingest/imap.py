@@ -32,7 +32,7 @@ from mailsvc import metrics
 from mailsvc.config import ImapMailbox, Settings
 from mailsvc.crmstore.models import MailboxState
 from mailsvc.errors import StoreUnavailable
-from mailsvc.ingest.oauth2 import TokenError, TokenSource, renew_at
+from mailsvc.ingest.oauth2 import AccessToken, TokenError, TokenSource, renew_at
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.mail import Envelope, RawMail
@@ -132,6 +132,20 @@ def tls_context(mailbox: ImapMailbox) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def log_in(client: IMAPClient, mailbox: ImapMailbox, token: AccessToken | None = None) -> None:
+    """Log in with the mailbox's password, or its OAuth2 token (fetched here unless given)."""
+    oauth2 = mailbox.oauth2
+    if oauth2 is None:
+        client.login(mailbox.username, mailbox.secret())
+        return
+    if token is None:
+        token = TokenSource(oauth2, mailbox.username).token()
+    if oauth2.mechanism == "OAUTHBEARER":
+        client.oauthbearer_login(mailbox.username, token.value)
+    else:
+        client.oauth2_login(mailbox.username, token.value)
 
 
 class MailboxPoller:
@@ -267,12 +281,7 @@ class MailboxPoller:
         try:
             if mailbox.tls == "starttls":
                 client.starttls(context)
-            if token is None:
-                client.login(mailbox.username, mailbox.secret())
-            elif mailbox.oauth2 is not None and mailbox.oauth2.mechanism == "OAUTHBEARER":
-                client.oauthbearer_login(mailbox.username, token.value)
-            else:
-                client.oauth2_login(mailbox.username, token.value)
+            log_in(client, mailbox, token)
             for folder in self._side_folders():
                 if not client.folder_exists(folder):
                     client.create_folder(folder)

@@ -235,3 +235,22 @@ async def test_an_unreachable_token_endpoint_is_a_mailbox_error(
 
         await until(failed, what="token failure")
         assert "cannot reach it: [Errno 111] Connection refused" in (poller.last_error or "")
+
+
+def test_doctor_logs_in_to_an_oauth2_mailbox(
+    oauth: OAuthServer, dovecot: Dovecot, sqlite_url: str,
+) -> None:
+    from mailsvc.doctor import check_imap
+
+    oauth.clients["crm-app"] = APP_SECRET
+    oauth.app_mailboxes["crm-app"] = "alice"
+    app = {"provider": "microsoft", "grant": "client_credentials", "tenant": "contoso.example",
+           "token_url": oauth.token_url, "client_id": "crm-app", "client_secret": APP_SECRET}
+    good, wrong = base_settings(sqlite_url, imap_mailboxes=[
+        oauth_mailbox(dovecot, app, name="good"),
+        oauth_mailbox(dovecot, {**app, "client_secret": "wrong"}, name="wrong"),
+    ]).imap_mailboxes
+    assert check_imap(good).status == "ok"
+    refused = check_imap(wrong)
+    assert refused.status == "fail" and "invalid_client" in refused.detail
+    assert APP_SECRET not in refused.detail
