@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -35,6 +37,137 @@ def _split_csv(value: object) -> object:
     return value
 
 
+# Where each provider issues tokens and which scope IMAP needs (docs/mailboxes.md).
+MICROSOFT_TOKEN_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"  # noqa: S105
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105
+DEFAULT_SCOPES = {
+    ("microsoft", "client_credentials"): "https://outlook.office365.com/.default",
+    ("microsoft", "refresh_token"):
+        "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
+    ("google", "refresh_token"): "https://mail.google.com/",
+    ("google", "service_account"): "https://mail.google.com/",
+}
+
+
+def _secret_sources(prefix: str, value: object, file: object, env: str | None) -> int:
+    if env is not None and env not in os.environ:
+        raise ValueError(f"{prefix}_env names {env}, which is not set")
+    return sum(source is not None for source in (value, file, env))
+
+
+def _read_secret(value: SecretStr | None, file: Path | None, env: str | None) -> str | None:
+    """Read at each call, so a rotated file or variable is picked up at the next token."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text().strip()
+    if env is not None:
+        return os.environ.get(env, "").strip()
+    return None
+
+
+class ImapOAuth2(BaseModel):
+    """OAuth2 login of an IMAP mailbox (XOAUTH2 / OAUTHBEARER): where its tokens come from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Literal["microsoft", "google", "other"]
+    # client_credentials: an app's own token (Microsoft 365, IMAP.AccessAsApp);
+    # refresh_token: a user's delegated consent; service_account: Google domain-wide delegation.
+    grant: Literal["client_credentials", "refresh_token", "service_account"]
+    mechanism: Literal["XOAUTH2", "OAUTHBEARER"] = "XOAUTH2"
+    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,254}$")
+    token_url: str | None = None  # default: the provider's
+    scope: str | None = None  # default: what the provider wants for IMAP
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: FilePath | None = None
+    client_secret_env: str | None = None
+    refresh_token: SecretStr | None = None
+    refresh_token_file: FilePath | None = None
+    refresh_token_env: str | None = None
+    service_account_file: FilePath | None = None  # Google's JSON key of the service account
+    ca_file: FilePath | None = None  # a private CA of the token endpoint
+    refresh_margin: float = Field(default=300.0, ge=0)  # seconds before expiry to renew
+    timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImapOAuth2:
+        secrets = _secret_sources(
+            "client_secret", self.client_secret, self.client_secret_file, self.client_secret_env)
+        refresh = _secret_sources(
+            "refresh_token", self.refresh_token, self.refresh_token_file, self.refresh_token_env)
+        if secrets > 1:
+            raise ValueError("set at most one of client_secret, client_secret_file, "
+                             "client_secret_env")
+        if refresh > 1:
+            raise ValueError("set at most one of refresh_token, refresh_token_file, "
+                             "refresh_token_env")
+        if self.grant == "service_account":
+            if self.service_account_file is None:
+                raise ValueError("grant service_account needs service_account_file")
+            if secrets or refresh or self.provider == "microsoft":
+                raise ValueError("grant service_account takes only service_account_file "
+                                 "(Google's JSON key)")
+        else:
+            if self.service_account_file is not None:
+                raise ValueError("service_account_file is for grant service_account")
+            if not self.client_id:
+                raise ValueError(f"grant {self.grant} needs client_id")
+        if self.grant == "client_credentials":
+            if self.provider == "google":
+                raise ValueError("Google has no client-credentials grant for Gmail: use "
+                                 "service_account or refresh_token")
+            if not secrets:
+                raise ValueError("grant client_credentials needs client_secret, "
+                                 "client_secret_file or client_secret_env")
+        if self.grant == "refresh_token" and not refresh:
+            raise ValueError("grant refresh_token needs refresh_token, refresh_token_file or "
+                             "refresh_token_env")
+        if self.provider == "microsoft" and not (self.tenant or self.token_url):
+            raise ValueError("provider microsoft needs tenant (or token_url)")
+        if self.provider == "other" and not (self.token_url and self.scope is not None):
+            raise ValueError("provider other needs token_url and scope")
+        if self.token_url:
+            check_token_url(self.token_url)
+        return self
+
+    def effective_token_url(self) -> str | None:
+        """None for a service account: its key file names the token endpoint."""
+        if self.token_url:
+            return self.token_url
+        if self.provider == "microsoft":
+            return MICROSOFT_TOKEN_URL.format(tenant=self.tenant)
+        return None if self.grant == "service_account" else GOOGLE_TOKEN_URL
+
+    @property
+    def effective_scope(self) -> str:
+        if self.scope is not None:
+            return self.scope
+        return DEFAULT_SCOPES[(self.provider, self.grant)]
+
+    def client_secret_value(self) -> str | None:
+        return _read_secret(self.client_secret, self.client_secret_file, self.client_secret_env)
+
+    def refresh_token_value(self) -> str | None:
+        return _read_secret(self.refresh_token, self.refresh_token_file, self.refresh_token_env)
+
+
+def check_token_url(url: str) -> None:
+    """https, or http to this host only: a token endpoint gets secrets."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname:
+        host = parts.hostname
+        try:
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            pass
+    raise ValueError(f"token_url must be an https URL (http only to localhost): {url}")
+
+
 class ImapMailbox(BaseModel):
     """One mailbox an IMAP poller watches (docs/mailboxes.md); its role plays the recipient."""
 
@@ -49,6 +182,7 @@ class ImapMailbox(BaseModel):
     username: str = Field(min_length=1)
     password: SecretStr | None = None
     password_file: FilePath | None = None
+    oauth2: ImapOAuth2 | None = None  # instead of a password
     folder: str = Field(default="INBOX", min_length=1)
     role: Role = Role.BCC
     processed: Literal["seen", "move"] = "seen"
@@ -65,8 +199,9 @@ class ImapMailbox(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ImapMailbox:
-        if (self.password is None) == (self.password_file is None):
-            raise ValueError(f"mailbox {self.name!r}: set exactly one of password, password_file")
+        if sum(x is not None for x in (self.password, self.password_file, self.oauth2)) != 1:
+            raise ValueError(
+                f"mailbox {self.name!r}: set exactly one of password, password_file, oauth2")
         if self.processed == "move" and self.processed_folder == self.folder:
             raise ValueError(f"mailbox {self.name!r}: processed_folder must differ from folder")
         if self.quarantine_folder == self.folder:

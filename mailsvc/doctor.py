@@ -124,7 +124,7 @@ async def check_broker(settings: Settings) -> Finding:
 def check_imap(mailbox: ImapMailbox) -> Finding:
     from imapclient import IMAPClient
 
-    from mailsvc.ingest.imap import tls_context
+    from mailsvc.ingest.imap import log_in, tls_context
 
     name = f"imap {mailbox.name}"
     where = f"{mailbox.host}:{mailbox.effective_port}"
@@ -138,7 +138,7 @@ def check_imap(mailbox: ImapMailbox) -> Finding:
     try:
         if mailbox.tls == "starttls":
             client.starttls(context)
-        client.login(mailbox.username, mailbox.secret())
+        log_in(client, mailbox)  # a password, or an OAuth2 token
         client.select_folder(mailbox.folder, readonly=True)
     except Exception as exc:
         return Finding(name, "fail", f"{where}: {_short(exc)}",

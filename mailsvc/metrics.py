@@ -48,6 +48,16 @@ def _metrics() -> Any:
             "Groups redone mail by mail after the fast path failed (a concurrent writer, an odd "
             "mail).",
         ),
+        imap_errors=Counter(
+            "mailsvc_imap_errors",
+            "IMAP mailbox failures, by mailbox and kind (token, login, tls, network, store, "
+            "other); each is followed by a reconnect.",
+            ["mailbox", "kind"],
+        ),
+        imap_connected=Gauge(
+            "mailsvc_imap_connected", "1 while the mailbox's poller is connected and logged in.",
+            ["mailbox"],
+        ),
         requests=Counter(
             "mailsvc_api_requests",
             "API requests answered, by method (unknown methods: other), route template "
@@ -109,6 +119,18 @@ def record_request(method: str, route: str | None, status: int) -> None:
         return
     _metrics().requests.labels(method=method_label(method), route=route or UNMATCHED_ROUTE,
                                status=status_label(status)).inc()
+
+
+def record_imap_error(mailbox: str, kind: str) -> None:
+    if not _enabled:
+        return
+    _metrics().imap_errors.labels(mailbox=mailbox, kind=kind).inc()
+
+
+def set_imap_connected(mailbox: str, connected: bool) -> None:
+    if not _enabled:
+        return
+    _metrics().imap_connected.labels(mailbox=mailbox).set(1 if connected else 0)
 
 
 def register() -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +28,11 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mailsvc import metrics
 from mailsvc.config import ImapMailbox, Settings
 from mailsvc.crmstore.models import MailboxState
 from mailsvc.errors import StoreUnavailable
+from mailsvc.ingest.oauth2 import AccessToken, TokenError, TokenSource, renew_at
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.mail import Envelope, RawMail
 
@@ -40,18 +44,77 @@ T = TypeVar("T")
 # shutdown never waits on a thread parked in IDLE for minutes.
 IDLE_SLICE_SECONDS = 1.0
 CLOSE_TIMEOUT_SECONDS = 2.0
+# A session lasts at least this long even when its token is short-lived, so a token endpoint
+# that hands out (nearly) expired tokens cannot drive a tight login loop.
+MIN_SESSION_SECONDS = 1.0
+
+
+class Client(IMAPClient):  # type: ignore[misc]  # imapclient has no type hints
+    """imapclient, made to see every change the server reports around IDLE.
+
+    imaplib reads the socket through a buffer, and imapclient's ``idle_check`` polls the socket
+    before it reads. Dovecot sends ``+ idling`` and ``* 4 EXISTS`` (for a mail that came after the
+    last command) in one packet: ``idle()`` reads the first line, the second waits in the buffer,
+    invisible to poll(), until the IDLE times out. And untagged responses that arrive with another
+    command (``* 4 EXISTS`` at the end of a SEARCH that did not yet see that mail) are kept in
+    imaplib's list, where nothing looks. This class closes both gaps; it relies on imaplib's
+    ``file`` and ``untagged_responses`` and on imapclient's poll hook, all stable for years.
+    """
+
+    def take_new_mail_reported(self) -> bool:
+        """Whether the server said EXISTS since the last call (and forget what it said).
+
+        Also keeps the list from growing for the life of the connection.
+        """
+        responses = self._imap.untagged_responses
+        responses.pop("RECENT", None)
+        return bool(responses.pop("EXISTS", None))
+
+    def _poll_socket(self, sock: socket.socket, timeout: float | None = None) -> Any:
+        return self._poll_buffered(super()._poll_socket, sock, timeout)
+
+    def _select_poll_socket(self, sock: socket.socket, timeout: float | None = None) -> Any:
+        return self._poll_buffered(super()._select_poll_socket, sock, timeout)
+
+    def _poll_buffered(
+        self, poll: Callable[[socket.socket, float | None], Any], sock: socket.socket,
+        timeout: float | None,
+    ) -> Any:
+        # idle_check() has made the socket non-blocking, so a peek never waits.
+        if self._peek():
+            return [sock]
+        events = poll(sock, timeout)
+        if events:
+            data = self._peek()
+            if data == b"":  # readable, yet nothing to read: the server closed the connection
+                raise self.AbortError("socket error: EOF (the server closed the connection)")
+            if data is None:  # only part of a TLS record so far
+                return []
+        return events
+
+    def _peek(self) -> bytes | None:
+        """Bytes received but not read yet; b"" at EOF (or nothing yet on a plain socket)."""
+        try:
+            return bytes(self._imap.file.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
 
 
 @dataclass(slots=True)
 class Connection:
     """A logged-in client with the selected folder's facts."""
 
-    client: IMAPClient
+    client: Client
     uidvalidity: int
     can_idle: bool
     can_move: bool
     can_uid_expunge: bool
     idling: bool = False
+    renew_at: float | None = None  # time.time() when its OAuth2 token must be renewed
+
+
+class SessionRenewal(Exception):  # not an error: the token is about to expire
+    """Log in again with a fresh token before the session's token expires."""
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -68,6 +131,20 @@ def tls_context(mailbox: ImapMailbox) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def log_in(client: IMAPClient, mailbox: ImapMailbox, token: AccessToken | None = None) -> None:
+    """Log in with the mailbox's password, or its OAuth2 token (fetched here unless given)."""
+    oauth2 = mailbox.oauth2
+    if oauth2 is None:
+        client.login(mailbox.username, mailbox.secret())
+        return
+    if token is None:
+        token = TokenSource(oauth2, mailbox.username).token()
+    if oauth2.mechanism == "OAUTHBEARER":
+        client.oauthbearer_login(mailbox.username, token.value)
+    else:
+        client.oauth2_login(mailbox.username, token.value)
 
 
 class MailboxPoller:
@@ -94,6 +171,8 @@ class MailboxPoller:
         self.waiting = False  # caught up, waiting in IDLE or between polls
         self.connected = False
         self._progressed = False  # this connection committed mail or caught up
+        self.tokens = (TokenSource(mailbox.oauth2, mailbox.username)
+                       if mailbox.oauth2 is not None else None)
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -106,10 +185,12 @@ class MailboxPoller:
             while True:
                 connection: Connection | None = None
                 self._progressed = False
+                renewing = False
                 try:
                     connection = await self._call(self._connect)
                     self.connects += 1
                     self.connected = True
+                    metrics.set_imap_connected(self.mailbox.name, True)
                     logger.info(
                         "mailbox %s: connected to %s:%s, watching %s (%s)",
                         self.mailbox.name, self.mailbox.host, self.mailbox.effective_port,
@@ -118,13 +199,21 @@ class MailboxPoller:
                         f"polling every {self.mailbox.poll_interval:g}s",
                     )
                     await self._watch(connection)
+                except SessionRenewal:
+                    renewing = True
+                    logger.info("mailbox %s: OAuth2 token about to expire, logging in again",
+                                self.mailbox.name)
                 except Exception as exc:
                     self._report(exc)
                 finally:
                     self.connected = False
+                    metrics.set_imap_connected(self.mailbox.name, False)
                     if connection is not None:
                         # Queued on the poller's thread; never awaited, so cancellation is quick.
                         self._executor.submit(self._close, connection)
+                if renewing:
+                    attempt = 0
+                    continue
                 if self._progressed:  # it worked for a while: start the backoff afresh
                     attempt = 0
                 delay = backoff_delay(
@@ -138,8 +227,10 @@ class MailboxPoller:
 
     def status(self) -> dict[str, Any]:
         """What /readyz tells about this mailbox."""
+        oauth2 = self.mailbox.oauth2
         return {
             "state": "connected" if self.connected else "reconnecting",
+            "auth": f"oauth2 {oauth2.mechanism}" if oauth2 else "password",
             "last_error": self.last_error,
             "connects": self.connects,
             "messages": dict(self.counts),
@@ -147,35 +238,49 @@ class MailboxPoller:
 
     def _report(self, exc: Exception) -> None:
         name, where = self.mailbox.name, f"{self.mailbox.host}:{self.mailbox.effective_port}"
-        if isinstance(exc, ssl.SSLCertVerificationError):
+        oauth2 = self.mailbox.oauth2
+        if isinstance(exc, TokenError):
+            kind = "token"
+            endpoint = self.tokens.endpoint if self.tokens else "?"
+            message = f"no OAuth2 token for {self.mailbox.username} from {endpoint}: {exc}"
+        elif isinstance(exc, ssl.SSLCertVerificationError):
+            kind = "tls"
             hint = ("check host" if "hostname" in str(exc.verify_message).lower()
                     else "for a private CA set ca_file")
             message = f"TLS certificate of {where} not trusted ({exc.verify_message}); {hint}"
         elif isinstance(exc, LoginError):
-            message = f"login as {self.mailbox.username} refused by {where}: {_text(exc)}"
+            kind = "login"
+            how = f" ({oauth2.mechanism} token)" if oauth2 else ""
+            message = f"login as {self.mailbox.username}{how} refused by {where}: {_text(exc)}"
         elif isinstance(exc, StoreUnavailable):
+            kind = "store"
             message = f"store unavailable, messages stay in the mailbox: {exc}"
         elif isinstance(exc, IMAPClientError | OSError):
+            kind = "network"
             message = f"IMAP error with {where}: {type(exc).__name__}: {_text(exc)}"
         else:
+            kind = "other"
             logger.exception("mailbox %s: unexpected error", name)
             message = f"unexpected error: {exc!r}"
         self.last_error = message
+        metrics.record_imap_error(name, kind)
         logger.error("mailbox %s: %s", name, message)
 
     # --- blocking side, run on the poller's own thread -------------------------------------
 
     def _connect(self) -> Connection:
         mailbox = self.mailbox
+        # The token first: no use connecting without one.
+        token = self.tokens.token() if self.tokens is not None else None
         context = tls_context(mailbox) if mailbox.tls != "none" else None
-        client = IMAPClient(
+        client = Client(
             mailbox.host, port=mailbox.effective_port, ssl=mailbox.tls == "ssl",
             ssl_context=context, timeout=mailbox.timeout,
         )
         try:
             if mailbox.tls == "starttls":
                 client.starttls(context)
-            client.login(mailbox.username, mailbox.secret())
+            log_in(client, mailbox, token)
             for folder in self._side_folders():
                 if not client.folder_exists(folder):
                     client.create_folder(folder)
@@ -190,6 +295,9 @@ class MailboxPoller:
             can_idle=b"IDLE" in capabilities,
             can_move=b"MOVE" in capabilities,
             can_uid_expunge=b"UIDPLUS" in capabilities,
+            renew_at=(max(renew_at(token, mailbox.oauth2.refresh_margin),
+                          time.time() + MIN_SESSION_SECONDS)
+                      if token is not None and mailbox.oauth2 is not None else None),
         )
 
     def _side_folders(self) -> list[str]:
@@ -200,15 +308,21 @@ class MailboxPoller:
             folders.append(self.mailbox.quarantine_folder)
         return folders
 
-    @staticmethod
-    def _new_uids(connection: Connection, last_uid: int) -> list[int]:
-        # "n:*" always matches the newest message even below n, hence the filter.
-        found = connection.client.search(["UID", f"{last_uid + 1}:*", "NOT", "DELETED"])
-        return sorted(uid for uid in found if uid > last_uid)
+    def _new_uids(self, connection: Connection, last_uid: int) -> tuple[list[int], bool]:
+        """UIDs above ``last_uid``, and whether new mail was reported during the search.
 
-    @staticmethod
+        Dovecot searches the folder as this session last saw it, and reports a mail that arrived
+        since then only at the end of the SEARCH, as ``* n EXISTS``, not in its result; nor does
+        it repeat that when IDLE starts. Such a report means: search again before waiting.
+        """
+        client = connection.client
+        client.take_new_mail_reported()  # those came before this search; it sees their mail
+        # "n:*" always matches the newest message even below n, hence the filter.
+        found = client.search(["UID", f"{last_uid + 1}:*", "NOT", "DELETED"])
+        return sorted(uid for uid in found if uid > last_uid), client.take_new_mail_reported()
+
     def _fetch(
-        connection: Connection, uids: Sequence[int], max_bytes: int | None
+        self, connection: Connection, uids: Sequence[int], max_bytes: int | None
     ) -> tuple[dict[int, bytes], dict[int, int]]:
         """The messages' bytes, and the sizes of those above ``max_bytes`` (not downloaded)."""
         too_large: dict[int, int] = {}
@@ -282,9 +396,12 @@ class MailboxPoller:
     async def _watch(self, connection: Connection) -> None:
         last_uid = await self._load_state(connection.uidvalidity)
         while True:
-            uids = await self._call(self._new_uids, connection, last_uid)
+            if connection.renew_at is not None and time.time() >= connection.renew_at:
+                raise SessionRenewal
+            uids, reported = await self._call(self._new_uids, connection, last_uid)
             if not uids:
-                await self._wait_for_mail(connection)
+                if not reported:
+                    await self._wait_for_mail(connection)
                 continue
             for start in range(0, len(uids), self.mailbox.fetch_batch):
                 chunk = uids[start:start + self.mailbox.fetch_batch]
@@ -341,17 +458,21 @@ class MailboxPoller:
             self.waiting = False
 
     async def _wait(self, connection: Connection) -> None:
+        # Wake up in time to log in again before the session's token expires.
+        until_renewal = (max(0.0, connection.renew_at - time.time())
+                         if connection.renew_at is not None else float("inf"))
         if not (self.mailbox.idle and connection.can_idle):
             self.waiting = True
-            await asyncio.sleep(self.mailbox.poll_interval)
+            await asyncio.sleep(min(self.mailbox.poll_interval, until_renewal))
             return
         await self._call(self._idle_start, connection)
         self.waiting = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.mailbox.idle_timeout
+        deadline = loop.time() + min(self.mailbox.idle_timeout, until_renewal)
         while loop.time() < deadline:
             # Any untagged response (EXISTS, EXPUNGE, ...) is a reason to look again.
-            if await self._call(self._idle_wait, connection, IDLE_SLICE_SECONDS):
+            slice_seconds = min(IDLE_SLICE_SECONDS, max(0.0, deadline - loop.time()))
+            if await self._call(self._idle_wait, connection, slice_seconds):
                 break
         await self._call(self._idle_stop, connection)
 

@@ -21,6 +21,11 @@ from imapclient import IMAPClient
 from tests.support.tls import make_test_ca
 
 PASSWORD = "secret"  # every test user has it
+# Waits here end as soon as their condition holds; the limits only stop a hopeless wait, and are
+# long enough for a machine busy with other work.
+DEADLINE = 120.0
+# Socket timeout of the tests' own IMAP connections.
+CLIENT_TIMEOUT = 60.0
 
 
 def free_port() -> int:
@@ -40,6 +45,9 @@ class Dovecot:
     plain_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
+    # XOAUTH2 and OAUTHBEARER too: tokens checked at this RFC 7662 introspection endpoint, which
+    # must answer {"active": true, "username": <the login name>}.
+    oauth2_introspection_url: str | None = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -56,6 +64,23 @@ class Dovecot:
             shutil.chown(home, "dovecot", "dovecot")  # the mail user is dovecot
             lines.append(f"{user}:{{PLAIN}}{PASSWORD}:{entry.pw_uid}:{entry.pw_gid}::{home}")
         (self.root / "passwd").write_text("\n".join(lines) + "\n")
+        mechanisms, oauth2_passdb = "plain login", ""
+        if self.oauth2_introspection_url:
+            mechanisms += " xoauth2 oauthbearer"
+            (self.root / "oauth2.conf.ext").write_text(
+                "introspection_mode = post\n"
+                f"introspection_url = {self.oauth2_introspection_url}\n"
+                "force_introspection = yes\n"
+                "username_attribute = username\n"
+                "active_attribute = active\n"
+                "active_value = true\n"
+            )
+            oauth2_passdb = f"""
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.root}/oauth2.conf.ext
+}}"""
         self.config = self.root / "dovecot.conf"
         self.config.write_text(f"""
 base_dir = {self.root}/run
@@ -67,7 +92,7 @@ default_internal_user = dovecot
 default_login_user = dovenull
 first_valid_uid = 1
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 # No delay after a failed login: the tests log in with wrong passwords on purpose.
 auth_failure_delay = 0
 mail_location = maildir:~/Maildir
@@ -85,8 +110,9 @@ service imap-login {{
 }}
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = {self.root}/passwd
-}}
+}}{oauth2_passdb}
 userdb {{
   driver = passwd-file
   args = {self.root}/passwd
@@ -110,7 +136,7 @@ userdb {{
         with (self.root / "log" / "start.log").open("ab") as out:
             subprocess.run(["dovecot", "-c", str(self.config)], check=True,
                            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         while not (self._pid() and self._listening() and self._can_log_in()):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"dovecot did not start:\n{self.log}")
@@ -119,7 +145,7 @@ userdb {{
     def _can_log_in(self) -> bool:
         """Ready means a login works, not just an open port (after a crash that can lag)."""
         try:
-            client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=2)
+            client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=CLIENT_TIMEOUT)
             client.login(self.users[0], PASSWORD)
             client.select_folder("INBOX")  # the mailbox itself answers, not only the login
             client.logout()
@@ -156,20 +182,20 @@ userdb {{
         # "alive", and the restarted Dovecot would wait minutes for a lock nobody holds.
         for lock in (self.root / "mail").rglob("*.lock"):
             lock.unlink(missing_ok=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE
         while self._listening() and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def _listening(self) -> bool:
         try:
-            with socket.create_connection((self.host, self.plain_port), timeout=0.2):
+            with socket.create_connection((self.host, self.plain_port), timeout=CLIENT_TIMEOUT):
                 return True
         except OSError:
             return False
 
     @staticmethod
     def _wait_gone(pid: int, *, zombie_ok: bool) -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline:
             state = _state(pid)
             if state is None or (zombie_ok and state == "Z"):
@@ -179,7 +205,7 @@ userdb {{
     @contextmanager
     def client(self, user: str = "alice", folder: str | None = "INBOX") -> Iterator[IMAPClient]:
         """A plain IMAP client logged in as ``user`` (the tests' side of the mailbox)."""
-        client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=10)
+        client = IMAPClient(self.host, port=self.plain_port, ssl=False, timeout=CLIENT_TIMEOUT)
         client.login(user, PASSWORD)
         if folder:
             client.select_folder(folder)
@@ -234,8 +260,10 @@ def _process_group(pgid: int) -> list[int]:
 
 
 @contextmanager
-def running_dovecot(users: tuple[str, ...] = ("alice", "bob")) -> Iterator[Dovecot]:
-    server = Dovecot(users=users)
+def running_dovecot(
+    users: tuple[str, ...] = ("alice", "bob"), oauth2_introspection_url: str | None = None,
+) -> Iterator[Dovecot]:
+    server = Dovecot(users=users, oauth2_introspection_url=oauth2_introspection_url)
     server.start()
     try:
         yield server
