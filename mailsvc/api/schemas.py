@@ -82,7 +82,16 @@ Req500 = Annotated[str, StringConstraints(min_length=1, max_length=500), _clean]
 
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
-Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+def _cents(value: Decimal) -> Decimal:
+    return value.quantize(CENT)
+
+
+CENT = Decimal("0.01")
+# Money in: up to 2 decimals, kept as cents; money out: always with 2 decimals ("20000.00"), on
+# write as on read.
+Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False),
+                   AfterValidator(_cents)]
+Money = Annotated[Decimal, AfterValidator(_cents)]
 Probability = Annotated[int, Field(ge=0, le=100)]
 When = Annotated[datetime, AfterValidator(_utc), AfterValidator(_plausible_datetime)]
 Day = Annotated[date, AfterValidator(_plausible_date)]
@@ -183,6 +192,8 @@ class AccountIn(In):
     website: Str300 | None = None
     territory_id: Id | None = None
     team_id: Id | None = None
+    allow_duplicate: bool = Field(False, description=(
+        "Create it although an account with the same name or domain exists (recorded)."))
 
 
 class AccountPatch(Patch):
@@ -219,8 +230,11 @@ class AccountOut(Out):
     territory_id: int | None
     team_id: int | None
     customer_since: datetime | None
+    archived: bool
     created_at: datetime
     updated_at: datetime
+    duplicate_of: int | None = Field(None, description=(
+        "Created on an explicit override although it duplicates this account."))
 
 
 class ContactIn(In):
@@ -234,6 +248,8 @@ class ContactIn(In):
     owner_id: Id | None = None
     active: bool = True
     tags: TagList = []
+    allow_duplicate: bool = Field(False, description=(
+        "Create it although a contact with one of its addresses exists (recorded)."))
 
 
 class ContactPatch(Patch):
@@ -263,12 +279,16 @@ class ContactOut(Out):
     tags: list[str]
     created_at: datetime
     updated_at: datetime
+    duplicate_of: int | None = Field(None, description=(
+        "Created on an explicit override although it duplicates this contact."))
 
 
 # ---------------------------------------------------------------- pipelines
 class StageIn(In):
     name: Name
     probability: Probability
+    position: Annotated[int, Field(ge=0, le=1000)] | None = Field(None, description=(
+        "Where among the pipeline's stages (0 = first); default: last."))
 
 
 class StagePatch(Patch):
@@ -302,7 +322,9 @@ class PlanStepOut(Out):
 class PipelineIn(In):
     name: Name
     kind: OpportunityKind = OpportunityKind.DEAL
-    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    position: Annotated[int, Field(ge=0, le=1000)] | None = Field(None, description=(
+        "Where among all pipelines (0 = first, the default for new opportunities of its "
+        "kind); default: last."))
     stages: Annotated[list[StageIn], Field(max_length=50)] = []
 
 
@@ -361,7 +383,8 @@ class OpportunityIn(In):
 
 class OpportunityPatch(Patch):
     title: Title | None = None
-    kind: Literal[OpportunityKind.DEAL] | None = None
+    kind: Literal["deal"] | None = Field(None, description=(
+        "Only `deal`: a lead becomes a deal (a deal never goes back to lead)."))
     pipeline_id: Id | None = None
     stage_id: Id | None = None
     probability: Probability | None = None
@@ -389,8 +412,8 @@ class OpportunityOut(Out):
     pipeline_id: int | None
     stage_id: int | None
     probability: int
-    amount: Decimal | None
-    weighted_value: Decimal | None
+    amount: Money | None
+    weighted_value: Money | None
     source: str | None
     priority: str | None
     tags: list[str]
@@ -504,7 +527,7 @@ class InboxLeadOut(Out):
     last_name: str | None
     email: str | None
     phone: str | None
-    budget: Decimal | None
+    budget: Money | None
     account_id: int | None
     contact_id: int | None
     opportunity_id: int | None
@@ -610,7 +633,7 @@ class QuoteStatusIn(In):
 class QuoteOut(Out):
     id: int
     title: str
-    amount: Decimal
+    amount: Money
     valid_until: date | None
     status: QuoteStatus
     opportunity_id: int | None
@@ -646,7 +669,7 @@ class OrderStatusIn(In):
 class OrderOut(Out):
     id: int
     title: str
-    amount: Decimal
+    amount: Money
     delivery_date: date | None
     delivered_at: datetime | None
     status: OrderStatus
@@ -681,7 +704,7 @@ class PaymentIn(In):
 class InvoiceOut(Out):
     id: int
     number: str | None
-    amount: Decimal
+    amount: Money
     issued_on: date
     due_date: date
     paid_date: date | None
@@ -749,7 +772,7 @@ class TicketOut(Out):
     type: str
     status: TicketStatus
     priority: str
-    value_eur: Decimal | None
+    value_eur: Money | None
     account_id: int | None
     contact_id: int | None
     owner_id: int | None
@@ -816,8 +839,18 @@ class TerritoryOut(Out):
     description: str | None
 
 
+class TerritoryPatch(Patch):
+    name: Name | None = None
+    description: Str2000 | None = None
+
+
 class TeamIn(In):
     name: Name
+    territory_id: Id | None = None
+
+
+class TeamPatch(Patch):
+    name: Name | None = None
     territory_id: Id | None = None
 
 
@@ -847,7 +880,7 @@ class CampaignOut(Out):
     name: str
     start_date: date | None
     end_date: date | None
-    budget: Decimal | None
+    budget: Money | None
     active: bool
 
 
@@ -870,7 +903,7 @@ class BudgetIn(In):
 
 class BudgetMonthOut(Out):
     month: int
-    target: Decimal
+    target: Money
 
 
 class BudgetOut(Out):

@@ -204,7 +204,7 @@ async def test_documents_and_their_rules(client: httpx.AsyncClient) -> None:
                                 json={"paid_date": "2020-02-03"}))
     assert paid["status"] == "paid"
     problem(await client.post(f"/invoices/{invoice['id']}/pay",
-                              json={"paid_date": "2020-02-03"}), 422, "only an open invoice")
+                              json={"paid_date": "2020-02-03"}), 409, "paid already")
 
 
 async def test_manual_link_and_unlink_with_timeline(

@@ -237,7 +237,7 @@ async def test_ticket_status_transitions_write_updates(session: AsyncSession) ->
     assert ticket.closed_at is not None
     with pytest.raises(RuleViolation, match="cannot go from closed to resolved"):
         await crm.change_ticket_status(session, ticket.id, TicketStatus.RESOLVED)
-    with pytest.raises(RuleViolation, match="is closed already"):
+    with pytest.raises(Conflict, match="is closed already"):
         await crm.change_ticket_status(session, ticket.id, TicketStatus.CLOSED)
     await crm.change_ticket_status(session, ticket.id, TicketStatus.OPEN)  # reopened
     assert ticket.resolved_at is None and ticket.closed_at is None

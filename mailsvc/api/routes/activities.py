@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
@@ -72,6 +72,13 @@ async def update_activity(
 ) -> s.ActivityOut:
     changes = body.model_dump(exclude_unset=True)
     return views.activity(await services.update_activity(session, activity_id, changes))
+
+
+@router.delete("/activities/{activity_id}", status_code=204,
+               summary="Delete an activity entered by hand")
+async def delete_activity(activity_id: PathId, session: Session) -> Response:
+    await services.delete_activity(session, activity_id)
+    return Response(status_code=204)
 
 
 @router.post("/activities/{activity_id}/complete", summary="Mark as done")

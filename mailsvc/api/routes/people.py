@@ -65,6 +65,7 @@ async def update_user(user_id: PathId, body: s.UserPatch, session: Session) -> s
 
 class AccountQuery(s.ListQuery):
     status: AccountStatus | None = None
+    archived: bool | None = None
     owner_id: s.Id | None = None
     territory_id: s.Id | None = None
     team_id: s.Id | None = None
@@ -90,12 +91,20 @@ async def list_accounts(
                   offset=query.offset)
 
 
-@router.post("/accounts", tags=["accounts"], status_code=201)
-async def create_account(body: s.AccountIn, session: Session) -> s.AccountOut:
-    fields = body.model_dump(exclude={"name", "domains", "owner_id"})
-    account = await services.create_account(session, body.name, body.domains,
-                                            owner_id=body.owner_id, **fields)
-    return views.account(account)
+AllowDuplicate = Annotated[bool, Query(description=(
+    "Create or change it although it duplicates an existing record (recorded in the event)."))]
+
+
+@router.post("/accounts", tags=["accounts"], status_code=201, responses={
+    409: {"description": "An account with the same name or domain exists (`existing_id`)"}})
+async def create_account(
+    body: s.AccountIn, session: Session, allow_duplicate: AllowDuplicate = False,
+) -> s.AccountOut:
+    fields = body.model_dump(exclude={"name", "domains", "owner_id", "allow_duplicate"})
+    outcome = await services.add_account(
+        session, body.name, body.domains, owner_id=body.owner_id,
+        allow_duplicate=allow_duplicate or body.allow_duplicate, **fields)
+    return views.account(outcome.record, outcome.duplicate_of)
 
 
 @router.get("/accounts/{account_id}", tags=["accounts"])
@@ -105,10 +114,23 @@ async def get_account(account_id: PathId, session: Session) -> s.AccountOut:
 
 @router.patch("/accounts/{account_id}", tags=["accounts"])
 async def update_account(
-    account_id: PathId, body: s.AccountPatch, session: Session
+    account_id: PathId, body: s.AccountPatch, session: Session,
+    allow_duplicate: AllowDuplicate = False,
 ) -> s.AccountOut:
     changes = body.model_dump(exclude_unset=True)
-    return views.account(await services.update_account(session, account_id, changes))
+    return views.account(await services.update_account(session, account_id, changes,
+                                                       allow_duplicate=allow_duplicate))
+
+
+@router.post("/accounts/{account_id}/archive", tags=["accounts"],
+             summary="Archive an account (history kept)")
+async def archive_account(account_id: PathId, session: Session) -> s.AccountOut:
+    return views.account(await services.archive_account(session, account_id))
+
+
+@router.post("/accounts/{account_id}/restore", tags=["accounts"], summary="Undo the archiving")
+async def restore_account(account_id: PathId, session: Session) -> s.AccountOut:
+    return views.account(await services.archive_account(session, account_id, archived=False))
 
 
 class ContactQuery(s.ListQuery):
@@ -141,14 +163,18 @@ async def list_contacts(
                   offset=query.offset)
 
 
-@router.post("/contacts", tags=["contacts"], status_code=201)
-async def create_contact(body: s.ContactIn, session: Session) -> s.ContactOut:
-    contact = await services.create_contact(
+@router.post("/contacts", tags=["contacts"], status_code=201, responses={
+    409: {"description": "A contact with one of the addresses exists (`existing_id`)"}})
+async def create_contact(
+    body: s.ContactIn, session: Session, allow_duplicate: AllowDuplicate = False,
+) -> s.ContactOut:
+    outcome = await services.add_contact(
         session, body.last_name, body.email, first_name=body.first_name,
         account_id=body.account_id, owner_id=body.owner_id, aliases=body.aliases,
         phone=body.phone, role=body.role, tags=body.tags, active=body.active,
+        allow_duplicate=allow_duplicate or body.allow_duplicate,
     )
-    return views.contact(contact)
+    return views.contact(outcome.record, outcome.duplicate_of)
 
 
 @router.get("/contacts/{contact_id}", tags=["contacts"])
@@ -158,10 +184,23 @@ async def get_contact(contact_id: PathId, session: Session) -> s.ContactOut:
 
 @router.patch("/contacts/{contact_id}", tags=["contacts"])
 async def update_contact(
-    contact_id: PathId, body: s.ContactPatch, session: Session
+    contact_id: PathId, body: s.ContactPatch, session: Session,
+    allow_duplicate: AllowDuplicate = False,
 ) -> s.ContactOut:
     changes = body.model_dump(exclude_unset=True)
-    return views.contact(await services.update_contact(session, contact_id, changes))
+    return views.contact(await services.update_contact(session, contact_id, changes,
+                                                       allow_duplicate=allow_duplicate))
+
+
+@router.post("/contacts/{contact_id}/archive", tags=["contacts"],
+             summary="Archive (deactivate) a contact (history kept)")
+async def archive_contact(contact_id: PathId, session: Session) -> s.ContactOut:
+    return views.contact(await services.archive_contact(session, contact_id))
+
+
+@router.post("/contacts/{contact_id}/restore", tags=["contacts"], summary="Undo the archiving")
+async def restore_contact(contact_id: PathId, session: Session) -> s.ContactOut:
+    return views.contact(await services.archive_contact(session, contact_id, archived=False))
 
 
 add_timeline(router, "/accounts", LinkTarget.ACCOUNT, "account")

@@ -10,7 +10,16 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import Base
-from mailsvc.crmstore.models import ChoiceOption, Tag
+from mailsvc.crmstore.models import (
+    ChoiceOption,
+    Contact,
+    Invoice,
+    Opportunity,
+    Order,
+    Quote,
+    Tag,
+    Ticket,
+)
 from mailsvc.errors import Conflict, NotFound, RuleViolation
 
 M = TypeVar("M", bound=Base)
@@ -38,6 +47,56 @@ FREEMAIL_DOMAINS = frozenset({
 })
 
 
+class DuplicateRecord(Conflict):
+    """The record exists already (a conflict that names it): ``existing_id`` is its id."""
+
+    def __init__(self, message: str, kind: str, existing_id: int) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.existing_id = existing_id
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who makes a change: a user (by id and role), or a bootstrap / system key without a user.
+
+    The caller puts it on the session (``act_as``); services read it from there, so stage history,
+    activities, ticket updates, links and every event record the same actor."""
+
+    user_id: int | None
+    role: str
+    key_id: int | None = None
+    via: str = "api"
+
+    def as_event(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "role": self.role, "key_id": self.key_id,
+                "via": self.via}
+
+
+ACTOR_KEY = "mailsvc.actor"
+
+
+def act_as(session: AsyncSession, actor: Actor | None) -> None:
+    """Every change made in this session from now on is ``actor``'s."""
+    if actor is None:
+        session.info.pop(ACTOR_KEY, None)
+    else:
+        session.info[ACTOR_KEY] = actor
+
+
+def current_actor(session: AsyncSession) -> Actor | None:
+    actor = session.info.get(ACTOR_KEY)
+    return actor if isinstance(actor, Actor) else None
+
+
+def actor_id(session: AsyncSession, explicit: int | None = None) -> int | None:
+    """The acting user's id: the one passed explicitly, else the session's actor."""
+    if explicit is not None:
+        return explicit
+    actor = current_actor(session)
+    return actor.user_id if actor is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome(Generic[T]):
     """The result of a create-with-duplicate-protection: the record and whether it is new."""
@@ -45,6 +104,8 @@ class Outcome(Generic[T]):
     record: T
     created: bool
     warning: str | None = None
+    # Created although it duplicates this record, on the caller's explicit override.
+    duplicate_of: int | None = None
 
 
 def label(model: type[Base]) -> str:
@@ -64,6 +125,39 @@ async def ensure_exists(
     """A referenced id must exist: a clear 'not found' beats a foreign-key error."""
     if ident is not None:
         await get_or_404(session, model, ident, what)
+
+
+_ACCOUNT_REFS: dict[str, type[Base]] = {
+    "opportunity": Opportunity, "contact": Contact, "quote": Quote, "order": Order,
+    "invoice": Invoice, "ticket": Ticket,
+}
+
+
+async def same_account(
+    session: AsyncSession, account_id: int | None, **refs: Base | int | None
+) -> int | None:
+    """Every referenced record (``contact=``/``contact_id=`` an instance or an id) that belongs
+    to an account belongs to the same one, ``account_id`` if given. Returns that account (None
+    when nothing names one). A record without an account fits any."""
+    common = account_id
+    source = "account"
+    for name, ref in refs.items():
+        if ref is None:
+            continue
+        kind = name.removesuffix("_id")
+        record = ref if not isinstance(ref, int) else await get_or_404(
+            session, _ACCOUNT_REFS[kind], ref, kind)
+        owner = getattr(record, "account_id", None)
+        if owner is None:
+            continue
+        if common is None:
+            common, source = owner, f"{kind} {getattr(record, 'id', '')}"
+        elif owner != common:
+            where = (f"account {common}" if source == "account"
+                     else f"account {common} (of {source})")
+            raise RuleViolation(f"{kind} {getattr(record, 'id', '')} belongs to account {owner}, "
+                                f"not to {where}")
+    return common
 
 
 def _humane(model: type[Base]) -> str:

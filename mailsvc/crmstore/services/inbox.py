@@ -50,12 +50,16 @@ def _subject(lead: InboxLead) -> str:
     return f"inbox_lead/{lead.id}"
 
 
-def _ensure_editable(lead: InboxLead) -> None:
+def _ensure_editable(lead: InboxLead, action: str = "") -> None:
+    """A converted or archived lead is closed: doing the same again is a conflict (409), any
+    other change a rule violation (422)."""
     if lead.opportunity_id is not None:
-        raise Conflict(f"inbox lead {lead.id} was converted into opportunity "
-                       f"{lead.opportunity_id} and is closed")
+        error = Conflict if action == "convert" else RuleViolation
+        raise error(f"inbox lead {lead.id} was converted into opportunity "
+                    f"{lead.opportunity_id} and is closed")
     if lead.archived:
-        raise RuleViolation(f"inbox lead {lead.id} is archived")
+        error = Conflict if action == "archive" else RuleViolation
+        raise error(f"inbox lead {lead.id} is archived")
 
 
 async def create_inbox_lead(
@@ -121,7 +125,7 @@ async def update_inbox_lead(
 async def archive_inbox_lead(session: AsyncSession, lead_id: int) -> InboxLead:
     """Archive instead of converting; new mail from the sender opens a new lead afterwards."""
     lead = await get_or_404(session, InboxLead, lead_id, "inbox lead")
-    _ensure_editable(lead)
+    _ensure_editable(lead, "archive")
     lead.archived = True
     lead.archived_at = utcnow()
     lead.open_key = None
@@ -209,7 +213,7 @@ async def convert_inbox_lead(
     e-mails appear on the opportunity's timeline. Returns the opportunity and any warnings.
     """
     lead = await get_or_404(session, InboxLead, lead_id, "inbox lead")
-    _ensure_editable(lead)
+    _ensure_editable(lead, "convert")
     warnings: list[str] = []
     if create_company and lead.company:
         company = await create_company_from_lead(session, lead_id)

@@ -26,8 +26,9 @@ from mailsvc.crmstore.services.common import (
     ensure_exists,
     get_or_404,
     normalise_email,
+    same_account,
 )
-from mailsvc.errors import RuleViolation
+from mailsvc.errors import Conflict, RuleViolation
 
 # Which status may follow which; a closed ticket is reopened (to open) by a new request.
 TICKET_MOVES: dict[TicketStatus, frozenset[TicketStatus]] = {
@@ -44,7 +45,8 @@ TICKET_FIELDS = ("subject", "description", "type", "priority", "value_eur", "acc
                  "requester_name")
 
 
-async def _check(session: AsyncSession, fields: Mapping[str, Any]) -> None:
+async def _check(session: AsyncSession, fields: Mapping[str, Any]) -> int | None:
+    """References exist and agree on the account; returns that account."""
     await ensure_exists(session, Account, fields.get("account_id"), "account")
     await ensure_exists(session, Contact, fields.get("contact_id"), "contact")
     await ensure_exists(session, User, fields.get("owner_id"), "user")
@@ -54,6 +56,9 @@ async def _check(session: AsyncSession, fields: Mapping[str, Any]) -> None:
         raise RuleViolation("a ticket concerns one order or one invoice, not both")
     if fields.get("value_eur") is not None and fields["value_eur"] < 0:
         raise RuleViolation("a ticket's value cannot be negative")
+    return await same_account(session, fields.get("account_id"),
+                              contact_id=fields.get("contact_id"),
+                              order_id=fields.get("order_id"), invoice_id=fields.get("invoice_id"))
 
 
 async def create_ticket(
@@ -65,9 +70,9 @@ async def create_ticket(
 ) -> Ticket:
     if not subject.strip():
         raise RuleViolation("a ticket needs a subject")
-    await _check(session, {"account_id": account_id, "contact_id": contact_id,
-                           "owner_id": owner_id, "order_id": order_id, "invoice_id": invoice_id,
-                           "value_eur": value_eur})
+    account_id = await _check(session, {
+        "account_id": account_id, "contact_id": contact_id, "owner_id": owner_id,
+        "order_id": order_id, "invoice_id": invoice_id, "value_eur": value_eur})
     ticket = Ticket(
         subject=subject[:500], description=description, account_id=account_id,
         contact_id=contact_id, owner_id=owner_id,
@@ -94,7 +99,8 @@ async def update_ticket(
     ticket = await get_or_404(session, Ticket, ticket_id)
     changes = dict(changes)
     status = changes.pop("status", None)
-    merged = {name: getattr(ticket, name) for name in ("order_id", "invoice_id")}
+    merged = {name: getattr(ticket, name)
+              for name in ("order_id", "invoice_id", "account_id", "contact_id")}
     merged.update(changes)
     await _check(session, merged)
     if changes.get("type") is not None:
@@ -120,7 +126,7 @@ async def change_ticket_status(
 ) -> TicketUpdate:
     ticket = await get_or_404(session, Ticket, ticket_id)
     if status == ticket.status:
-        raise RuleViolation(f"ticket {ticket_id} is {status} already")
+        raise Conflict(f"ticket {ticket_id} is {status} already")
     if status not in TICKET_MOVES[ticket.status]:
         raise RuleViolation(f"ticket {ticket_id} cannot go from {ticket.status} to {status}")
     now = utcnow()
