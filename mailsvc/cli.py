@@ -317,6 +317,9 @@ def import_contacts(
     owner: Annotated[
         str | None, typer.Option("--owner", help="E-mail of the user who owns the new rows.")
     ] = None,
+    allow_duplicates: Annotated[bool, typer.Option(
+        "--allow-duplicates", help="Create people whose address exists already (reported).")
+    ] = False,
 ) -> None:
     """Import accounts and contacts from CSV; duplicates are reported, not created.
 
@@ -334,7 +337,7 @@ def import_contacts(
         raise typer.Exit(EX_NOINPUT) from None
     try:
         report = _run(run_import(settings, text, name=file.name, dry_run=dry_run,
-                                 owner_email=owner))
+                                 owner_email=owner, allow_duplicates=allow_duplicates))
     except ImportFileError as exc:
         err.print(f"[red]{file}: {exc}[/red]")
         raise typer.Exit(EX_DATAERR) from None

@@ -141,7 +141,7 @@ def _value(row: list[str], mapping: dict[str, int], name: str) -> str | None:
 
 async def import_row(
     session: AsyncSession, number: int, row: list[str], mapping: dict[str, int],
-    report: ImportReport, default_owner: int | None,
+    report: ImportReport, default_owner: int | None, allow_duplicates: bool = False,
 ) -> None:
     def get(name: str) -> str | None:
         return _value(row, mapping, name)
@@ -190,13 +190,15 @@ async def import_row(
     if existing_contact is not None:
         report.duplicates.append(Duplicate(
             number, "contact", existing_contact.id,
-            f"{email or last_name} exists already as contact {existing_contact.id}"))
-        return
+            f"{email or last_name} exists already as contact {existing_contact.id}"
+            + ("; created anyway (--allow-duplicates)" if allow_duplicates else "")))
+        if not allow_duplicates:
+            return
     tags = [t.strip() for t in (get("tags") or "").replace("|", ";").split(";") if t.strip()]
     await services.create_contact(
         session, last_name or (email or "").split("@")[0], email, first_name=get("first_name"),
         account_id=account_id, owner_id=owner_id, phone=get("phone"), role=get("role"),
-        tags=tags,
+        tags=tags, allow_duplicate=allow_duplicates,
     )
     report.contacts_created += 1
 
@@ -212,6 +214,7 @@ def read_file(path: Path) -> str:
 async def import_contacts(
     settings: Settings, text: str, *, name: str = "contacts.csv", dry_run: bool = False,
     owner_email: str | None = None, console: Console | None = None,
+    allow_duplicates: bool = False,
 ) -> ImportReport:
     """Import the CSV text in one transaction (rolled back with ``dry_run``)."""
     mapping, unmapped, rows = read_rows(text)
@@ -228,7 +231,8 @@ async def import_contacts(
         with _progress(console) as progress:
             task = progress.add_task(f"importing {name}", total=len(rows))
             for number, row in rows:
-                await import_row(session, number, row, mapping, report, default_owner)
+                await import_row(session, number, row, mapping, report, default_owner,
+                                 allow_duplicates)
                 progress.advance(task)
         if dry_run:
             await transaction.rollback()
