@@ -177,6 +177,34 @@ class UserOut(Out):
     created_at: datetime
 
 
+class ApiKeyIn(In):
+    user_id: Id
+    role: UserRole | None = Field(None, description="Default: the user's role.")
+    name: Str200 | None = None
+
+
+class ApiKeyOut(Out):
+    id: int
+    user_id: int
+    name: str | None
+    prefix: str
+    role: UserRole
+    created_by_id: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyIssuedOut(ApiKeyOut):
+    key: str = Field(description="The key itself: shown this once, only its hash is stored.")
+
+
+class MeOut(BaseModel):
+    user: UserOut | None
+    role: UserRole
+    key_id: int | None
+    via: str
+
+
 class AccountIn(In):
     name: Title
     domains: Annotated[list[Req255], Field(max_length=20)] = []
@@ -469,6 +497,7 @@ class ActivityPlanIn(In):
 
 class StageChangeOut(Out):
     id: int
+    opportunity_id: int
     from_stage_id: int | None
     to_stage_id: int | None
     probability: int
@@ -605,6 +634,7 @@ class ActivityOut(Out):
     contact_id: int | None
     inbox_lead_id: int | None
     email_id: int | None
+    created_by_id: int | None
     created_at: datetime
 
 
@@ -761,6 +791,7 @@ class TicketUpdateOut(Out):
     status_from: str | None
     status_to: str | None
     email_id: int | None
+    author_id: int | None
     created_at: datetime
 
 
@@ -791,6 +822,7 @@ class EmailLinkOut(Out):
     target_type: LinkTarget
     target_id: int
     rule: str
+    created_by_id: int | None = Field(None, description="Who linked it by hand.")
     created_at: datetime
 
 

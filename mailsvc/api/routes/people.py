@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import Session
+from mailsvc.api.deps import Caller, Session
 from mailsvc.api.listing import equality_filters, page
 from mailsvc.api.routes.common import PathId, add_timeline
 from mailsvc.crmstore import services
@@ -25,6 +25,7 @@ from mailsvc.crmstore.models import (
     User,
     UserRole,
 )
+from mailsvc.crmstore.services import access
 from mailsvc.crmstore.services.common import get_or_404
 
 router = APIRouter()
@@ -50,6 +51,33 @@ async def create_user(body: s.UserIn, session: Session) -> s.UserOut:
     user = await services.create_user(session, body.email, body.name, body.role, body.aliases,
                                       team_id=body.team_id)
     return views.user(user)
+
+
+@router.get("/me", tags=["users"], summary="Who the caller is (the key's user and role)")
+async def me(caller: Caller, session: Session) -> s.MeOut:
+    user = await session.get(User, caller.user_id) if caller.user_id is not None else None
+    return s.MeOut(user=views.user(user) if user else None, role=UserRole(caller.role),
+                   key_id=caller.key_id, via=caller.via)
+
+
+@router.get("/keys", tags=["users"], summary="API keys (admin); the keys themselves never")
+async def list_keys(
+    session: Session, user_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
+) -> list[s.ApiKeyOut]:
+    return [s.ApiKeyOut.model_validate(k) for k in await access.list_api_keys(session, user_id)]
+
+
+@router.post("/keys", tags=["users"], status_code=201,
+             summary="Create a user's API key (admin); the key is in this response only")
+async def create_key(body: s.ApiKeyIn, session: Session) -> s.ApiKeyIssuedOut:
+    issued = await access.create_api_key(session, body.user_id, role=body.role, name=body.name)
+    out = s.ApiKeyOut.model_validate(issued.record)
+    return s.ApiKeyIssuedOut(**out.model_dump(), key=issued.secret)
+
+
+@router.delete("/keys/{key_id}", tags=["users"], summary="Revoke an API key (admin)")
+async def revoke_key(key_id: PathId, session: Session) -> s.ApiKeyOut:
+    return s.ApiKeyOut.model_validate(await access.revoke_api_key(session, key_id))
 
 
 @router.get("/users/{user_id}", tags=["users"])

@@ -21,6 +21,7 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.crmstore.services.common import (
+    actor_id,
     apply_changes,
     check_choice,
     ensure_exists,
@@ -59,6 +60,15 @@ async def _check(session: AsyncSession, fields: Mapping[str, Any]) -> int | None
     return await same_account(session, fields.get("account_id"),
                               contact_id=fields.get("contact_id"),
                               order_id=fields.get("order_id"), invoice_id=fields.get("invoice_id"))
+
+
+async def _author(session: AsyncSession, given: str | None) -> str | None:
+    """The author shown on an update: as given, else the acting user's address."""
+    if given is not None:
+        return given
+    user_id = actor_id(session)
+    user = await session.get(User, user_id) if user_id is not None else None
+    return user.email if user is not None else None
 
 
 async def create_ticket(
@@ -139,9 +149,9 @@ async def change_ticket_status(
     else:  # reopened
         ticket.resolved_at = None
         ticket.closed_at = None
-    update = TicketUpdate(ticket_id=ticket.id, body=note, author=author,
-                          status_from=str(previous), status_to=str(status), email_id=email_id,
-                          created_at=now)
+    update = TicketUpdate(ticket_id=ticket.id, body=note, author=await _author(session, author),
+                          author_id=actor_id(session), status_from=str(previous),
+                          status_to=str(status), email_id=email_id, created_at=now)
     session.add(update)
     await session.flush()
     record_event(session, "ticket.updated",
@@ -161,8 +171,8 @@ async def add_ticket_update(
                                           email_id=email_id)
     if not body.strip():
         raise RuleViolation("an update needs a text")
-    update = TicketUpdate(ticket_id=ticket.id, body=body, author=author, email_id=email_id,
-                          created_at=utcnow())
+    update = TicketUpdate(ticket_id=ticket.id, body=body, author=await _author(session, author),
+                          author_id=actor_id(session), email_id=email_id, created_at=utcnow())
     session.add(update)
     await session.flush()
     record_event(session, "ticket.updated", {"id": ticket.id, "update_id": update.id},
