@@ -192,8 +192,12 @@ async def archive_account(session: AsyncSession, account_id: int, archived: bool
                        "already")
     account.archived = archived
     await session.flush()
-    record_event(session, "account.archived" if archived else "account.restored",
-                 {"id": account.id}, subject=f"account/{account.id}")
+    if archived:
+        record_event(session, "account.archived", {"id": account.id},
+                     subject=f"account/{account.id}")
+    else:
+        record_event(session, "account.restored", {"id": account.id},
+                     subject=f"account/{account.id}")
     return account
 
 
