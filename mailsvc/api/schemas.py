@@ -923,7 +923,14 @@ class TagOut(Out):
 
 class ChoiceIn(In):
     name: Short
-    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    position: Annotated[int, Field(ge=0, le=1000)] | None = Field(
+        None, description="Where in the list (default: last).")
+
+
+class ChoicePatch(Patch):
+    name: Short | None = None
+    active: bool | None = Field(None, description="false retires the value (records keep it).")
+    position: Annotated[int, Field(ge=0, le=1000)] | None = None
 
 
 class BudgetIn(In):

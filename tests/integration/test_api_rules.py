@@ -360,3 +360,49 @@ async def test_problems_name_fields_amounts_have_cents_and_status_codes_are_cons
     assert ok(await client.get("/accounts", params={"archived": "false"}))["total"] == 0
     contact = ok(await client.post("/contacts", json={"last_name": "Gone"}), 201)
     assert ok(await client.post(f"/contacts/{contact['id']}/archive"))["active"] is False
+
+
+# ---------------------------------------------------------------- a fresh install is usable
+async def test_a_fresh_install_has_pipelines_loss_reasons_and_lists_that_an_admin_edits(
+    client: httpx.AsyncClient,
+) -> None:
+    pipelines = ok(await client.get("/pipelines"))["items"]
+    kinds = [p["kind"] for p in pipelines]
+    assert kinds[:2] == ["lead", "deal"]
+    for pipeline in pipelines:
+        probabilities = [st["probability"] for st in pipeline["stages"]]
+        assert len(probabilities) >= 3 and probabilities == sorted(probabilities)
+    deal_pipeline = pipelines[1]
+    assert ok(await client.get(f"/pipelines/{deal_pipeline['id']}/activity-plan"))
+    reasons = ok(await client.get("/loss-reasons"))["items"]
+    assert len(reasons) >= 5
+
+    # Lead -> deal -> lost works out of the box.
+    lead = ok(await client.post("/opportunities", json={"title": "Fresh", "amount": "100"}), 201)
+    assert lead["pipeline_id"] == pipelines[0]["id"] and lead["stage_id"]
+    deal = ok(await client.post(f"/opportunities/{lead['id']}/convert-to-deal", json={}))
+    assert deal["pipeline_id"] == deal_pipeline["id"]
+    assert deal["probability"] == deal_pipeline["stages"][0]["probability"]
+    lost = ok(await client.post(f"/opportunities/{lead['id']}/lost",
+                                json={"loss_reason_id": reasons[0]["id"]}))
+    assert lost["status"] == "lost"
+
+    # Everything is editable.
+    stage = deal_pipeline["stages"][0]
+    edited = ok(await client.patch(f"/stages/{stage['id']}", json={
+        "name": "Qualified lead", "probability": 25}))
+    assert (edited["name"], edited["probability"]) == ("Qualified lead", 25)
+    ok(await client.patch(f"/pipelines/{deal_pipeline['id']}", json={"name": "Our deals"}))
+    ok(await client.patch(f"/loss-reasons/{reasons[0]['id']}", json={"active": False}))
+    types = ok(await client.get("/lists/ticket_type"))
+    assert {"question", "incident"} <= set(types)
+    assert "high" in ok(await client.get("/lists/priority"))
+    types = ok(await client.patch("/lists/ticket_type/complaint", json={"active": False}))
+    assert "complaint" not in types
+    problem(await client.post("/tickets", json={"subject": "x", "type": "complaint"}), 422,
+            "unknown ticket type")
+    types = ok(await client.patch("/lists/ticket_type/incident", json={"name": "Outage"}))
+    assert "Outage" in types and "incident" not in types
+    assert ok(await client.post("/lists/ticket_type", json={"name": "complaint"}), 201)[-1] == \
+        "complaint"
+    ok(await client.post("/tickets", json={"subject": "y", "type": "outage"}), 201)

@@ -243,6 +243,16 @@ async def add_choice(kind: ListKind, body: s.ChoiceIn, session: Session) -> list
     return await services.allowed_choices(session, kind)
 
 
+@router.patch("/lists/{kind}/{value}", tags=["settings"],
+              summary="Rename, move or retire a value of an extensible list")
+async def update_choice(
+    kind: ListKind, value: Annotated[str, Path(max_length=100)], body: s.ChoicePatch,
+    session: Session,
+) -> list[str]:
+    await services.update_choice(session, kind, value, body.model_dump(exclude_unset=True))
+    return await services.allowed_choices(session, kind)
+
+
 @router.get("/budgets", tags=["budgets"])
 async def list_budgets(session: Session) -> list[s.BudgetOut]:
     rows = await session.scalars(select(Budget).order_by(Budget.year))

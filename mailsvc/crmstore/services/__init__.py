@@ -33,6 +33,7 @@ from mailsvc.crmstore.services.common import (
     current_actor,
     normalise_company,
     normalise_email,
+    update_choice,
 )
 from mailsvc.crmstore.services.documents import (
     cancel_invoice,
@@ -179,6 +180,7 @@ __all__ = [
     "unsubscribe",
     "update_account",
     "update_activity",
+    "update_choice",
     "update_contact",
     "update_inbox_lead",
     "update_invoice",

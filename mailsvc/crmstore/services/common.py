@@ -194,11 +194,15 @@ def apply_changes(obj: Base, changes: Mapping[str, Any], allowed: Iterable[str])
 
 
 async def allowed_choices(session: AsyncSession, kind: str) -> list[str]:
-    extra = await session.scalars(
-        select(ChoiceOption.name).where(ChoiceOption.kind == kind, ChoiceOption.active)
-        .order_by(ChoiceOption.position, ChoiceOption.name)
-    )
-    return list(dict.fromkeys([*BUILTIN_CHOICES[kind], *extra]))
+    """The active values of a list: the built-in ones an admin has not retired (or edited as
+    rows), then the rows in their order."""
+    rows = list(await session.execute(
+        select(ChoiceOption.name, ChoiceOption.active).where(ChoiceOption.kind == kind)
+        .order_by(ChoiceOption.position, ChoiceOption.id)
+    ))
+    as_rows = {name.lower() for name, _active in rows}
+    builtin = [b for b in BUILTIN_CHOICES[kind] if b.lower() not in as_rows]
+    return list(dict.fromkeys([*builtin, *(name for name, active in rows if active)]))
 
 
 async def check_choice(session: AsyncSession, kind: str, value: str | None) -> str | None:
@@ -216,7 +220,7 @@ async def check_choice(session: AsyncSession, kind: str, value: str | None) -> s
 
 
 async def add_choice(
-    session: AsyncSession, kind: str, name: str, position: int = 0
+    session: AsyncSession, kind: str, name: str, position: int | None = None
 ) -> ChoiceOption:
     if kind not in BUILTIN_CHOICES:
         raise RuleViolation(f"unknown list {kind!r} (lists: {', '.join(BUILTIN_CHOICES)})")
@@ -225,10 +229,59 @@ async def add_choice(
         raise RuleViolation("a list value needs a name")
     if name.lower() in (v.lower() for v in await allowed_choices(session, kind)):
         raise Conflict(f"{name!r} is already in the {kind.replace('_', ' ')} list")
+    retired = await _choice_row(session, kind, name)
+    if retired is not None:  # added again: it comes back
+        retired.active = True
+        await session.flush()
+        return retired
+    if position is None:
+        last = await session.scalar(select(func.max(ChoiceOption.position))
+                                    .where(ChoiceOption.kind == kind))
+        position = 0 if last is None else last + 1
     option = ChoiceOption(kind=kind, name=name, position=position)
     session.add(option)
     await session.flush()
     return option
+
+
+async def _choice_row(session: AsyncSession, kind: str, name: str) -> ChoiceOption | None:
+    return await session.scalar(select(ChoiceOption).where(
+        ChoiceOption.kind == kind, func.lower(ChoiceOption.name) == name.strip().lower()))
+
+
+async def update_choice(
+    session: AsyncSession, kind: str, value: str, changes: Mapping[str, Any]
+) -> ChoiceOption:
+    """Rename, move or retire (``active``) a value of a list, built-in ones included. Records
+    keep the value they have."""
+    if kind not in BUILTIN_CHOICES:
+        raise RuleViolation(f"unknown list {kind!r} (lists: {', '.join(BUILTIN_CHOICES)})")
+    row = await _choice_row(session, kind, value)
+    builtin = next((b for b in BUILTIN_CHOICES[kind] if b.lower() == value.strip().lower()), None)
+    if row is None:
+        if builtin is None:
+            raise NotFound(f"{value!r} is not in the {kind.replace('_', ' ')} list")
+        row = ChoiceOption(kind=kind, name=builtin,
+                           position=BUILTIN_CHOICES[kind].index(builtin))
+        session.add(row)
+    new_name = (changes.get("name") or "").strip()
+    if new_name and new_name.lower() != row.name.lower():
+        if await _choice_row(session, kind, new_name) is not None or new_name.lower() in (
+                b.lower() for b in BUILTIN_CHOICES[kind]):
+            raise Conflict(f"{new_name!r} is already in the {kind.replace('_', ' ')} list")
+        row.name = new_name
+        await session.flush()
+        if builtin is not None:  # the built-in name stays retired
+            session.add(ChoiceOption(kind=kind, name=builtin, position=row.position,
+                                     active=False))
+    elif new_name:
+        row.name = new_name
+    if changes.get("active") is not None:
+        row.active = bool(changes["active"])
+    if changes.get("position") is not None:
+        row.position = int(changes["position"])
+    await session.flush()
+    return row
 
 
 async def resolve_tags(session: AsyncSession, names: Iterable[str]) -> list[Tag]:
