@@ -18,6 +18,7 @@ from mailsvc.api.routes import (
     documents,
     emails,
     inbox,
+    mailfiles,
     opportunities,
     people,
     reports,
@@ -56,7 +57,7 @@ def create_app(services: Services) -> FastAPI:
         422: {"model": problems_model(), "description": "Invalid request or rule violation"},
     })
     for module in (people, opportunities, inbox, tickets, activities, documents, emails,
-                   settings, reports):
+                   mailfiles, settings, reports):
         api.include_router(module.router)
     app.include_router(api)
 

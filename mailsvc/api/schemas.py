@@ -389,6 +389,7 @@ class LossReasonOut(Out):
 # ---------------------------------------------------------------- opportunities
 class OpportunityIn(In):
     title: Title
+    description: Str20000 | None = Field(None, description="Needs, pains, wishes, notes.")
     kind: OpportunityKind = OpportunityKind.LEAD
     pipeline_id: Id | None = None
     stage_id: Id | None = None
@@ -411,6 +412,7 @@ class OpportunityIn(In):
 
 class OpportunityPatch(Patch):
     title: Title | None = None
+    description: Str20000 | None = None
     kind: Literal["deal"] | None = Field(None, description=(
         "Only `deal`: a lead becomes a deal (a deal never goes back to lead)."))
     pipeline_id: Id | None = None
@@ -435,6 +437,7 @@ class OpportunityOut(Out):
     id: int
     number: str
     title: str
+    description: str | None
     kind: OpportunityKind
     status: OpportunityStatus
     pipeline_id: int | None
@@ -525,6 +528,11 @@ class InboxLeadIn(In):
 
 class InboxLeadPatch(Patch):
     title: Title | None = None
+    notes: Str20000 | None = Field(None, description=(
+        "Qualification notes: the prospect's pain, wishes, criteria (carried into the "
+        "opportunity's description on conversion)."))
+    category: Literal["cold", "mql", "sql"] | None = Field(None, description=(
+        "Lead category: cold, marketing-qualified (mql), sales-qualified (sql)."))
     source: Short | None = None
     priority: Str50 | None = None
     status: LeadStatus | None = None
@@ -544,6 +552,8 @@ class InboxLeadPatch(Patch):
 class InboxLeadOut(Out):
     id: int
     title: str
+    notes: str | None
+    category: str | None
     source: str
     priority: str
     status: LeadStatus
@@ -847,6 +857,16 @@ class EmailOut(Out):
 class EmailDetailOut(EmailOut):
     text_body: str
     reply_text: str | None
+
+
+class AttachmentOut(BaseModel):
+    id: int
+    filename: str | None
+    content_type: str
+    content_id: str | None
+    inline: bool
+    size: int
+    download: str
 
 
 class TimelineEntry(BaseModel):

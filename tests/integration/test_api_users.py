@@ -250,3 +250,54 @@ async def test_the_seed_004_workflow_as_two_users_with_the_actor_on_every_change
     # The mail itself came in without an actor: the intake is nobody's change.
     created = await events(svc, "inbox_lead.created")
     assert "actor" not in created[0][1]
+
+
+ATTACHED = (b"""From: Eva Mai <eva.mai@kundenfirma.example>
+To: sales@crm.example
+Subject: Unterlagen
+Message-ID: <unterlagen-1@kundenfirma.example>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b1"
+
+--b1
+Content-Type: text/plain; charset=utf-8
+
+Anbei die Unterlagen.
+--b1
+Content-Type: application/pdf; name="=?utf-8?q?Angebot_=22M=C3=BCller=22=2Epdf?="
+Content-Disposition: attachment; filename="=?utf-8?q?Angebot_=22M=C3=BCller=22=2Epdf?="
+Content-Transfer-Encoding: base64
+
+JVBERi0xLjQKJcfsj6IK
+--b1--
+""")
+
+
+async def test_attachments_and_the_raw_mail_download_with_the_same_access_rules(
+    svc: Services, admin: httpx.AsyncClient,
+) -> None:
+    outcome = await svc.pipeline.submit(RawMail(ATTACHED, Envelope(
+        "eva.mai@kundenfirma.example", (SALES,), "sales", "smtp")))
+    assert outcome.email_id is not None
+    email_id = outcome.email_id
+    _, key = await user_with_key(admin, "sam@corp.example", "Sam", "support")
+    async with client_for(svc, key) as sam, client_for(svc, "wrong") as stranger:
+        refused(await stranger.get(f"/emails/{email_id}/raw"), 401)
+        refused(await stranger.get(f"/emails/{email_id}/attachments"), 401)
+        listed = ok(await sam.get(f"/emails/{email_id}/attachments"))
+        assert [(a["filename"], a["content_type"]) for a in listed] == [
+            ('Angebot "Müller".pdf', "application/pdf")]
+        download = await sam.get(listed[0]["download"].removeprefix("/api/v1"))
+        assert download.status_code == 200 and download.content.startswith(b"%PDF-1.4")
+        assert download.headers["content-type"] == "application/pdf"
+        disposition = download.headers["content-disposition"]
+        assert disposition == ("attachment; filename=\"Angebot _M_ller_.pdf\"; "
+                               "filename*=UTF-8''Angebot%20%22M%C3%BCller%22.pdf")
+        assert download.headers["x-content-type-options"] == "nosniff"
+        raw = await sam.get(f"/emails/{email_id}/raw")
+        assert raw.status_code == 200 and raw.content == ATTACHED
+        assert raw.headers["content-type"] == "message/rfc822"
+        assert f'filename="email-{email_id}.eml"' in raw.headers["content-disposition"]
+        refused(await sam.get(f"/emails/{email_id}/attachments/9999"), 404)
+        refused(await sam.get("/emails/9999/raw"), 404)
+        refused(await sam.get("/emails/9999/attachments"), 404)

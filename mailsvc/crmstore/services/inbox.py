@@ -42,7 +42,9 @@ from mailsvc.crmstore.services.people import (
 )
 from mailsvc.errors import Conflict, RuleViolation
 
-LEAD_FIELDS = ("title", "source", "priority", "status", "owner_id", "company", "street", "zip",
+LEAD_CATEGORIES = ("cold", "mql", "sql")
+LEAD_FIELDS = ("notes", "category", "title", "source", "priority", "status", "owner_id", "company",
+               "street", "zip",
                "city", "first_name", "last_name", "email", "phone", "budget", "campaign_id")
 
 
@@ -106,6 +108,12 @@ async def update_inbox_lead(
         changes["email"] = normalise_email(changes["email"])
     if changes.get("budget") is not None and changes["budget"] < 0:
         raise RuleViolation("a budget cannot be negative")
+    if changes.get("category") is not None:
+        category = str(changes["category"]).strip().lower()
+        if category not in LEAD_CATEGORIES:
+            raise RuleViolation(f"unknown lead category {changes['category']!r} (known: "
+                                f"{', '.join(LEAD_CATEGORIES)})")
+        changes["category"] = category
     for required in ("title", "source", "priority", "status"):
         if required in changes and changes[required] in (None, ""):
             raise RuleViolation(f"an inbox lead needs a {required}")
@@ -225,7 +233,7 @@ async def convert_inbox_lead(
         session, lead.title, account_id=lead.account_id, contact_id=lead.contact_id,
         owner_id=owner_id if owner_id is not None else lead.owner_id, amount=lead.budget,
         kind=kind, pipeline_id=pipeline_id, source=lead.source, priority=lead.priority,
-        campaign_id=lead.campaign_id,
+        campaign_id=lead.campaign_id, description=lead.notes,
     )
     now = utcnow()
     lead.opportunity_id = opportunity.id

@@ -48,7 +48,8 @@ from mailsvc.errors import Conflict, RuleViolation
 TrafficLight = Literal["green", "yellow", "red"]
 
 # Business data: frozen once the opportunity is won or lost (seed 004, "Status ändern").
-BUSINESS_FIELDS = ("title", "amount", "probability", "source", "priority", "delivery_date",
+BUSINESS_FIELDS = ("title", "description", "amount", "probability", "source", "priority",
+                   "delivery_date",
                    "start_date", "close_date", "account_id", "contact_id", "campaign_id",
                    "territory_id", "team_id")
 # What may still change on a closed opportunity: who looks after it.
@@ -147,7 +148,7 @@ async def create_opportunity(
     delivery_date: date | None = None, start_date: date | None = None,
     close_date: date | None = None, campaign_id: int | None = None,
     territory_id: int | None = None, team_id: int | None = None,
-    actor_id: int | None = None,
+    actor_id: int | None = None, description: str | None = None,
 ) -> Opportunity:
     if not title.strip():
         raise RuleViolation("an opportunity needs a title")
@@ -166,7 +167,8 @@ async def create_opportunity(
     for user_id in subscribers:
         await ensure_exists(session, User, user_id, "user")
     opportunity = Opportunity(
-        title=title.strip(), kind=kind, account_id=account_id, contact_id=contact_id,
+        title=title.strip(), description=description, kind=kind, account_id=account_id,
+        contact_id=contact_id,
         owner_id=owner_id, amount=amount, probability=probability,
         pipeline_id=pipeline.id if pipeline else None, stage_id=stage.id if stage else None,
         source=await check_choice(session, "lead_source", source),
