@@ -13,6 +13,7 @@ from sqlalchemy import text
 from mailsvc import __version__
 from mailsvc.api import problems
 from mailsvc.api.deps import require_api_key
+from mailsvc.api.export import CsvExport
 from mailsvc.api.routes import (
     activities,
     documents,
@@ -42,6 +43,7 @@ def create_app(services: Services) -> FastAPI:
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
     app.state.services = services
     problems.register(app)
+    app.add_middleware(CsvExport)  # ?format=csv / Accept: text/csv on every list and report
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]

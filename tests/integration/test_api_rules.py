@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from typing import Any
@@ -406,3 +408,27 @@ async def test_a_fresh_install_has_pipelines_loss_reasons_and_lists_that_an_admi
     assert ok(await client.post("/lists/ticket_type", json={"name": "complaint"}), 201)[-1] == \
         "complaint"
     ok(await client.post("/tickets", json={"subject": "y", "type": "outage"}), 201)
+
+
+# ---------------------------------------------------------------- export
+async def test_every_list_and_report_exports_csv(client: httpx.AsyncClient) -> None:
+    ok(await client.post("/opportunities", json={"title": "=cmd|' /C calc'!A0",
+                                                 "amount": "1500", "tags": ["a", "b"]}), 201)
+    ok(await client.post("/opportunities", json={"title": "Plain", "amount": "20"}), 201)
+    response = await client.get("/opportunities", params={"format": "csv", "sort": "id"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert 'filename="opportunities.csv"' in response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [(r["title"], r["amount"], r["tags"]) for r in rows] == [
+        ("'=cmd|' /C calc'!A0", "1500.00", "a;b"), ("Plain", "20.00", "")]
+    by_accept = await client.get("/opportunities", params={"q": "plain"},
+                                 headers={"Accept": "text/csv"})
+    assert [r["title"] for r in csv.DictReader(io.StringIO(by_accept.text))] == ["Plain"]
+    report = await client.get("/reports/dashboard", headers={"Accept": "text/csv"})
+    figures = {r["figure"]: r["value"] for r in csv.DictReader(io.StringIO(report.text))}
+    assert figures["deals.open"] == "0" and "sales.revenue" in figures
+    months = await client.get("/reports/months", params={"year": 2030, "format": "csv"})
+    assert len(list(csv.DictReader(io.StringIO(months.text)))) == 12
+    problem(await client.get("/opportunities", params={"format": "csv", "sort": "nope"}), 422)
+    assert (await client.get("/opportunities")).headers["content-type"] == "application/json"
