@@ -39,6 +39,7 @@ from mailsvc.crmstore.models import (
     Stage,
     Ticket,
     TicketStatus,
+    TicketUpdate,
     User,
 )
 from mailsvc.errors import NotFound
@@ -369,8 +370,40 @@ async def ticket_kpis(session: AsyncSession, period: Period, owner_id: int | Non
         select(Ticket.status, func.count()).where(*_owned(Ticket, owner_id))
         .group_by(Ticket.status).order_by(Ticket.status)
     )
+    service = await service_kpis(session, period, owner_id)
     return {"created": row.created, "open": row.open, "avg_dwell_days": _days(row.dwell),
-            "by_status": {str(st): n for st, n in statuses}}
+            "by_status": {str(st): n for st, n in statuses}, **service}
+
+
+async def service_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                       ) -> dict[str, Any]:
+    """Of the tickets created in the period: days to the first response (the first update that
+    is not an incoming mail), days to resolution, and the share reopened after being resolved
+    or closed (of those resolved or closed at least once)."""
+    first = (select(TicketUpdate.ticket_id, func.min(TicketUpdate.created_at).label("at"))
+             .where(TicketUpdate.email_id.is_(None)).group_by(TicketUpdate.ticket_id)
+             .subquery())
+    closed = TicketUpdate.status_to.in_([TicketStatus.RESOLVED.value, TicketStatus.CLOSED.value])
+    reopened = and_(TicketUpdate.status_to == TicketStatus.OPEN.value,
+                    TicketUpdate.status_from.in_([TicketStatus.RESOLVED.value,
+                                                  TicketStatus.CLOSED.value]))
+    was_closed = or_(Ticket.resolved_at.is_not(None),
+                     exists().where(TicketUpdate.ticket_id == Ticket.id, closed))
+    was_reopened = exists().where(TicketUpdate.ticket_id == Ticket.id, reopened)
+    created = period.contains(Ticket.created_at)
+    row = await _one(session, select(
+        func.avg(case((created, days_between(session, first.c.at, Ticket.created_at))))
+        .label("response"),
+        func.avg(case((and_(created, Ticket.resolved_at.is_not(None)),
+                       days_between(session, Ticket.resolved_at, Ticket.created_at))))
+        .label("resolution"),
+        _count_if(and_(created, was_closed)).label("closed"),
+        _count_if(and_(created, was_reopened)).label("reopened"),
+    ).select_from(Ticket).outerjoin(first, first.c.ticket_id == Ticket.id)
+        .where(*_owned(Ticket, owner_id)))
+    return {"avg_first_response_days": _days(row.response),
+            "avg_resolution_days": _days(row.resolution),
+            "reopen_rate": _rate(row.reopened, row.closed)}
 
 
 async def sales_kpis(session: AsyncSession, period: Period, owner_id: int | None = None

@@ -432,3 +432,21 @@ async def test_every_list_and_report_exports_csv(client: httpx.AsyncClient) -> N
     assert len(list(csv.DictReader(io.StringIO(months.text)))) == 12
     problem(await client.get("/opportunities", params={"format": "csv", "sort": "nope"}), 422)
     assert (await client.get("/opportunities")).headers["content-type"] == "application/json"
+
+
+# ---------------------------------------------------------------- service KPIs
+async def test_service_kpis_first_response_resolution_and_reopen_rate(
+    client: httpx.AsyncClient,
+) -> None:
+    first = ok(await client.post("/tickets", json={"subject": "Login fails"}), 201)
+    second = ok(await client.post("/tickets", json={"subject": "Slow"}), 201)
+    ok(await client.post(f"/tickets/{first['id']}/updates", json={"body": "Looking into it"}),
+       201)
+    for ticket in (first, second):
+        ok(await client.patch(f"/tickets/{ticket['id']}", json={"status": "resolved"}))
+    ok(await client.patch(f"/tickets/{first['id']}", json={"status": "open"}))
+    tickets = ok(await client.get("/reports/dashboard"))["tickets"]
+    assert tickets["reopen_rate"] == 50.0
+    assert tickets["avg_first_response_days"] is not None
+    assert tickets["avg_first_response_days"] >= 0
+    assert tickets["avg_resolution_days"] is not None

@@ -183,7 +183,8 @@ async def test_every_dashboard_kpi(dataset: Any) -> None:
         {"account_id": ids["globex"], "name": "Globex", "revenue": Decimal("4000.00")},
         {"account_id": ids["acme"], "name": "Acme", "revenue": Decimal("1000.00")}]}
     assert kpis["tickets"] == {"created": 3, "open": 2, "avg_dwell_days": 3.75, "by_status": {
-        "closed": 1, "in_progress": 1, "open": 1, "resolved": 1}}
+        "closed": 1, "in_progress": 1, "open": 1, "resolved": 1},
+        "avg_first_response_days": None, "avg_resolution_days": 2.5, "reopen_rate": 0.0}
 
 
 async def test_kpis_per_owner(dataset: Any) -> None:
