@@ -48,7 +48,8 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": _field(tuple(e.get("loc", ()))),
+    errors = [{"field": "body" if e.get("type") == "json_invalid"
+               else _field(tuple(e.get("loc", ()))),
                "in": str(e.get("loc", ["body"])[0]), "message": e.get("msg", "invalid")}
               for e in exc.errors()]
     detail = "; ".join(f"{e['field'] or e['in']}: {e['message']}" for e in errors[:10])

@@ -93,7 +93,7 @@ async def test_accounts_are_unique_by_name_modulo_legal_form_and_by_domain(
         body = problem(await client.post("/accounts", json={"name": name}), 409, "same name")
         assert body["existing_id"] == acme["id"]
     body = problem(await client.post("/accounts", json={
-        "name": "Roadrunner Ltd", "domains": ["ACME.example"]}), 409, "acme.example")
+        "name": "Roadrunner Ltd", "domains": ["https://www.ACME.example/"]}), 409, "acme.example")
     assert body["existing_id"] == acme["id"]
     road = ok(await client.post("/accounts", json={"name": "Roadrunner Ltd"}), 201)
     problem(await client.patch(f"/accounts/{road['id']}", json={"domains": ["acme.example"]}),
@@ -362,6 +362,12 @@ async def test_problems_name_fields_amounts_have_cents_and_status_codes_are_cons
     assert ok(await client.get("/accounts", params={"archived": "false"}))["total"] == 0
     contact = ok(await client.post("/contacts", json={"last_name": "Gone"}), 201)
     assert ok(await client.post(f"/contacts/{contact['id']}/archive"))["active"] is False
+    other = ok(await client.post("/contacts", json={"last_name": "Left"}), 201)
+    ok(await client.delete(f"/contacts/{other['id']}"), 204)
+    assert ok(await client.get(f"/contacts/{other['id']}"))["active"] is False
+    body = problem(await client.post("/contacts", content=b'{"last_name": ', headers={
+        "content-type": "application/json"}), 422)
+    assert [e["field"] for e in body["errors"]] == ["body"]
 
 
 # ---------------------------------------------------------------- a fresh install is usable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import Field
 
 from mailsvc.api import schemas as s
@@ -70,6 +70,13 @@ async def update_inbox_lead(
 @router.post("/inbox-leads/{lead_id}/archive")
 async def archive(lead_id: PathId, session: Session) -> s.InboxLeadOut:
     return views.inbox_lead(await services.archive_inbox_lead(session, lead_id))
+
+
+@router.delete("/inbox-leads/{lead_id}", status_code=204,
+               summary="Delete = archive: the lead and its mail stay")
+async def delete_inbox_lead(lead_id: PathId, session: Session) -> Response:
+    await services.archive_inbox_lead(session, lead_id)
+    return Response(status_code=204)
 
 
 @router.post("/inbox-leads/{lead_id}/create-company",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
 from mailsvc.api import schemas as s
@@ -156,6 +156,13 @@ async def archive_account(account_id: PathId, session: Session) -> s.AccountOut:
     return views.account(await services.archive_account(session, account_id))
 
 
+@router.delete("/accounts/{account_id}", tags=["accounts"], status_code=204,
+               summary="Delete = archive: the account and its history stay, out of the way")
+async def delete_account(account_id: PathId, session: Session) -> Response:
+    await services.archive_account(session, account_id)
+    return Response(status_code=204)
+
+
 @router.post("/accounts/{account_id}/restore", tags=["accounts"], summary="Undo the archiving")
 async def restore_account(account_id: PathId, session: Session) -> s.AccountOut:
     return views.account(await services.archive_account(session, account_id, archived=False))
@@ -224,6 +231,13 @@ async def update_contact(
              summary="Archive (deactivate) a contact (history kept)")
 async def archive_contact(contact_id: PathId, session: Session) -> s.ContactOut:
     return views.contact(await services.archive_contact(session, contact_id))
+
+
+@router.delete("/contacts/{contact_id}", tags=["contacts"], status_code=204,
+               summary="Delete = archive (deactivate): the contact and its history stay")
+async def delete_contact(contact_id: PathId, session: Session) -> Response:
+    await services.archive_contact(session, contact_id)
+    return Response(status_code=204)
 
 
 @router.post("/contacts/{contact_id}/restore", tags=["contacts"], summary="Undo the archiving")

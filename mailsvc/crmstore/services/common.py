@@ -307,7 +307,9 @@ def normalise_company(name: str) -> str:
     """A company name reduced for duplicate checks: case, punctuation and legal form ignored."""
     words = "".join(c.lower() if c.isalnum() else " " for c in name).split()
     legal = {"gmbh", "ag", "kg", "ohg", "ug", "ltd", "limited", "inc", "llc", "co", "corp",
-             "sa", "sarl", "bv", "nv", "plc", "se", "mbh", "e", "v", "ev", "haftungsbeschränkt"}
+             "sa", "sarl", "bv", "nv", "plc", "se", "mbh", "e", "v", "ev", "haftungsbeschränkt",
+             "corporation", "incorporated", "company", "kgaa", "gbr", "llp", "lp", "pty", "oy",
+             "ab", "spa", "srl", "sas", "gesmbh", "kft", "sp", "zoo"}
     core = [w for w in words if w not in legal]
     return " ".join(core or words)
 

@@ -80,7 +80,10 @@ async def find_user(session: AsyncSession, email: str) -> User | None:
 
 
 def _domain(value: str) -> str:
-    return value.strip().lower().lstrip("@")
+    """A mail domain as compared: lower case, without scheme, ``www.``, path or leading ``@``."""
+    value = value.strip().lower().lstrip("@")
+    value = value.removeprefix("https://").removeprefix("http://").removeprefix("www.")
+    return value.split("/", 1)[0].strip(".")
 
 
 async def add_account(

@@ -99,6 +99,17 @@ def upgrade() -> None:
             batch_op.f("fk_ticket_updates_author_id_users"), "users", ["author_id"], ["id"]
         )
 
+    # Positions become a gapless order (ties were broken by id; keep that order).
+    op.execute(
+        "UPDATE pipelines SET position = (SELECT COUNT(*) FROM pipelines p2 WHERE"
+        " p2.position < pipelines.position OR (p2.position = pipelines.position"
+        " AND p2.id < pipelines.id))"
+    )
+    op.execute(
+        "UPDATE stages SET position = (SELECT COUNT(*) FROM stages s2 WHERE"
+        " s2.pipeline_id = stages.pipeline_id AND (s2.position < stages.position OR"
+        " (s2.position = stages.position AND s2.id < stages.id)))"
+    )
     # A deal won before this revision is credited to its owner at that time (the best we know).
     op.execute("UPDATE opportunities SET credited_owner_id = owner_id WHERE status = 'won'")
     # ### end Alembic commands ###
