@@ -756,6 +756,64 @@ class InvoiceOut(Out):
     created_at: datetime
 
 
+Rate = Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2,
+                                allow_inf_nan=False)]
+Quantity = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=3, allow_inf_nan=False)]
+
+
+class ProductIn(In):
+    name: Name
+    sku: Str50 | None = None
+    unit_price: Amount
+    tax_rate: Rate = Decimal("0")
+
+
+class ProductPatch(Patch):
+    name: Name | None = None
+    sku: Str50 | None = None
+    unit_price: Amount | None = None
+    tax_rate: Rate | None = None
+    active: bool | None = None
+
+
+class ProductOut(Out):
+    id: int
+    name: str
+    sku: str | None
+    unit_price: Money
+    tax_rate: Decimal
+    active: bool
+    created_at: datetime
+
+
+class LineItemIn(In):
+    product_id: Id | None = None
+    description: Str300 | None = None
+    quantity: Quantity
+    unit_price: Amount | None = Field(None, description="Default: the product's price.")
+    discount_percent: Rate = Decimal("0")
+    tax_rate: Rate | None = Field(None, description="Default: the product's rate, else 0.")
+
+
+class LineItemOut(Out):
+    id: int
+    position: int
+    product_id: int | None
+    description: str
+    quantity: Decimal
+    unit_price: Money
+    discount_percent: Decimal
+    tax_rate: Decimal
+    net: Money
+
+
+class LineItemsOut(BaseModel):
+    items: list[LineItemOut]
+    net_total: Money = Field(description="The document's amount.")
+    tax_total: Money
+    gross_total: Money
+
+
 # ---------------------------------------------------------------- tickets
 class TicketIn(In):
     subject: Req500

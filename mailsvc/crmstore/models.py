@@ -777,3 +777,46 @@ class BudgetMonth(Base):
     budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
     month: Mapped[int] = mapped_column(Integer)
     target: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"))
+
+
+class Product(Timestamped, Base):
+    """Something we sell, with its list price and tax rate (a line item may differ)."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    sku: Mapped[str | None] = mapped_column(String(64), unique=True)
+    unit_price: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"))
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class LineItem(Base):
+    """A line of one quote, order or invoice; ``net`` is derived (quantity × price − discount)
+    and kept for the reports; the document's amount is the sum of its lines' net."""
+
+    __tablename__ = "line_items"
+    __table_args__ = (
+        CheckConstraint(
+            "(CASE WHEN quote_id IS NULL THEN 0 ELSE 1 END + CASE WHEN order_id IS NULL THEN 0 "
+            "ELSE 1 END + CASE WHEN invoice_id IS NULL THEN 0 ELSE 1 END) = 1",
+            name="one_document"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    quote_id: Mapped[int | None] = mapped_column(
+        ForeignKey("quotes.id", ondelete="CASCADE"), index=True)
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    invoice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), index=True)
+    description: Mapped[str] = mapped_column(String(500))
+    quantity: Mapped[Decimal] = mapped_column(Numeric(12, 3))
+    unit_price: Mapped[Decimal] = mapped_column(Money)
+    discount_percent: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0"))
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0"))
+    net: Mapped[Decimal] = mapped_column(Money)
+

@@ -25,6 +25,7 @@ from mailsvc.crmstore.models import (
     InboxLead,
     Invoice,
     InvoiceStatus,
+    LineItem,
     LossReason,
     Opportunity,
     OpportunityKind,
@@ -33,6 +34,7 @@ from mailsvc.crmstore.models import (
     Order,
     OrderStatus,
     Pipeline,
+    Product,
     Quote,
     QuoteStatus,
     SnapshotMonth,
@@ -406,6 +408,24 @@ async def service_kpis(session: AsyncSession, period: Period, owner_id: int | No
             "reopen_rate": _rate(row.reopened, row.closed)}
 
 
+async def product_kpis(session: AsyncSession, period: Period, owner_id: int | None = None,
+                       limit: int = 10) -> dict[str, Any]:
+    """Top products: net revenue and quantity from the line items of the orders (not
+    cancelled) placed in the period."""
+    net = func.sum(LineItem.net)
+    rows = await session.execute(
+        select(Product.id, Product.name, net.label("revenue"),
+               func.sum(LineItem.quantity).label("quantity"), func.count(Order.id.distinct()))
+        .join(LineItem, LineItem.product_id == Product.id)
+        .join(Order, Order.id == LineItem.order_id)
+        .where(Order.status != OrderStatus.CANCELLED, period.contains(Order.created_at),
+               *_owned(Order, owner_id))
+        .group_by(Product.id, Product.name).order_by(net.desc(), Product.id).limit(limit)
+    )
+    return {"top": [{"product_id": i, "name": n, "revenue": _money(r),
+                     "quantity": float(q or 0), "orders": c} for i, n, r, q, c in rows]}
+
+
 async def sales_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
                      ) -> dict[str, Any]:
     won = _won_in(period)
@@ -435,6 +455,7 @@ async def dashboard(
         "invoices": await invoice_kpis(session, period, owner_id, today=now.date()),
         "contacts": await contact_kpis(session, period, owner_id),
         "tickets": await ticket_kpis(session, period, owner_id),
+        "products": await product_kpis(session, period, owner_id),
     }
 
 

@@ -456,3 +456,43 @@ async def test_service_kpis_first_response_resolution_and_reopen_rate(
     assert tickets["avg_first_response_days"] is not None
     assert tickets["avg_first_response_days"] >= 0
     assert tickets["avg_resolution_days"] is not None
+
+
+# ---------------------------------------------------------------- products and line items
+async def test_line_items_derive_the_amounts_and_feed_top_products(
+    client: httpx.AsyncClient,
+) -> None:
+    seats = ok(await client.post("/products", json={
+        "name": "CRM seat", "sku": "SEAT", "unit_price": "600", "tax_rate": "19"}), 201)
+    setup = ok(await client.post("/products", json={"name": "Setup", "unit_price": "1500"}), 201)
+    problem(await client.post("/products", json={"name": "crm SEAT", "unit_price": "1"}), 409)
+    quote = ok(await client.post("/quotes", json={"title": "Q", "amount": "0"}), 201)
+    items = ok(await client.put(f"/quotes/{quote['id']}/items", json=[
+        {"product_id": seats["id"], "quantity": "40", "discount_percent": "10"},
+        {"product_id": setup["id"], "quantity": "1", "tax_rate": "19"},
+        {"description": "Training day", "quantity": "2", "unit_price": "800.5"}]))
+    assert [i["net"] for i in items["items"]] == ["21600.00", "1500.00", "1601.00"]
+    assert items["items"][0]["unit_price"] == "600.00"
+    assert (items["net_total"], items["tax_total"], items["gross_total"]) == (
+        "24701.00", "4389.00", "29090.00")
+    assert ok(await client.get(f"/quotes/{quote['id']}"))["amount"] == "24701.00"
+    problem(await client.put(f"/quotes/{quote['id']}/items", json=[
+        {"description": "No price", "quantity": "1"}]), 422, "unit price")
+    ok(await client.post(f"/quotes/{quote['id']}/status", json={"status": "accepted"}))
+    problem(await client.put(f"/quotes/{quote['id']}/items", json=[]), 422,
+            "can no longer change")
+    order = ok(await client.post("/orders", json={"title": "O", "amount": "21600",
+                                                  "quote_id": quote["id"]}), 201)
+    ok(await client.put(f"/orders/{order['id']}/items", json=[
+        {"product_id": seats["id"], "quantity": "40", "discount_percent": "10"}]))
+    invoice = ok(await client.post("/invoices", json={
+        "amount": "100", "order_id": order["id"], "issued_on": "2030-01-01",
+        "due_date": "2030-01-31"}), 201)
+    problem(await client.put(f"/invoices/{invoice['id']}/items", json=[
+        {"product_id": seats["id"], "quantity": "41"}]), 422, "exceeds")
+    ok(await client.put(f"/invoices/{invoice['id']}/items", json=[
+        {"product_id": seats["id"], "quantity": "20", "discount_percent": "10"}]))
+    assert ok(await client.get(f"/invoices/{invoice['id']}"))["amount"] == "10800.00"
+    top = ok(await client.get("/reports/dashboard"))["products"]["top"]
+    assert [(p["name"], p["revenue"], p["quantity"]) for p in top] == [
+        ("CRM seat", "21600.00", 40.0)]

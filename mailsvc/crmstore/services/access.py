@@ -23,7 +23,7 @@ KEY_PREFIX = "msk_"
 WRITABLE: dict[str, frozenset[str]] = {
     UserRole.SALES: frozenset({
         "accounts", "contacts", "inbox-leads", "opportunities", "activities", "quotes",
-        "orders", "invoices", "emails", "tags"}),
+        "orders", "invoices", "emails", "tags", "products"}),
     UserRole.SUPPORT: frozenset({"tickets", "activities", "contacts", "accounts", "emails"}),
 }
 ADMIN_ONLY_READS = frozenset({"keys"})

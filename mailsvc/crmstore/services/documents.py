@@ -92,6 +92,22 @@ async def _invoiced(session: AsyncSession, order_id: int, exclude: int | None = 
     return Decimal(str(await session.scalar(query) or 0))
 
 
+async def check_amount(session: AsyncSession, kind: str, document_id: int, amount: Decimal
+                       ) -> None:
+    """A new amount of a document keeps the invoice rules: an invoice within its order, an
+    order not below what is invoiced of it."""
+    if kind == "invoice":
+        invoice = await get_or_404(session, Invoice, document_id)
+        if invoice.order_id is not None:
+            order = await get_or_404(session, Order, invoice.order_id)
+            await _check_invoice_cap(session, order, amount, exclude=invoice.id)
+    elif kind == "order":
+        invoiced = await _invoiced(session, document_id)
+        if amount < invoiced:
+            raise RuleViolation(f"order {document_id} is invoiced for {invoiced:.2f} already: "
+                                "its amount cannot be less")
+
+
 async def _check_invoice_cap(
     session: AsyncSession, order: Order, amount: Decimal, exclude: int | None = None
 ) -> None:
