@@ -40,6 +40,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 quarantine_app = typer.Typer(help="Mail that could not be processed.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
+keys_app = typer.Typer(help="API keys of users.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 err = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger("mailsvc")
 
@@ -347,6 +349,9 @@ def import_contacts(
     owner: Annotated[
         str | None, typer.Option("--owner", help="E-mail of the user who owns the new rows.")
     ] = None,
+    allow_duplicates: Annotated[bool, typer.Option(
+        "--allow-duplicates", help="Create people whose address exists already (reported).")
+    ] = False,
 ) -> None:
     """Import accounts and contacts from CSV; duplicates are reported, not created.
 
@@ -364,7 +369,7 @@ def import_contacts(
         raise typer.Exit(EX_NOINPUT) from None
     try:
         report = _run(run_import(settings, text, name=file.name, dry_run=dry_run,
-                                 owner_email=owner))
+                                 owner_email=owner, allow_duplicates=allow_duplicates))
     except ImportFileError as exc:
         err.print(f"[red]{file}: {exc}[/red]")
         raise typer.Exit(EX_DATAERR) from None
@@ -719,6 +724,100 @@ def retention() -> None:
                 "cutoff": report.cutoff.isoformat() if report.cutoff else None}
 
     sys.stdout.write(json.dumps(_run(go())) + "\n")
+
+
+# ---------------------------------------------------------------- keys: API keys of users
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="The user's e-mail address.")],
+    role: Annotated[str | None, typer.Option(
+        "--role", help="admin, sales or support (default: the user's role).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A label, e.g. the device.")] = None,
+) -> None:
+    """Create an API key for a user and print it once (only its hash is stored)."""
+    from mailsvc.crmstore.models import UserRole
+    from mailsvc.crmstore.services import access, find_user
+    from mailsvc.crmstore.services.common import Actor, act_as
+
+    if role is not None and role not in {r.value for r in UserRole}:
+        err.print(f"[red]--role must be admin, sales or support, not {role!r}[/red]")
+        raise typer.Exit(EX_USAGE)
+    settings = _settings()
+
+    async def go() -> tuple[int, str] | None:
+        async with (open_services(settings) as services, services.sessions() as session,
+                    session.begin()):
+            act_as(session, Actor(user_id=None, role=UserRole.ADMIN.value, via="cli"))
+            found = await find_user(session, user)
+            if found is None:
+                return None
+            issued = await access.create_api_key(
+                session, found.id, role=UserRole(role) if role else None, name=name)
+            return issued.record.id, issued.secret
+
+    try:
+        created = _run(go())
+    except MailsvcError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_DATAERR) from None
+    if created is None:
+        err.print(f"[red]{user} is not a user (create the user first: POST /api/v1/users)[/red]")
+        raise typer.Exit(EX_USAGE)
+    err.print(f"API key {created[0]} for {user}; shown this once, store it now:")
+    print(created[1])
+
+
+@keys_app.command("list")
+def keys_list(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's keys.")] = None,
+) -> None:
+    """List API keys (never the keys themselves)."""
+    from mailsvc.crmstore.services import access, find_user
+
+    settings = _settings()
+
+    async def go() -> list[tuple[str, ...]]:
+        async with open_services(settings) as services, services.sessions() as session:
+            user_id = None
+            if user is not None:
+                found = await find_user(session, user)
+                if found is None:
+                    return []
+                user_id = found.id
+            return [(str(k.id), str(k.user_id), k.prefix + "...", str(k.role), k.name or "",
+                     k.created_at.isoformat(timespec="seconds"),
+                     k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "")
+                    for k in await access.list_api_keys(session, user_id)]
+
+    table = Table(title="API keys")
+    for column in ("id", "user", "key", "role", "name", "created", "revoked"):
+        table.add_column(column)
+    for row in _run(go()):
+        table.add_row(*row)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id.")]) -> None:
+    """Revoke an API key: it stops working at once."""
+    from mailsvc.crmstore.models import UserRole
+    from mailsvc.crmstore.services import access
+    from mailsvc.crmstore.services.common import Actor, act_as
+
+    settings = _settings()
+
+    async def go() -> None:
+        async with (open_services(settings) as services, services.sessions() as session,
+                    session.begin()):
+            act_as(session, Actor(user_id=None, role=UserRole.ADMIN.value, via="cli"))
+            await access.revoke_api_key(session, key_id)
+
+    try:
+        _run(go())
+    except MailsvcError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_DATAERR) from None
+    err.print(f"API key {key_id} revoked")
 
 
 @app.command()

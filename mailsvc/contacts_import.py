@@ -32,9 +32,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -84,6 +84,8 @@ class ImportReport:
     contacts_created: int = 0
     duplicates: list[Duplicate] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    # Rows imported with something left out (e.g. an owner who is not a user).
+    warnings: list[tuple[int, str]] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
 
 
@@ -113,7 +115,9 @@ def map_header(header: list[str]) -> tuple[dict[str, int], list[str]]:
     return mapping, unmapped
 
 
-def read_rows(text: str) -> tuple[dict[str, int], list[str], list[list[str]]]:
+def read_rows(text: str) -> tuple[dict[str, int], list[str], list[tuple[int, list[str]]]]:
+    """The header mapping, unmapped header names, and the non-blank rows with their row number
+    as a spreadsheet shows it (the header is row 1; blank rows still count)."""
     sample = text[:4096]
     try:
         dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample, ",;\t|")
@@ -125,7 +129,8 @@ def read_rows(text: str) -> tuple[dict[str, int], list[str], list[list[str]]]:
     except StopIteration:
         raise ImportFileError("the file is empty") from None
     mapping, unmapped = map_header(header)
-    return mapping, unmapped, [row for row in reader if any(cell.strip() for cell in row)]
+    rows = [(index + 2, row) for index, row in enumerate(reader)]
+    return mapping, unmapped, [(n, row) for n, row in rows if any(c.strip() for c in row)]
 
 
 def _value(row: list[str], mapping: dict[str, int], name: str) -> str | None:
@@ -137,7 +142,7 @@ def _value(row: list[str], mapping: dict[str, int], name: str) -> str | None:
 
 async def import_row(
     session: AsyncSession, number: int, row: list[str], mapping: dict[str, int],
-    report: ImportReport, default_owner: int | None,
+    report: ImportReport, default_owner: int | None, allow_duplicates: bool = False,
 ) -> None:
     def get(name: str) -> str | None:
         return _value(row, mapping, name)
@@ -150,9 +155,12 @@ async def import_row(
     if get("owner"):
         owner = await services.find_user(session, get("owner") or "")
         if owner is None:
-            report.skipped.append((number, f"owner {get('owner')} is not a user"))
-            return
-        owner_id = owner.id
+            # The person matters more than the owner column: import it without, and say so.
+            report.warnings.append((number, f"owner {get('owner')} is not a user: imported "
+                                            "without owner"))
+            owner_id = None
+        else:
+            owner_id = owner.id
     account_id: int | None = None
     company, domain = get("company"), get("domain")
     if domain:
@@ -173,8 +181,8 @@ async def import_row(
                     number, "account", existing.id,
                     f"{company!r} matches existing account {existing.name!r}"))
         elif company:
-            fields = {k: get(k) for k in ("street", "zip", "city", "country", "industry",
-                                          "size")}
+            fields: dict[str, Any] = {k: get(k) for k in ("street", "zip", "city", "country",
+                                                          "industry", "size")}
             account = await services.create_account(
                 session, company, [domain] if domain else [], owner_id=owner_id, **fields)
             account_id = account.id
@@ -184,13 +192,15 @@ async def import_row(
     if existing_contact is not None:
         report.duplicates.append(Duplicate(
             number, "contact", existing_contact.id,
-            f"{email or last_name} exists already as contact {existing_contact.id}"))
-        return
+            f"{email or last_name} exists already as contact {existing_contact.id}"
+            + ("; created anyway (--allow-duplicates)" if allow_duplicates else "")))
+        if not allow_duplicates:
+            return
     tags = [t.strip() for t in (get("tags") or "").replace("|", ";").split(";") if t.strip()]
     await services.create_contact(
         session, last_name or (email or "").split("@")[0], email, first_name=get("first_name"),
         account_id=account_id, owner_id=owner_id, phone=get("phone"), role=get("role"),
-        tags=tags,
+        tags=tags, allow_duplicate=allow_duplicates,
     )
     report.contacts_created += 1
 
@@ -206,6 +216,7 @@ def read_file(path: Path) -> str:
 async def import_contacts(
     settings: Settings, text: str, *, name: str = "contacts.csv", dry_run: bool = False,
     owner_email: str | None = None, console: Console | None = None,
+    allow_duplicates: bool = False,
 ) -> ImportReport:
     """Import the CSV text in one transaction (rolled back with ``dry_run``)."""
     mapping, unmapped, rows = read_rows(text)
@@ -221,8 +232,9 @@ async def import_contacts(
             default_owner = owner.id
         with _progress(console) as progress:
             task = progress.add_task(f"importing {name}", total=len(rows))
-            for number, row in _numbered(rows):
-                await import_row(session, number, row, mapping, report, default_owner)
+            for number, row in rows:
+                await import_row(session, number, row, mapping, report, default_owner,
+                                 allow_duplicates)
                 progress.advance(task)
         if dry_run:
             await transaction.rollback()
@@ -231,10 +243,6 @@ async def import_contacts(
     logger.info("imported %s: %s contacts, %s accounts created, %s duplicates", name,
                 report.contacts_created, report.accounts_created, len(report.duplicates))
     return report
-
-
-def _numbered(rows: list[list[str]]) -> Iterator[tuple[int, list[str]]]:
-    return ((index + 2, row) for index, row in enumerate(rows))  # row 1 is the header
 
 
 def _progress(console: Console) -> Progress:
@@ -252,10 +260,11 @@ def summary_tables(report: ImportReport, dry_run: bool) -> list[Table]:
         ("existing accounts used", report.accounts_matched),
         ("duplicates (not created)", len(report.duplicates)),
         ("rows skipped", len(report.skipped)),
+        ("rows with warnings", len(report.warnings)),
     ):
         summary.add_row(label, str(count))
     tables = [summary]
-    if report.duplicates or report.skipped:
+    if report.duplicates or report.skipped or report.warnings:
         details = Table(title="duplicates and skipped rows")
         for column in ("row", "kind", "existing id", "detail"):
             details.add_column(column)
@@ -263,5 +272,7 @@ def summary_tables(report: ImportReport, dry_run: bool) -> list[Table]:
             details.add_row(str(dup.row), dup.kind, str(dup.existing_id), dup.detail)
         for row, reason in report.skipped[:50]:
             details.add_row(str(row), "skipped", "", reason)
+        for row, reason in report.warnings[:50]:
+            details.add_row(str(row), "warning", "", reason)
         tables.append(details)
     return tables

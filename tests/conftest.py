@@ -18,6 +18,7 @@ from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings, load_settings
 from mailsvc.crmstore.base import Base
 from mailsvc.crmstore.db import create_engine
+from mailsvc.crmstore.defaults import seed_defaults
 from mailsvc.crmstore.migrate import upgrade
 from mailsvc.crmstore.models import OutboxEvent
 from mailsvc.events.schema import cloudevent, encode
@@ -116,6 +117,8 @@ async def _truncate_postgres(url: str) -> None:
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     async with engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        # What the migrations seed (pipelines, loss reasons, lists), as on a fresh SQLite copy.
+        await conn.run_sync(seed_defaults)
     await engine.dispose()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -10,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mailsvc import __version__
 from mailsvc.api import problems
 from mailsvc.api.deps import require_api_key
+from mailsvc.api.export import CsvExport
 from mailsvc.api.guard import AccessPolicy, Guard, docs_paths
 from mailsvc.api.health import ReadinessChecks, intake_backlog
 from mailsvc.api.instrument import Instrument, RouteTemplates
@@ -19,6 +22,7 @@ from mailsvc.api.routes import (
     documents,
     emails,
     inbox,
+    mailfiles,
     opportunities,
     people,
     privacy,
@@ -49,6 +53,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     problems.register(app)
     register()  # the intake metrics exist from the start
+    app.add_middleware(CsvExport)  # ?format=csv / Accept: text/csv on every list and report
 
     config = services.settings
     policy = AccessPolicy(
@@ -64,9 +69,10 @@ def create_app(services: Services) -> FastAPI:
     app.state.auth_failures = limiter  # the triage page's sign-in counts its failures here too
     # The last added runs first: count everything, then let only what may pass reach the app.
     app.add_middleware(Guard, policy=policy, limiter=limiter,
-                       max_body_bytes=config.api_max_body_bytes)
-    modules = (people, opportunities, inbox, tickets, activities, documents, emails, settings,
-               reports, privacy)
+                       max_body_bytes=config.api_max_body_bytes,
+                       user_key=partial(user_key_valid, services))
+    modules = (people, opportunities, inbox, tickets, activities, documents, emails, mailfiles,
+               settings, reports, privacy)
     app.add_middleware(Instrument, templates=RouteTemplates(lambda: [
         *(f"{API_PREFIX}{route.path}" for module in modules for route in module.router.routes
           if isinstance(route, APIRoute)),
@@ -104,6 +110,15 @@ def create_app(services: Services) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def user_key_valid(services: Services, supplied: str) -> bool:
+    """A user's own API key (kept hashed in the store), for the gate."""
+    from mailsvc.crmstore.db import read_session
+    from mailsvc.crmstore.services.access import resolve_api_key
+
+    async with read_session(services.sessions) as session:
+        return await resolve_api_key(session, supplied) is not None
 
 
 def problems_model() -> type:

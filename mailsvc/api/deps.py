@@ -9,10 +9,13 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.api.guard import AUTHENTICATED
 from mailsvc.bootstrap import Services
 from mailsvc.config import Settings
-from mailsvc.crmstore.db import READ_ONLY
+from mailsvc.crmstore.db import READ_ONLY, read_session
+from mailsvc.crmstore.models import UserRole
+from mailsvc.crmstore.services.access import may, resolve_api_key
+from mailsvc.crmstore.services.common import Actor, act_as
+from mailsvc.keys import matches_any, parse_configured_key
 
 bearer = HTTPBearer(auto_error=False, description="An API key from MAILSVC_API_KEYS.")
 
@@ -26,12 +29,16 @@ def get_settings(request: Request) -> Settings:
     return get_services(request).settings
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+async def get_session(
+    request: Request, caller: Annotated[Actor, Depends(require_api_key)],
+) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the handler returns, rolled back on error.
+    Everything it changes is the caller's (stage history, activities, events: ``act_as``).
 
     Reads (GET, HEAD) begin as read-only transactions, so on SQLite they never wait behind the
     intake's writes."""
     async with get_services(request).sessions() as session:
+        act_as(session, caller)
         if request.method in ("GET", "HEAD"):
             await session.connection(execution_options=READ_ONLY)
             yield session  # nothing to commit: closing the session ends the transaction
@@ -43,15 +50,36 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """Declares the bearer scheme in the OpenAPI document; the key itself is checked (in
-    constant time, failures limited per client) by ``mailsvc.api.guard`` before the request
-    gets here. This only makes sure no route is reached without that check."""
-    if not get_settings(request).api_keys:
-        return  # open API: serve_api binds it to loopback only
-    if not getattr(request.state, AUTHENTICATED, False):
-        raise HTTPException(401, "a valid API key is required (Authorization: Bearer <key>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+) -> Actor:
+    """The caller: a user's key (its user and role), a bootstrap key of ``MAILSVC_API_KEYS``
+    (admin, no user), or nobody on an open API (no bootstrap keys: loopback only, admin).
+    Then the role must allow the request (``services.access.may``)."""
+    caller = await _resolve_caller(request, credentials.credentials if credentials else "")
+    parts = [p for p in request.url.path.split("/") if p]
+    area = (parts[2:] if parts[:2] == ["api", "v1"] else parts)[:1]
+    if not may(caller.role, request.method, area[0] if area else ""):
+        raise HTTPException(403, f"a {caller.role} key may not {request.method} "
+                            f"/{''.join(area)}")
+    request.state.caller = caller
+    return caller
+
+
+async def _resolve_caller(request: Request, supplied: str) -> Actor:
+    keys = get_settings(request).api_keys
+    if supplied:
+        if matches_any(supplied, (parse_configured_key(key) for key in keys)):
+            return Actor(user_id=None, role=UserRole.ADMIN.value, via="bootstrap-key")
+        async with read_session(get_services(request).sessions) as session:
+            actor = await resolve_api_key(session, supplied)
+        if actor is not None:
+            return actor
+    elif not keys:
+        return Actor(user_id=None, role=UserRole.ADMIN.value, via="open")
+    raise HTTPException(401, "a valid API key is required (Authorization: Bearer <key>)",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+Caller = Annotated[Actor, Depends(require_api_key)]
 
 
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]

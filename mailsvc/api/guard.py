@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
@@ -114,11 +114,14 @@ class Guard:
     """ASGI middleware: authentication, failed-attempt limit, body size (see module docstring)."""
 
     def __init__(self, app: ASGIApp, *, policy: AccessPolicy, limiter: FailureLimiter,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int,
+                 user_key: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.app = app
         self.policy = policy
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        # A user's own API key (kept hashed in the store) passes too.
+        self.user_key = user_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,14 +134,14 @@ class Guard:
             if token is None and access is Access.STATUS:
                 await self._body_limited(scope, receive, _StatusOnly(send), headers)
                 return
-            refusal = self._authenticate(scope, token)
+            refusal = await self._authenticate(scope, token)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
             scope.setdefault("state", {})[AUTHENTICATED] = True
         await self._body_limited(scope, receive, send, headers)
 
-    def _authenticate(self, scope: Scope, token: str | None) -> JSONResponse | None:
+    async def _authenticate(self, scope: Scope, token: str | None) -> JSONResponse | None:
         client = client_of(scope)
         wait = self.limiter.blocked_for(client)
         if wait > 0:
@@ -148,6 +151,8 @@ class Guard:
                 "too-many-failed-authentications",
                 headers={"Retry-After": retry_after_header(wait)})
         if token and matches_any(token, self.policy.keys):
+            return None
+        if token and self.user_key is not None and await self.user_key(token):
             return None
         wait = self.limiter.failed(client)
         logger.warning("API authentication failed: client %s, %s %s, %s", client,

@@ -40,9 +40,16 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("body", "query", "path"))
 
 
+def _field(loc: tuple[Any, ...]) -> str:
+    """The field a validation error is about; the body or a parameter itself when it has none
+    (a missing or non-object body is "body", never a tuple's repr)."""
+    return _location(loc) or ".".join(str(p) for p in loc) or "request"
+
+
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": _location(tuple(e.get("loc", ()))) or str(e.get("loc", "")),
+    errors = [{"field": "body" if e.get("type") == "json_invalid"
+               else _field(tuple(e.get("loc", ()))),
                "in": str(e.get("loc", ["body"])[0]), "message": e.get("msg", "invalid")}
               for e in exc.errors()]
     detail = "; ".join(f"{e['field'] or e['in']}: {e['message']}" for e in errors[:10])
@@ -58,6 +65,11 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    existing = getattr(exc, "existing_id", None)
+    if existing is not None:  # a duplicate: name the record that exists
+        kind = getattr(exc, "kind", "record")
+        return problem(request, 409, "Duplicate", str(exc), "duplicate", existing_id=existing,
+                       existing_type=kind)
     return problem(request, 409, "Conflict", str(exc), "conflict")
 
 

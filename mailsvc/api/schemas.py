@@ -82,7 +82,16 @@ Req500 = Annotated[str, StringConstraints(min_length=1, max_length=500), _clean]
 
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
-Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False)]
+def _cents(value: Decimal) -> Decimal:
+    return value.quantize(CENT)
+
+
+CENT = Decimal("0.01")
+# Money in: up to 2 decimals, kept as cents; money out: always with 2 decimals ("20000.00"), on
+# write as on read.
+Amount = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2, allow_inf_nan=False),
+                   AfterValidator(_cents)]
+Money = Annotated[Decimal, AfterValidator(_cents)]
 Probability = Annotated[int, Field(ge=0, le=100)]
 When = Annotated[datetime, AfterValidator(_utc), AfterValidator(_plausible_datetime)]
 Day = Annotated[date, AfterValidator(_plausible_date)]
@@ -168,6 +177,34 @@ class UserOut(Out):
     created_at: datetime
 
 
+class ApiKeyIn(In):
+    user_id: Id
+    role: UserRole | None = Field(None, description="Default: the user's role.")
+    name: Str200 | None = None
+
+
+class ApiKeyOut(Out):
+    id: int
+    user_id: int
+    name: str | None
+    prefix: str
+    role: UserRole
+    created_by_id: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyIssuedOut(ApiKeyOut):
+    key: str = Field(description="The key itself: shown this once, only its hash is stored.")
+
+
+class MeOut(BaseModel):
+    user: UserOut | None
+    role: UserRole
+    key_id: int | None
+    via: str
+
+
 class AccountIn(In):
     name: Title
     domains: Annotated[list[Req255], Field(max_length=20)] = []
@@ -183,6 +220,8 @@ class AccountIn(In):
     website: Str300 | None = None
     territory_id: Id | None = None
     team_id: Id | None = None
+    allow_duplicate: bool = Field(False, description=(
+        "Create it although an account with the same name or domain exists (recorded)."))
 
 
 class AccountPatch(Patch):
@@ -219,8 +258,11 @@ class AccountOut(Out):
     territory_id: int | None
     team_id: int | None
     customer_since: datetime | None
+    archived: bool
     created_at: datetime
     updated_at: datetime
+    duplicate_of: int | None = Field(None, description=(
+        "Created on an explicit override although it duplicates this account."))
 
 
 class ContactIn(In):
@@ -234,6 +276,8 @@ class ContactIn(In):
     owner_id: Id | None = None
     active: bool = True
     tags: TagList = []
+    allow_duplicate: bool = Field(False, description=(
+        "Create it although a contact with one of its addresses exists (recorded)."))
 
 
 class ContactPatch(Patch):
@@ -263,12 +307,16 @@ class ContactOut(Out):
     tags: list[str]
     created_at: datetime
     updated_at: datetime
+    duplicate_of: int | None = Field(None, description=(
+        "Created on an explicit override although it duplicates this contact."))
 
 
 # ---------------------------------------------------------------- pipelines
 class StageIn(In):
     name: Name
     probability: Probability
+    position: Annotated[int, Field(ge=0, le=1000)] | None = Field(None, description=(
+        "Where among the pipeline's stages (0 = first); default: last."))
 
 
 class StagePatch(Patch):
@@ -302,7 +350,9 @@ class PlanStepOut(Out):
 class PipelineIn(In):
     name: Name
     kind: OpportunityKind = OpportunityKind.DEAL
-    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    position: Annotated[int, Field(ge=0, le=1000)] | None = Field(None, description=(
+        "Where among all pipelines (0 = first, the default for new opportunities of its "
+        "kind); default: last."))
     stages: Annotated[list[StageIn], Field(max_length=50)] = []
 
 
@@ -339,6 +389,7 @@ class LossReasonOut(Out):
 # ---------------------------------------------------------------- opportunities
 class OpportunityIn(In):
     title: Title
+    description: Str20000 | None = Field(None, description="Needs, pains, wishes, notes.")
     kind: OpportunityKind = OpportunityKind.LEAD
     pipeline_id: Id | None = None
     stage_id: Id | None = None
@@ -361,7 +412,9 @@ class OpportunityIn(In):
 
 class OpportunityPatch(Patch):
     title: Title | None = None
-    kind: Literal[OpportunityKind.DEAL] | None = None
+    description: Str20000 | None = None
+    kind: Literal["deal"] | None = Field(None, description=(
+        "Only `deal`: a lead becomes a deal (a deal never goes back to lead)."))
     pipeline_id: Id | None = None
     stage_id: Id | None = None
     probability: Probability | None = None
@@ -384,13 +437,14 @@ class OpportunityOut(Out):
     id: int
     number: str
     title: str
+    description: str | None
     kind: OpportunityKind
     status: OpportunityStatus
     pipeline_id: int | None
     stage_id: int | None
     probability: int
-    amount: Decimal | None
-    weighted_value: Decimal | None
+    amount: Money | None
+    weighted_value: Money | None
     source: str | None
     priority: str | None
     tags: list[str]
@@ -446,6 +500,7 @@ class ActivityPlanIn(In):
 
 class StageChangeOut(Out):
     id: int
+    opportunity_id: int
     from_stage_id: int | None
     to_stage_id: int | None
     probability: int
@@ -473,6 +528,11 @@ class InboxLeadIn(In):
 
 class InboxLeadPatch(Patch):
     title: Title | None = None
+    notes: Str20000 | None = Field(None, description=(
+        "Qualification notes: the prospect's pain, wishes, criteria (carried into the "
+        "opportunity's description on conversion)."))
+    category: Literal["cold", "mql", "sql"] | None = Field(None, description=(
+        "Lead category: cold, marketing-qualified (mql), sales-qualified (sql)."))
     source: Short | None = None
     priority: Str50 | None = None
     status: LeadStatus | None = None
@@ -492,6 +552,8 @@ class InboxLeadPatch(Patch):
 class InboxLeadOut(Out):
     id: int
     title: str
+    notes: str | None
+    category: str | None
     source: str
     priority: str
     status: LeadStatus
@@ -504,7 +566,7 @@ class InboxLeadOut(Out):
     last_name: str | None
     email: str | None
     phone: str | None
-    budget: Decimal | None
+    budget: Money | None
     account_id: int | None
     contact_id: int | None
     opportunity_id: int | None
@@ -582,6 +644,7 @@ class ActivityOut(Out):
     contact_id: int | None
     inbox_lead_id: int | None
     email_id: int | None
+    created_by_id: int | None
     created_at: datetime
 
 
@@ -610,7 +673,7 @@ class QuoteStatusIn(In):
 class QuoteOut(Out):
     id: int
     title: str
-    amount: Decimal
+    amount: Money
     valid_until: date | None
     status: QuoteStatus
     opportunity_id: int | None
@@ -646,7 +709,7 @@ class OrderStatusIn(In):
 class OrderOut(Out):
     id: int
     title: str
-    amount: Decimal
+    amount: Money
     delivery_date: date | None
     delivered_at: datetime | None
     status: OrderStatus
@@ -681,7 +744,7 @@ class PaymentIn(In):
 class InvoiceOut(Out):
     id: int
     number: str | None
-    amount: Decimal
+    amount: Money
     issued_on: date
     due_date: date
     paid_date: date | None
@@ -691,6 +754,64 @@ class InvoiceOut(Out):
     account_id: int | None
     owner_id: int | None
     created_at: datetime
+
+
+Rate = Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2,
+                                allow_inf_nan=False)]
+Quantity = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=3, allow_inf_nan=False)]
+
+
+class ProductIn(In):
+    name: Name
+    sku: Str50 | None = None
+    unit_price: Amount
+    tax_rate: Rate = Decimal("0")
+
+
+class ProductPatch(Patch):
+    name: Name | None = None
+    sku: Str50 | None = None
+    unit_price: Amount | None = None
+    tax_rate: Rate | None = None
+    active: bool | None = None
+
+
+class ProductOut(Out):
+    id: int
+    name: str
+    sku: str | None
+    unit_price: Money
+    tax_rate: Decimal
+    active: bool
+    created_at: datetime
+
+
+class LineItemIn(In):
+    product_id: Id | None = None
+    description: Str300 | None = None
+    quantity: Quantity
+    unit_price: Amount | None = Field(None, description="Default: the product's price.")
+    discount_percent: Rate = Decimal("0")
+    tax_rate: Rate | None = Field(None, description="Default: the product's rate, else 0.")
+
+
+class LineItemOut(Out):
+    id: int
+    position: int
+    product_id: int | None
+    description: str
+    quantity: Decimal
+    unit_price: Money
+    discount_percent: Decimal
+    tax_rate: Decimal
+    net: Money
+
+
+class LineItemsOut(BaseModel):
+    items: list[LineItemOut]
+    net_total: Money = Field(description="The document's amount.")
+    tax_total: Money
+    gross_total: Money
 
 
 # ---------------------------------------------------------------- tickets
@@ -738,6 +859,7 @@ class TicketUpdateOut(Out):
     status_from: str | None
     status_to: str | None
     email_id: int | None
+    author_id: int | None
     created_at: datetime
 
 
@@ -749,7 +871,7 @@ class TicketOut(Out):
     type: str
     status: TicketStatus
     priority: str
-    value_eur: Decimal | None
+    value_eur: Money | None
     account_id: int | None
     contact_id: int | None
     owner_id: int | None
@@ -768,6 +890,7 @@ class EmailLinkOut(Out):
     target_type: LinkTarget
     target_id: int
     rule: str
+    created_by_id: int | None = Field(None, description="Who linked it by hand.")
     created_at: datetime
 
 
@@ -794,6 +917,16 @@ class EmailDetailOut(EmailOut):
     reply_text: str | None
 
 
+class AttachmentOut(BaseModel):
+    id: int
+    filename: str | None
+    content_type: str
+    content_id: str | None
+    inline: bool
+    size: int
+    download: str
+
+
 class TimelineEntry(BaseModel):
     email: EmailOut
     linked_by: str
@@ -816,8 +949,18 @@ class TerritoryOut(Out):
     description: str | None
 
 
+class TerritoryPatch(Patch):
+    name: Name | None = None
+    description: Str2000 | None = None
+
+
 class TeamIn(In):
     name: Name
+    territory_id: Id | None = None
+
+
+class TeamPatch(Patch):
+    name: Name | None = None
     territory_id: Id | None = None
 
 
@@ -847,7 +990,7 @@ class CampaignOut(Out):
     name: str
     start_date: date | None
     end_date: date | None
-    budget: Decimal | None
+    budget: Money | None
     active: bool
 
 
@@ -858,7 +1001,14 @@ class TagOut(Out):
 
 class ChoiceIn(In):
     name: Short
-    position: Annotated[int, Field(ge=0, le=1000)] = 0
+    position: Annotated[int, Field(ge=0, le=1000)] | None = Field(
+        None, description="Where in the list (default: last).")
+
+
+class ChoicePatch(Patch):
+    name: Short | None = None
+    active: bool | None = Field(None, description="false retires the value (records keep it).")
+    position: Annotated[int, Field(ge=0, le=1000)] | None = None
 
 
 class BudgetIn(In):
@@ -870,7 +1020,7 @@ class BudgetIn(In):
 
 class BudgetMonthOut(Out):
     month: int
-    target: Decimal
+    target: Money
 
 
 class BudgetOut(Out):

@@ -27,16 +27,18 @@ def user(row: User) -> s.UserOut:
                      aliases=[a.email for a in row.addresses if a.email != row.email])
 
 
-def account(row: Account) -> s.AccountOut:
-    data = {name: getattr(row, name) for name in s.AccountOut.model_fields if name != "domains"}
-    return s.AccountOut(**data, domains=[d.domain for d in row.domains])
+def account(row: Account, duplicate_of: int | None = None) -> s.AccountOut:
+    data = {name: getattr(row, name) for name in s.AccountOut.model_fields
+            if name not in ("domains", "duplicate_of")}
+    return s.AccountOut(**data, domains=[d.domain for d in row.domains],
+                        duplicate_of=duplicate_of)
 
 
-def contact(row: Contact) -> s.ContactOut:
+def contact(row: Contact, duplicate_of: int | None = None) -> s.ContactOut:
     data = {name: getattr(row, name) for name in s.ContactOut.model_fields
-            if name not in ("addresses", "tags")}
+            if name not in ("addresses", "tags", "duplicate_of")}
     return s.ContactOut(**data, addresses=[a.email for a in row.addresses],
-                        tags=[t.name for t in row.tags])
+                        tags=[t.name for t in row.tags], duplicate_of=duplicate_of)
 
 
 def opportunity(

@@ -97,6 +97,22 @@ class User(Timestamped, Base):
     )
 
 
+class ApiKey(Timestamped, Base):
+    """An API key of a user: only its SHA-256 is stored; the key is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the key, to tell keys apart in lists (not enough to guess it).
+    prefix: Mapped[str] = mapped_column(String(16))
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole), default=UserRole.SALES)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    revoked_at: Mapped[datetime | None]
+
+
 class UserEmail(Base):
     """Every address a user sends from; the primary address is one of them."""
 
@@ -128,6 +144,7 @@ class Account(Timestamped, Base):
     territory_id: Mapped[int | None] = mapped_column(ForeignKey("territories.id"), index=True)
     team_id: Mapped[int | None] = mapped_column(ForeignKey("sales_teams.id"), index=True)
     customer_since: Mapped[datetime | None]
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
     # The name reduced for duplicate checks (see services.normalise_company).
     name_key: Mapped[str | None] = mapped_column(String(300), index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -264,6 +281,9 @@ class Opportunity(Timestamped, Base):
     deal_at: Mapped[datetime | None]
     stage_changed_at: Mapped[datetime | None]
     loss_note: Mapped[str | None] = mapped_column(Text)
+    # The owner credited with a won deal's revenue: the owner when it was won.
+    credited_owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    description: Mapped[str | None] = mapped_column(Text)
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), index=True)
     territory_id: Mapped[int | None] = mapped_column(ForeignKey("territories.id"), index=True)
     team_id: Mapped[int | None] = mapped_column(ForeignKey("sales_teams.id"), index=True)
@@ -327,6 +347,7 @@ class TicketUpdate(Timestamped, Base):
     status_from: Mapped[str | None] = mapped_column(String(32))
     status_to: Mapped[str | None] = mapped_column(String(32))
     email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"))
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     ticket: Mapped[Ticket] = relationship(back_populates="updates")
 
@@ -360,6 +381,9 @@ class InboxLead(Timestamped, Base):
     archived: Mapped[bool] = mapped_column(Boolean, default=False)
     archived_at: Mapped[datetime | None]
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
+    # What the prospect needs and wants, qualification notes (seed: "pain", wishes).
+    notes: Mapped[str | None] = mapped_column(Text)
+    category: Mapped[str | None] = mapped_column(String(20))
 
 
 class Activity(Timestamped, Base):
@@ -380,6 +404,7 @@ class Activity(Timestamped, Base):
     inbox_lead_id: Mapped[int | None] = mapped_column(ForeignKey("inbox_leads.id"))
     email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), index=True)
     plan_step_id: Mapped[int | None] = mapped_column(ForeignKey("activity_plan_steps.id"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
 class Email(Base):
@@ -465,6 +490,8 @@ class EmailLink(Timestamped, Base):
     target_type: Mapped[LinkTarget] = mapped_column(_enum(LinkTarget))
     target_id: Mapped[int] = mapped_column(Integer)
     rule: Mapped[str] = mapped_column(String(64))
+    # Who made a manual link (automatic links have none).
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     email: Mapped[Email] = relationship(back_populates="links")
 
@@ -682,6 +709,15 @@ class OpportunitySnapshot(Base):
     probability: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class SnapshotMonth(Base):
+    """A month whose opportunity snapshot was taken (also when nothing was open)."""
+
+    __tablename__ = "snapshot_months"
+
+    month: Mapped[date] = mapped_column(primary_key=True)
+    taken_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ActivityPlanStep(Base):
     """A standard task of a pipeline's activity plan, due ``offset_days`` after the start date."""
 
@@ -778,3 +814,46 @@ class BudgetMonth(Base):
     budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
     month: Mapped[int] = mapped_column(Integer)
     target: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"))
+
+
+class Product(Timestamped, Base):
+    """Something we sell, with its list price and tax rate (a line item may differ)."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    sku: Mapped[str | None] = mapped_column(String(64), unique=True)
+    unit_price: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"))
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0"))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class LineItem(Base):
+    """A line of one quote, order or invoice; ``net`` is derived (quantity × price − discount)
+    and kept for the reports; the document's amount is the sum of its lines' net."""
+
+    __tablename__ = "line_items"
+    __table_args__ = (
+        CheckConstraint(
+            "(CASE WHEN quote_id IS NULL THEN 0 ELSE 1 END + CASE WHEN order_id IS NULL THEN 0 "
+            "ELSE 1 END + CASE WHEN invoice_id IS NULL THEN 0 ELSE 1 END) = 1",
+            name="one_document"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    quote_id: Mapped[int | None] = mapped_column(
+        ForeignKey("quotes.id", ondelete="CASCADE"), index=True)
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    invoice_id: Mapped[int | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), index=True)
+    description: Mapped[str] = mapped_column(String(500))
+    quantity: Mapped[Decimal] = mapped_column(Numeric(12, 3))
+    unit_price: Mapped[Decimal] = mapped_column(Money)
+    discount_percent: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0"))
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0"))
+    net: Mapped[Decimal] = mapped_column(Money)
+

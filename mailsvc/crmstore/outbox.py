@@ -20,6 +20,10 @@ def record_event(
     With ``batch`` the event is only collected there; ``write_events`` then inserts a whole
     group's events with one statement.
     """
+    actor = session.info.get("mailsvc.actor")
+    if actor is not None and "actor" not in data:
+        # The API or CLI put its caller on the session (services.common.act_as).
+        data = {**data, "actor": actor.as_event()}
     if batch is not None:
         batch.append({"type": event_type, "subject": subject, "data": dict(data)})
         return

@@ -25,20 +25,26 @@ from mailsvc.crmstore.models import (
     InboxLead,
     Invoice,
     InvoiceStatus,
+    LineItem,
     LossReason,
     Opportunity,
     OpportunityKind,
+    OpportunitySnapshot,
     OpportunityStatus,
     Order,
     OrderStatus,
     Pipeline,
+    Product,
     Quote,
     QuoteStatus,
+    SnapshotMonth,
     Stage,
     Ticket,
     TicketStatus,
+    TicketUpdate,
     User,
 )
+from mailsvc.errors import NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +121,26 @@ async def _one(session: AsyncSession, stmt: Any) -> Any:
 
 def _owned(model: Any, owner_id: int | None) -> list[ColumnElement[bool]]:
     return [] if owner_id is None else [model.owner_id == owner_id]
+
+
+def _credited(owner_id: int | None) -> list[ColumnElement[bool]]:
+    """Won revenue belongs to the owner credited when it was won (a later owner change does not
+    move it)."""
+    if owner_id is None:
+        return []
+    return [func.coalesce(Opportunity.credited_owner_id, Opportunity.owner_id) == owner_id]
+
+
+def _won_in(period: Period) -> ColumnElement[bool]:
+    """Won, with its close date (the day it was won, never in the future) in the period."""
+    return and_(Opportunity.status == OpportunityStatus.WON,
+                period.contains_date(Opportunity.close_date))
+
+
+async def check_owner(session: AsyncSession, owner_id: int | None) -> None:
+    """A report for a user that does not exist is an error, not a page of zeros."""
+    if owner_id is not None and await session.get(User, owner_id) is None:
+        raise NotFound(f"user {owner_id} does not exist")
 
 
 def _count_if(condition: Any) -> ColumnElement[Any]:
@@ -326,8 +352,7 @@ async def top_customers(session: AsyncSession, period: Period, owner_id: int | N
     rows = await session.execute(
         select(Account.id, Account.name, revenue.label("revenue"))
         .join(Opportunity, Opportunity.account_id == Account.id)
-        .where(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at),
-               *_owned(Opportunity, owner_id))
+        .where(_won_in(period), *_credited(owner_id))
         .group_by(Account.id, Account.name).order_by(revenue.desc(), Account.id).limit(limit)
     )
     return [{"account_id": i, "name": n, "revenue": _money(r)} for i, n, r in rows]
@@ -347,16 +372,66 @@ async def ticket_kpis(session: AsyncSession, period: Period, owner_id: int | Non
         select(Ticket.status, func.count()).where(*_owned(Ticket, owner_id))
         .group_by(Ticket.status).order_by(Ticket.status)
     )
+    service = await service_kpis(session, period, owner_id)
     return {"created": row.created, "open": row.open, "avg_dwell_days": _days(row.dwell),
-            "by_status": {str(st): n for st, n in statuses}}
+            "by_status": {str(st): n for st, n in statuses}, **service}
+
+
+async def service_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
+                       ) -> dict[str, Any]:
+    """Of the tickets created in the period: days to the first response (the first update that
+    is not an incoming mail), days to resolution, and the share reopened after being resolved
+    or closed (of those resolved or closed at least once)."""
+    first = (select(TicketUpdate.ticket_id, func.min(TicketUpdate.created_at).label("at"))
+             .where(TicketUpdate.email_id.is_(None)).group_by(TicketUpdate.ticket_id)
+             .subquery())
+    closed = TicketUpdate.status_to.in_([TicketStatus.RESOLVED.value, TicketStatus.CLOSED.value])
+    reopened = and_(TicketUpdate.status_to == TicketStatus.OPEN.value,
+                    TicketUpdate.status_from.in_([TicketStatus.RESOLVED.value,
+                                                  TicketStatus.CLOSED.value]))
+    was_closed = or_(Ticket.resolved_at.is_not(None),
+                     exists().where(TicketUpdate.ticket_id == Ticket.id, closed))
+    was_reopened = exists().where(TicketUpdate.ticket_id == Ticket.id, reopened)
+    created = period.contains(Ticket.created_at)
+    row = await _one(session, select(
+        func.avg(case((created, days_between(session, first.c.at, Ticket.created_at))))
+        .label("response"),
+        func.avg(case((and_(created, Ticket.resolved_at.is_not(None)),
+                       days_between(session, Ticket.resolved_at, Ticket.created_at))))
+        .label("resolution"),
+        _count_if(and_(created, was_closed)).label("closed"),
+        _count_if(and_(created, was_reopened)).label("reopened"),
+    ).select_from(Ticket).outerjoin(first, first.c.ticket_id == Ticket.id)
+        .where(*_owned(Ticket, owner_id)))
+    return {"avg_first_response_days": _days(row.response),
+            "avg_resolution_days": _days(row.resolution),
+            "reopen_rate": _rate(row.reopened, row.closed)}
+
+
+async def product_kpis(session: AsyncSession, period: Period, owner_id: int | None = None,
+                       limit: int = 10) -> dict[str, Any]:
+    """Top products: net revenue and quantity from the line items of the orders (not
+    cancelled) placed in the period."""
+    net = func.sum(LineItem.net)
+    rows = await session.execute(
+        select(Product.id, Product.name, net.label("revenue"),
+               func.sum(LineItem.quantity).label("quantity"), func.count(Order.id.distinct()))
+        .join(LineItem, LineItem.product_id == Product.id)
+        .join(Order, Order.id == LineItem.order_id)
+        .where(Order.status != OrderStatus.CANCELLED, period.contains(Order.created_at),
+               *_owned(Order, owner_id))
+        .group_by(Product.id, Product.name).order_by(net.desc(), Product.id).limit(limit)
+    )
+    return {"top": [{"product_id": i, "name": n, "revenue": _money(r),
+                     "quantity": float(q or 0), "orders": c} for i, n, r, q, c in rows]}
 
 
 async def sales_kpis(session: AsyncSession, period: Period, owner_id: int | None = None
                      ) -> dict[str, Any]:
-    won = and_(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at))
+    won = _won_in(period)
     row = await _one(session, select(
         _sum_if(won, Opportunity.amount).label("revenue"), _count_if(won).label("won"),
-    ).where(*_owned(Opportunity, owner_id)))
+    ).where(*_credited(owner_id)))
     return {"revenue": _money(row.revenue), "won": row.won}
 
 
@@ -365,6 +440,7 @@ async def dashboard(
     now: datetime, inactive_days: int = 14,
 ) -> dict[str, Any]:
     """Every dashboard KPI of DOMAIN.md for the period (and owner)."""
+    await check_owner(session, owner_id)
     return {
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "owner_id": owner_id,
@@ -379,12 +455,19 @@ async def dashboard(
         "invoices": await invoice_kpis(session, period, owner_id, today=now.date()),
         "contacts": await contact_kpis(session, period, owner_id),
         "tickets": await ticket_kpis(session, period, owner_id),
+        "products": await product_kpis(session, period, owner_id),
     }
 
 
 async def team(session: AsyncSession, period: Period) -> list[dict[str, Any]]:
-    """Per owner: deals won / lost in the period, deals owned (open), revenue in the period."""
-    won = and_(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at))
+    """Per owner: deals won / lost in the period, deals owned (open), revenue in the period.
+
+    Won deals (and their revenue) count for the owner credited when they were won; lost and open
+    ones for their owner."""
+    credited = case((Opportunity.status == OpportunityStatus.WON,
+                     func.coalesce(Opportunity.credited_owner_id, Opportunity.owner_id)),
+                    else_=Opportunity.owner_id)
+    won = _won_in(period)
     rows = await session.execute(
         select(User.id, User.name,
                _count_if(won).label("won"),
@@ -392,7 +475,7 @@ async def team(session: AsyncSession, period: Period) -> list[dict[str, Any]]:
                               period.contains(Opportunity.lost_at))).label("lost"),
                _count_if(Opportunity.status == OpportunityStatus.OPEN).label("owned_open"),
                _sum_if(won, Opportunity.amount).label("revenue"))
-        .join(Opportunity, Opportunity.owner_id == User.id)
+        .join(Opportunity, credited == User.id)
         .group_by(User.id, User.name).order_by(User.name, User.id)
     )
     return [{"owner_id": r.id, "name": r.name, "won": r.won, "lost": r.lost,
@@ -401,14 +484,18 @@ async def team(session: AsyncSession, period: Period) -> list[dict[str, Any]]:
 
 async def months(session: AsyncSession, year: int, owner_id: int | None = None
                  ) -> list[dict[str, Any]]:
-    """Per month of ``year``: revenue won, budget target, and the weighted forecast of open
-    opportunities by their close date."""
+    """Per month of ``year``: revenue won (by close date), budget target, the weighted forecast
+    of open opportunities by their close date, and the open pipeline at the month's start (from
+    the monthly snapshots) with the change against the month before.
+
+    The budget is the company's: a user's view (``owner_id``) has no target rather than the
+    whole company's."""
+    await check_owner(session, owner_id)
     period = Period.year(year)
-    won_month = month_of(session, Opportunity.won_at)
+    won_month = month_of(session, Opportunity.close_date, is_date=True)
     revenue: dict[str, Any] = dict(list(await session.execute(
         select(won_month, func.sum(Opportunity.amount))
-        .where(Opportunity.status == OpportunityStatus.WON, period.contains(Opportunity.won_at),
-               *_owned(Opportunity, owner_id)).group_by(won_month)
+        .where(_won_in(period), *_credited(owner_id)).group_by(won_month)
     )))
     close_month = month_of(session, Opportunity.close_date, is_date=True)
     forecast: dict[str, Any] = dict(list(await session.execute(
@@ -417,13 +504,48 @@ async def months(session: AsyncSession, year: int, owner_id: int | None = None
                period.contains_date(Opportunity.close_date), *_owned(Opportunity, owner_id))
         .group_by(close_month)
     )))
-    targets: dict[int, Any] = dict(list(await session.execute(
+    targets: dict[int, Any] = {} if owner_id is not None else dict(list(await session.execute(
         select(BudgetMonth.month, BudgetMonth.target).join(Budget).where(Budget.year == year)
     )))
+    snapshots = await _snapshots(session, year, owner_id)
     result = []
+    previous: dict[str, Any] | None = None
     for month in range(1, 13):
         key = f"{year:04d}-{month:02d}"
-        result.append({"month": key, "revenue": _money(revenue.get(key)),
-                       "target": _money(targets.get(month)) if month in targets else None,
-                       "forecast": _money(forecast.get(key))})
+        start = snapshots.get(date(year, month, 1))
+        row = {"month": key, "revenue": _money(revenue.get(key)),
+               "target": _money(targets.get(month)) if month in targets else None,
+               "target_scope": "user" if owner_id is not None else "company",
+               "forecast": _money(forecast.get(key)), "pipeline_at_start": start,
+               "pipeline_change": _change(start, previous)}
+        previous = start
+        result.append(row)
     return result
+
+
+def _change(now: dict[str, Any] | None, before: dict[str, Any] | None) -> dict[str, Any] | None:
+    if now is None or before is None:
+        return None
+    return {"open": now["open"] - before["open"], "amount": now["amount"] - before["amount"],
+            "weighted": now["weighted"] - before["weighted"]}
+
+
+async def _snapshots(session: AsyncSession, year: int, owner_id: int | None
+                     ) -> dict[date, dict[str, Any]]:
+    """The open pipeline at the start of each month of the year that has a snapshot."""
+    taken = set(await session.scalars(
+        select(SnapshotMonth.month).where(SnapshotMonth.month >= date(year, 1, 1),
+                                          SnapshotMonth.month < date(year + 1, 1, 1))))
+    if not taken:
+        return {}
+    weighted = OpportunitySnapshot.amount * OpportunitySnapshot.probability / 100
+    rows = await session.execute(
+        select(OpportunitySnapshot.month, func.count(OpportunitySnapshot.id),
+               func.coalesce(func.sum(OpportunitySnapshot.amount), 0),
+               func.coalesce(func.sum(weighted), 0))
+        .where(OpportunitySnapshot.month.in_(taken), *_owned(OpportunitySnapshot, owner_id))
+        .group_by(OpportunitySnapshot.month)
+    )
+    found = {m: {"open": n, "amount": _money(a), "weighted": _money(w)} for m, n, a, w in rows}
+    empty = {"open": 0, "amount": _money(0), "weighted": _money(0)}
+    return {m: found.get(m, dict(empty)) for m in taken}

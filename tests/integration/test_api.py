@@ -59,7 +59,7 @@ async def test_create_read_update_list_an_account(client: httpx.AsyncClient) -> 
 
 async def test_opportunity_lifecycle_over_http(client: httpx.AsyncClient) -> None:
     pipeline = ok(await client.post("/pipelines", json={
-        "name": "Deals", "kind": "deal",
+        "name": "Deals", "kind": "deal", "position": 0,
         "stages": [{"name": "Qualified", "probability": 20},
                    {"name": "Proposal", "probability": 60}]}), 201)
     account = ok(await client.post("/accounts", json={"name": "Acme"}), 201)
@@ -76,7 +76,9 @@ async def test_opportunity_lifecycle_over_http(client: httpx.AsyncClient) -> Non
                                  json={"stage_id": proposal}))
     assert moved["probability"] == 60
     history = ok(await client.get(f"/opportunities/{lead['id']}/stage-history"))
-    assert [h["to_stage_id"] for h in history] == [pipeline["stages"][0]["id"], proposal]
+    # It started in the default lead pipeline's first stage, then moved into the deal pipeline.
+    assert [h["to_stage_id"] for h in history][1:] == [pipeline["stages"][0]["id"], proposal]
+    assert history[0]["to_stage_id"] == lead["stage_id"] is not None
     problem(await client.post(f"/opportunities/{lead['id']}/lost", json={}), 422,
             "lost needs a loss reason")
     won = ok(await client.post(f"/opportunities/{lead['id']}/won", json={}))
@@ -204,7 +206,7 @@ async def test_documents_and_their_rules(client: httpx.AsyncClient) -> None:
                                 json={"paid_date": "2020-02-03"}))
     assert paid["status"] == "paid"
     problem(await client.post(f"/invoices/{invoice['id']}/pay",
-                              json={"paid_date": "2020-02-03"}), 422, "only an open invoice")
+                              json={"paid_date": "2020-02-03"}), 409, "paid already")
 
 
 async def test_manual_link_and_unlink_with_timeline(

@@ -78,3 +78,39 @@ def test_cli_prints_a_summary(tmp_path: Path, sqlite_url: str, monkeypatch: obje
     assert result.exit_code == 65
     result = CliRunner().invoke(app, ["import-contacts", str(tmp_path / "missing.csv")], env=env)
     assert result.exit_code == 66
+
+
+BLANKS = """company,first_name,last_name,email,owner
+
+Acme,Carla,Customer,carla@acme.example,ann@corp.example
+
+,Nobody,,,
+Beta,Ben,Buyer,ben@beta.example,ghost@corp.example
+,Gus,Again,CARLA@acme.example,
+"""
+
+
+async def test_rows_keep_their_numbers_after_blank_rows_and_unknown_owners_are_reported(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    async with open_services(settings, migrate=False) as svc:
+        async with svc.sessions() as session, session.begin():
+            ann = await crm.create_user(session, "ann@corp.example", "Ann")
+        report = await import_contacts(settings, BLANKS)
+        # Row 1 is the header; rows 2 and 4 are blank but still rows of the sheet.
+        assert report.rows == 4
+        assert report.skipped == [(5, "no last name and no e-mail address")]
+        assert report.warnings == [(6, "owner ghost@corp.example is not a user: imported "
+                                       "without owner")]
+        carla_id = next(d.existing_id for d in report.duplicates if d.kind == "contact")
+        assert [(d.row, d.kind) for d in report.duplicates] == [(7, "contact")]
+        assert report.contacts_created == 2
+        async with svc.sessions() as session:
+            ben = await session.scalar(select(Contact).where(Contact.last_name == "Buyer"))
+            assert ben is not None and ben.owner_id is None
+            carla = await session.get(Contact, carla_id)
+            assert carla is not None and carla.owner_id == ann.id
+        forced = await import_contacts(settings, BLANKS, allow_duplicates=True)
+        assert forced.contacts_created == 3  # every person again, each reported as duplicate
+        assert {d.row for d in forced.duplicates if d.kind == "contact"} == {3, 6, 7}

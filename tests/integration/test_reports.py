@@ -66,7 +66,8 @@ async def build(session: AsyncSession) -> dict[str, int]:
     deal, lead = OpportunityKind.DEAL, OpportunityKind.LEAD
     won, lost = OpportunityStatus.WON, OpportunityStatus.LOST
     o1 = opp("O1", A, at(3, 1), deal, deal_at=at(3, 5), status=won, won_at=at(3, 15),
-             amount=Decimal(1000), probability=100, account_id=acme.id)
+             close_date=date(2025, 3, 15), amount=Decimal(1000), probability=100,
+             account_id=acme.id)
     o2 = opp("O2", B, at(3, 3), lead, amount=Decimal(500), probability=10,
              close_date=date(2025, 5, 10))
     o3 = opp("O3", A, at(3, 6), deal, pipeline_id=pipeline.id, stage_id=proposal.id,
@@ -76,7 +77,8 @@ async def build(session: AsyncSession) -> dict[str, int]:
     opp("O5", B, at(3, 4), lead, status=lost, lost_at=at(3, 6), loss_reason_id=price.id)
     opp("O6", A, at(1, 10), deal, status=lost, lost_at=at(3, 10), loss_reason_id=price.id)
     opp("O8", B, at(12, 1, year=2024), deal, status=won, won_at=at(3, 10),
-        amount=Decimal(4000), probability=100, account_id=globex.id)
+        close_date=date(2025, 3, 10), amount=Decimal(4000), probability=100,
+        account_id=globex.id)
     await session.flush()
 
     session.add_all([
@@ -181,7 +183,8 @@ async def test_every_dashboard_kpi(dataset: Any) -> None:
         {"account_id": ids["globex"], "name": "Globex", "revenue": Decimal("4000.00")},
         {"account_id": ids["acme"], "name": "Acme", "revenue": Decimal("1000.00")}]}
     assert kpis["tickets"] == {"created": 3, "open": 2, "avg_dwell_days": 3.75, "by_status": {
-        "closed": 1, "in_progress": 1, "open": 1, "resolved": 1}}
+        "closed": 1, "in_progress": 1, "open": 1, "resolved": 1},
+        "avg_first_response_days": None, "avg_resolution_days": 2.5, "reopen_rate": 0.0}
 
 
 async def test_kpis_per_owner(dataset: Any) -> None:
@@ -209,6 +212,8 @@ async def test_team_and_month_views(dataset: Any) -> None:
     months = {m["month"]: m for m in await reports.months(session, 2025)}
     assert len(months) == 12
     assert months["2025-03"] == {"month": "2025-03", "revenue": Decimal("5000.00"),
-                                 "target": Decimal("1000.00"), "forecast": Decimal("0.00")}
+                                 "target": Decimal("1000.00"), "target_scope": "company",
+                                 "forecast": Decimal("0.00"), "pipeline_at_start": None,
+                                 "pipeline_change": None}
     assert months["2025-04"]["forecast"] == Decimal("1800.00")
     assert months["2025-05"]["forecast"] == Decimal("50.00")

@@ -25,6 +25,7 @@ from mailsvc.crmstore.models import (
     OpportunitySnapshot,
     OpportunityStatus,
     OutboxEvent,
+    Pipeline,
     TicketStatus,
 )
 from mailsvc.errors import Conflict, NotFound, RuleViolation
@@ -44,8 +45,9 @@ async def events(session: AsyncSession) -> list[str]:
 
 
 async def deal_pipeline(session: AsyncSession) -> tuple[int, int, int]:
+    # First among the pipelines: new deals start here rather than in the default one.
     pipeline = await crm.create_pipeline(session, "Deals", OpportunityKind.DEAL, [
-        crm.StageSpec("Qualified", 20), crm.StageSpec("Proposal", 60)])
+        crm.StageSpec("Qualified", 20), crm.StageSpec("Proposal", 60)], position=0)
     return pipeline.id, pipeline.stages[0].id, pipeline.stages[1].id
 
 
@@ -142,7 +144,9 @@ async def test_archived_lead_frees_its_open_key_and_cannot_convert(session: Asyn
 async def test_a_lead_becomes_a_deal_in_the_deal_pipeline(session: AsyncSession) -> None:
     pipeline_id, first, _ = await deal_pipeline(session)
     opp = await crm.create_opportunity(session, "Lead")
-    assert opp.kind == OpportunityKind.LEAD and opp.deal_at is None and opp.pipeline_id is None
+    assert opp.kind == OpportunityKind.LEAD and opp.deal_at is None
+    lead_pipeline = await session.get(Pipeline, opp.pipeline_id)
+    assert lead_pipeline is not None and lead_pipeline.kind == OpportunityKind.LEAD
     await crm.convert_to_deal(session, opp.id)
     assert opp.kind == OpportunityKind.DEAL and opp.deal_at is not None
     assert (opp.pipeline_id, opp.stage_id, opp.probability) == (pipeline_id, first, 20)
@@ -222,8 +226,8 @@ async def test_activity_plan_is_scheduled_in_order_from_the_start_date(
         ("Kick-off call", date(2025, 6, 2)), ("Send offer", date(2025, 6, 5)),
         ("Follow up", date(2025, 6, 12))]
     assert all(a.opportunity_id == opp.id for a in created)
-    lead = await crm.create_opportunity(session, "No pipeline")
-    with pytest.raises(RuleViolation, match="in no pipeline"):
+    lead = await crm.create_opportunity(session, "In the default lead pipeline")
+    with pytest.raises(RuleViolation, match="has no activity plan"):
         await crm.schedule_activity_plan(session, lead.id, date(2025, 6, 2))
 
 
@@ -237,7 +241,7 @@ async def test_ticket_status_transitions_write_updates(session: AsyncSession) ->
     assert ticket.closed_at is not None
     with pytest.raises(RuleViolation, match="cannot go from closed to resolved"):
         await crm.change_ticket_status(session, ticket.id, TicketStatus.RESOLVED)
-    with pytest.raises(RuleViolation, match="is closed already"):
+    with pytest.raises(Conflict, match="is closed already"):
         await crm.change_ticket_status(session, ticket.id, TicketStatus.CLOSED)
     await crm.change_ticket_status(session, ticket.id, TicketStatus.OPEN)  # reopened
     assert ticket.resolved_at is None and ticket.closed_at is None

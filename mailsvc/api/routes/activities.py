@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import Field
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import Session
+from mailsvc.api.deps import Caller, Session
 from mailsvc.api.listing import equality_filters, page
-from mailsvc.api.routes.common import PathId
+from mailsvc.api.routes.common import PathId, mine
 from mailsvc.crmstore import services
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import Activity, ActivityType
@@ -20,6 +21,7 @@ router = APIRouter(tags=["activities"])
 
 
 class ActivityQuery(s.ListQuery):
+    mine: bool | None = Field(None, description="Only the caller's own records (owner = me).")
     type: ActivityType | None = None
     done: bool | None = None
     overdue: bool | None = None
@@ -35,10 +37,11 @@ class ActivityQuery(s.ListQuery):
 
 @router.get("/activities")
 async def list_activities(
-    query: Annotated[ActivityQuery, Query()], session: Session
+    query: Annotated[ActivityQuery, Query()], session: Session, caller: Caller
 ) -> s.Page[s.ActivityOut]:
     now = utcnow()
     conditions = equality_filters(Activity, query, skip=("overdue",))
+    conditions += mine(Activity, query, caller)
     if query.overdue is not None:
         late = Activity.done.is_(False) & (Activity.due_at < now)
         conditions.append(late if query.overdue else ~late | Activity.due_at.is_(None))
@@ -72,6 +75,13 @@ async def update_activity(
 ) -> s.ActivityOut:
     changes = body.model_dump(exclude_unset=True)
     return views.activity(await services.update_activity(session, activity_id, changes))
+
+
+@router.delete("/activities/{activity_id}", status_code=204,
+               summary="Delete an activity entered by hand")
+async def delete_activity(activity_id: PathId, session: Session) -> Response:
+    await services.delete_activity(session, activity_id)
+    return Response(status_code=204)
 
 
 @router.post("/activities/{activity_id}/complete", summary="Mark as done")

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
+from sqlalchemy import ColumnElement
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
 from mailsvc.api.deps import Session
 from mailsvc.crmstore import services
 from mailsvc.crmstore.models import LinkTarget
+from mailsvc.crmstore.services.common import Actor
+from mailsvc.errors import RuleViolation
 
 PathId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 Offset = Annotated[int, Query(ge=0, le=s.MAX_ID)]
+
+
+def my_id(caller: Actor) -> int:
+    """The calling user's id, for "my" views; a key without a user has none."""
+    if caller.user_id is None:
+        raise RuleViolation("mine=true needs a user's API key (this key belongs to no user)")
+    return caller.user_id
+
+
+def mine(model: Any, query: s.ListQuery, caller: Actor) -> list[ColumnElement[bool]]:
+    """``owner_id = me`` when the query asks for ``mine``."""
+    return [model.owner_id == my_id(caller)] if getattr(query, "mine", None) else []
 
 
 def add_timeline(router: APIRouter, prefix: str, target: LinkTarget, what: str) -> None:

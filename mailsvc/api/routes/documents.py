@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
@@ -17,14 +17,21 @@ from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
     Invoice,
     InvoiceStatus,
+    LineItem,
     Order,
     OrderStatus,
+    Product,
     Quote,
     QuoteStatus,
 )
+from mailsvc.crmstore.services import products
 from mailsvc.crmstore.services.common import get_or_404
 
 router = APIRouter()
+
+
+class ProductQuery(s.ListQuery):
+    active: bool | None = None
 
 
 class QuoteQuery(s.ListQuery):
@@ -179,3 +186,70 @@ async def pay(invoice_id: PathId, body: s.PaymentIn, session: Session) -> s.Invo
 @router.post("/invoices/{invoice_id}/cancel", tags=["invoices"])
 async def cancel(invoice_id: PathId, session: Session) -> s.InvoiceOut:
     return views.invoice(await services.cancel_invoice(session, invoice_id))
+
+
+# ---------------------------------------------------------------- products and line items
+@router.get("/products", tags=["products"])
+async def list_products(
+    query: Annotated[ProductQuery, Query()], session: Session
+) -> s.Page[s.ProductOut]:
+    rows, total = await page(session, Product, query,
+                             conditions=equality_filters(Product, query),
+                             search=(Product.name, Product.sku),
+                             sorts=("id", "name", "unit_price"), default_sort="name")
+    return s.Page(items=[s.ProductOut.model_validate(r) for r in rows], total=total,
+                  limit=query.limit, offset=query.offset)
+
+
+@router.post("/products", tags=["products"], status_code=201)
+async def create_product(body: s.ProductIn, session: Session) -> s.ProductOut:
+    product = await products.create_product(session, body.name, body.unit_price, sku=body.sku,
+                                            tax_rate=body.tax_rate)
+    return s.ProductOut.model_validate(product)
+
+
+@router.get("/products/{product_id}", tags=["products"])
+async def get_product(product_id: PathId, session: Session) -> s.ProductOut:
+    return s.ProductOut.model_validate(await get_or_404(session, Product, product_id, "product"))
+
+
+@router.patch("/products/{product_id}", tags=["products"])
+async def update_product(
+    product_id: PathId, body: s.ProductPatch, session: Session
+) -> s.ProductOut:
+    product = await products.update_product(session, product_id,
+                                            body.model_dump(exclude_unset=True))
+    return s.ProductOut.model_validate(product)
+
+
+def _items_out(rows: list[LineItem]) -> s.LineItemsOut:
+    total = products.totals(rows)
+    return s.LineItemsOut(items=[s.LineItemOut.model_validate(r) for r in rows],
+                          net_total=total.net, tax_total=total.tax, gross_total=total.gross)
+
+
+def _add_items(kind: products.DocumentKind, prefix: str) -> None:
+    @router.get(f"{prefix}/{{document_id}}/items", tags=[f"{kind}s"],
+                summary=f"The {kind}'s line items with net, tax and gross totals",
+                operation_id=f"list_{kind}_items")
+    async def get_items(document_id: PathId, session: Session) -> s.LineItemsOut:
+        return _items_out(await products.line_items(session, kind, document_id))
+
+    @router.put(f"{prefix}/{{document_id}}/items", tags=[f"{kind}s"],
+                summary=f"Replace the {kind}'s line items; its amount becomes their net total",
+                operation_id=f"set_{kind}_items")
+    async def set_items(
+        document_id: PathId, body: Annotated[list[s.LineItemIn], Body(max_length=500)],
+        session: Session,
+    ) -> s.LineItemsOut:
+        specs = [products.LineSpec(
+            quantity=i.quantity, description=i.description, product_id=i.product_id,
+            unit_price=i.unit_price, discount_percent=i.discount_percent, tax_rate=i.tax_rate)
+            for i in body]
+        return _items_out(await products.set_line_items(session, kind, document_id, specs))
+
+
+_add_items("quote", "/quotes")
+_add_items("order", "/orders")
+_add_items("invoice", "/invoices")
+

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import Field
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import AppSettings, Session
+from mailsvc.api.deps import AppSettings, Caller, Session
 from mailsvc.api.listing import equality_filters, page
-from mailsvc.api.routes.common import PathId, add_timeline
+from mailsvc.api.routes.common import PathId, add_timeline, mine
 from mailsvc.crmstore import services
 from mailsvc.crmstore.models import InboxLead, LeadStatus, LinkTarget
 from mailsvc.crmstore.services.common import get_or_404
@@ -19,6 +20,7 @@ router = APIRouter(tags=["inbox"])
 
 
 class InboxQuery(s.ListQuery):
+    mine: bool | None = Field(None, description="Only the caller's own records (owner = me).")
     status: LeadStatus | None = None
     source: s.Str100 | None = None
     priority: s.Str50 | None = None
@@ -30,9 +32,10 @@ class InboxQuery(s.ListQuery):
 
 @router.get("/inbox-leads")
 async def list_inbox_leads(
-    query: Annotated[InboxQuery, Query()], session: Session
+    query: Annotated[InboxQuery, Query()], session: Session, caller: Caller
 ) -> s.Page[s.InboxLeadOut]:
     conditions = equality_filters(InboxLead, query, skip=("qualified",))
+    conditions += mine(InboxLead, query, caller)
     if query.qualified is not None:
         conditions.append(InboxLead.opportunity_id.is_not(None) if query.qualified
                           else InboxLead.opportunity_id.is_(None))
@@ -67,6 +70,13 @@ async def update_inbox_lead(
 @router.post("/inbox-leads/{lead_id}/archive")
 async def archive(lead_id: PathId, session: Session) -> s.InboxLeadOut:
     return views.inbox_lead(await services.archive_inbox_lead(session, lead_id))
+
+
+@router.delete("/inbox-leads/{lead_id}", status_code=204,
+               summary="Delete = archive: the lead and its mail stay")
+async def delete_inbox_lead(lead_id: PathId, session: Session) -> Response:
+    await services.archive_inbox_lead(session, lead_id)
+    return Response(status_code=204)
 
 
 @router.post("/inbox-leads/{lead_id}/create-company",

@@ -6,13 +6,14 @@ from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 from sqlalchemy import func, select
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import AppSettings, Session
+from mailsvc.api.deps import AppSettings, Caller, Session
 from mailsvc.api.listing import equality_filters, page
-from mailsvc.api.routes.common import PathId, add_timeline
+from mailsvc.api.routes.common import PathId, add_timeline, mine
 from mailsvc.crmstore import services
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
@@ -31,6 +32,7 @@ router = APIRouter(tags=["opportunities"])
 
 
 class OpportunityQuery(s.ListQuery):
+    mine: bool | None = Field(None, description="Only the caller's own records (owner = me).")
     kind: OpportunityKind | None = None
     status: OpportunityStatus | None = None
     pipeline_id: s.Id | None = None
@@ -52,9 +54,11 @@ class OpportunityQuery(s.ListQuery):
 
 @router.get("/opportunities")
 async def list_opportunities(
-    query: Annotated[OpportunityQuery, Query()], session: Session, settings: AppSettings
+    query: Annotated[OpportunityQuery, Query()], session: Session, caller: Caller,
+    settings: AppSettings,
 ) -> s.Page[s.OpportunityOut]:
     conditions = equality_filters(Opportunity, query)
+    conditions += mine(Opportunity, query, caller)
     if query.tag:
         conditions.append(Opportunity.id.in_(
             select(OpportunityTag.opportunity_id).join(Tag)

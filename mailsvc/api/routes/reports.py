@@ -8,13 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from mailsvc.api import schemas as s
-from mailsvc.api.deps import AppSettings, Session
+from mailsvc.api.deps import AppSettings, Caller, Session
+from mailsvc.api.routes.common import my_id
 from mailsvc.crmstore import reports
 from mailsvc.crmstore.base import utcnow
 from mailsvc.errors import RuleViolation
 
 router = APIRouter(tags=["reports"])
 Year = Annotated[int, Query(ge=2000, le=2100)]
+Mine = Annotated[bool, Query(description="For the caller (owner = me) instead of owner_id.")]
 
 
 def _period(date_from: date | None, date_to: date | None) -> reports.Period:
@@ -33,14 +35,15 @@ def _period(date_from: date | None, date_to: date | None) -> reports.Period:
 @router.get("/reports/dashboard", summary="Every dashboard KPI for a period (default: this "
             "month), optionally for one owner")
 async def dashboard(
-    session: Session, settings: AppSettings,
+    session: Session, settings: AppSettings, caller: Caller,
     date_from: Annotated[s.Day | None, Query()] = None,
     date_to: Annotated[s.Day | None, Query()] = None,
     owner_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
     inactive_days: Annotated[int | None, Query(ge=1, le=3650)] = None,
+    mine: Mine = False,
 ) -> dict[str, Any]:
     return await reports.dashboard(
-        session, _period(date_from, date_to), owner_id, now=utcnow(),
+        session, _period(date_from, date_to), my_id(caller) if mine else owner_id, now=utcnow(),
         inactive_days=inactive_days or settings.stale_contact_days,
     )
 
@@ -55,7 +58,7 @@ async def team(
 
 @router.get("/reports/months", summary="Revenue, budget target and forecast per month of a year")
 async def months(
-    session: Session, year: Year,
-    owner_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
+    session: Session, year: Year, caller: Caller,
+    owner_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None, mine: Mine = False,
 ) -> list[dict[str, Any]]:
-    return await reports.months(session, year, owner_id)
+    return await reports.months(session, year, my_id(caller) if mine else owner_id)

@@ -70,7 +70,8 @@ async def update_pipeline(
 
 @router.post("/pipelines/{pipeline_id}/stages", tags=["pipelines"], status_code=201)
 async def add_stage(pipeline_id: PathId, body: s.StageIn, session: Session) -> s.StageOut:
-    stage = await services.add_stage(session, pipeline_id, body.name, body.probability)
+    stage = await services.add_stage(session, pipeline_id, body.name, body.probability,
+                                     body.position)
     return s.StageOut.model_validate(stage)
 
 
@@ -142,6 +143,22 @@ async def create_territory(body: s.TerritoryIn, session: Session) -> s.Territory
     return s.TerritoryOut.model_validate(territory)
 
 
+@router.get("/territories/{territory_id}", tags=["settings"])
+async def get_territory(territory_id: PathId, session: Session) -> s.TerritoryOut:
+    return s.TerritoryOut.model_validate(
+        await get_or_404(session, Territory, territory_id, "territory"))
+
+
+@router.patch("/territories/{territory_id}", tags=["settings"], summary="Rename or describe")
+async def update_territory(
+    territory_id: PathId, body: s.TerritoryPatch, session: Session
+) -> s.TerritoryOut:
+    territory = await services.update_named(
+        session, Territory, territory_id, body.model_dump(exclude_unset=True),
+        ("name", "description"), "territory")
+    return s.TerritoryOut.model_validate(territory)
+
+
 @router.get("/teams", tags=["settings"])
 async def list_teams(
     query: Annotated[s.ListQuery, Query()], session: Session
@@ -156,6 +173,19 @@ async def list_teams(
 async def create_team(body: s.TeamIn, session: Session) -> s.TeamOut:
     return s.TeamOut.model_validate(
         await services.create_team(session, body.name, body.territory_id))
+
+
+@router.get("/teams/{team_id}", tags=["settings"])
+async def get_team(team_id: PathId, session: Session) -> s.TeamOut:
+    return s.TeamOut.model_validate(await get_or_404(session, SalesTeam, team_id, "sales team"))
+
+
+@router.patch("/teams/{team_id}", tags=["settings"], summary="Rename or move to a territory")
+async def update_team(team_id: PathId, body: s.TeamPatch, session: Session) -> s.TeamOut:
+    team = await services.update_named(
+        session, SalesTeam, team_id, body.model_dump(exclude_unset=True),
+        ("name", "territory_id"), "sales team")
+    return s.TeamOut.model_validate(team)
 
 
 @router.get("/campaigns", tags=["settings"])
@@ -173,6 +203,12 @@ async def create_campaign(body: s.CampaignIn, session: Session) -> s.CampaignOut
     campaign = await services.create_campaign(session, body.name, start_date=body.start_date,
                                               end_date=body.end_date, budget=body.budget)
     return s.CampaignOut.model_validate(campaign)
+
+
+@router.get("/campaigns/{campaign_id}", tags=["settings"])
+async def get_campaign(campaign_id: PathId, session: Session) -> s.CampaignOut:
+    return s.CampaignOut.model_validate(
+        await get_or_404(session, Campaign, campaign_id, "campaign"))
 
 
 @router.patch("/campaigns/{campaign_id}", tags=["settings"])
@@ -204,6 +240,16 @@ async def list_choices(kind: ListKind, session: Session) -> list[str]:
              summary="Add a value to an extensible list")
 async def add_choice(kind: ListKind, body: s.ChoiceIn, session: Session) -> list[str]:
     await services.add_choice(session, kind, body.name, body.position)
+    return await services.allowed_choices(session, kind)
+
+
+@router.patch("/lists/{kind}/{value}", tags=["settings"],
+              summary="Rename, move or retire a value of an extensible list")
+async def update_choice(
+    kind: ListKind, value: Annotated[str, Path(max_length=100)], body: s.ChoicePatch,
+    session: Session,
+) -> list[str]:
+    await services.update_choice(session, kind, value, body.model_dump(exclude_unset=True))
     return await services.allowed_choices(session, kind)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 from sqlalchemy import select
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import AppSettings, Session
+from mailsvc.api.deps import AppSettings, Caller, Session
 from mailsvc.api.listing import equality_filters, page
-from mailsvc.api.routes.common import PathId, add_timeline
+from mailsvc.api.routes.common import PathId, add_timeline, mine
 from mailsvc.crmstore import services
 from mailsvc.crmstore.models import LinkTarget, Ticket, TicketStatus, TicketUpdate
 from mailsvc.crmstore.services.common import get_or_404
@@ -20,6 +21,7 @@ router = APIRouter(tags=["tickets"])
 
 
 class TicketQuery(s.ListQuery):
+    mine: bool | None = Field(None, description="Only the caller's own records (owner = me).")
     status: TicketStatus | None = None
     type: s.Str50 | None = None
     priority: s.Str50 | None = None
@@ -32,10 +34,12 @@ class TicketQuery(s.ListQuery):
 
 @router.get("/tickets")
 async def list_tickets(
-    query: Annotated[TicketQuery, Query()], session: Session, settings: AppSettings
+    query: Annotated[TicketQuery, Query()], session: Session, caller: Caller,
+    settings: AppSettings,
 ) -> s.Page[s.TicketOut]:
+    conditions = [*equality_filters(Ticket, query), *mine(Ticket, query, caller)]
     rows, total = await page(
-        session, Ticket, query, conditions=equality_filters(Ticket, query),
+        session, Ticket, query, conditions=conditions,
         search=(Ticket.subject, Ticket.requester_email, Ticket.requester_name),
         sorts=("id", "subject", "created_at", "updated_at", "value_eur", "priority"),
     )

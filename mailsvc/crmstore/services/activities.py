@@ -21,11 +21,18 @@ from mailsvc.crmstore.models import (
     InboxLead,
     LinkTarget,
     Opportunity,
+    OpportunityStatus,
     Ticket,
     User,
 )
 from mailsvc.crmstore.outbox import record_event
-from mailsvc.crmstore.services.common import apply_changes, ensure_exists, get_or_404
+from mailsvc.crmstore.services.common import (
+    actor_id,
+    apply_changes,
+    ensure_exists,
+    get_or_404,
+    same_account,
+)
 from mailsvc.errors import Conflict, RuleViolation
 
 ACTIVITY_FIELDS = ("type", "subject", "notes", "due_at", "owner_id", "opportunity_id",
@@ -34,13 +41,29 @@ ACTIVITY_FIELDS = ("type", "subject", "notes", "due_at", "owner_id", "opportunit
 CONTACT_TYPES = frozenset({ActivityType.CALL, ActivityType.EMAIL, ActivityType.MEETING})
 
 
-async def _check_links(session: AsyncSession, fields: Mapping[str, Any]) -> None:
+async def _check_links(session: AsyncSession, fields: Mapping[str, Any]) -> int | None:
+    """The linked records exist and agree on the account; returns that account."""
     await ensure_exists(session, User, fields.get("owner_id"), "user")
     await ensure_exists(session, Opportunity, fields.get("opportunity_id"), "opportunity")
     await ensure_exists(session, Ticket, fields.get("ticket_id"), "ticket")
     await ensure_exists(session, Account, fields.get("account_id"), "account")
     await ensure_exists(session, Contact, fields.get("contact_id"), "contact")
     await ensure_exists(session, InboxLead, fields.get("inbox_lead_id"), "inbox lead")
+    return await same_account(
+        session, fields.get("account_id"), opportunity_id=fields.get("opportunity_id"),
+        ticket_id=fields.get("ticket_id"), contact_id=fields.get("contact_id"))
+
+
+async def _taken_over(session: AsyncSession, fields: dict[str, Any]) -> dict[str, Any]:
+    """An activity on an opportunity or ticket belongs to its account and contact too, so it
+    shows in their history (unless the activity names them itself)."""
+    account_id = await _check_links(session, fields)
+    fields["account_id"] = fields.get("account_id") or account_id
+    for model, key in ((Opportunity, "opportunity_id"), (Ticket, "ticket_id")):
+        if fields.get(key) is not None and fields.get("contact_id") is None:
+            record = await get_or_404(session, model, fields[key])
+            fields["contact_id"] = getattr(record, "contact_id", None)
+    return fields
 
 
 async def _touch_opportunity(
@@ -63,12 +86,13 @@ async def create_activity(
 ) -> Activity:
     if not subject.strip():
         raise RuleViolation("an activity needs a subject")
-    fields = {"owner_id": owner_id, "opportunity_id": opportunity_id, "ticket_id": ticket_id,
-              "account_id": account_id, "contact_id": contact_id, "inbox_lead_id": inbox_lead_id}
-    await _check_links(session, fields)
+    fields = await _taken_over(session, {
+        "owner_id": owner_id, "opportunity_id": opportunity_id, "ticket_id": ticket_id,
+        "account_id": account_id, "contact_id": contact_id, "inbox_lead_id": inbox_lead_id})
     now = utcnow()
     activity = Activity(type=type, subject=subject.strip(), notes=notes, due_at=due_at,
-                        done=done, done_at=now if done else None, **fields)
+                        done=done, done_at=now if done else None,
+                        created_by_id=actor_id(session), **fields)
     session.add(activity)
     if done and type in CONTACT_TYPES:
         await _touch_opportunity(session, opportunity_id, now)
@@ -85,7 +109,10 @@ async def update_activity(
     activity = await get_or_404(session, Activity, activity_id)
     changes = dict(changes)
     done = changes.pop("done", None)
-    await _check_links(session, changes)
+    merged = {name: getattr(activity, name) for name in
+              ("opportunity_id", "ticket_id", "account_id", "contact_id")}
+    merged.update(changes)
+    await _check_links(session, merged)
     if "subject" in changes and not (changes["subject"] or "").strip():
         raise RuleViolation("an activity needs a subject")
     changed = apply_changes(activity, changes, ACTIVITY_FIELDS)
@@ -118,14 +145,36 @@ async def complete_activity(session: AsyncSession, activity_id: int) -> Activity
     return activity
 
 
+async def delete_activity(session: AsyncSession, activity_id: int) -> None:
+    """Delete an activity entered by hand; a mail's activity goes with its links instead."""
+    activity = await get_or_404(session, Activity, activity_id)
+    if activity.email_id is not None:
+        raise RuleViolation(f"activity {activity_id} is e-mail {activity.email_id} on the "
+                            "timeline: unlink the e-mail instead")
+    await session.delete(activity)
+    await session.flush()
+    record_event(session, "activity.deleted",
+                 {"id": activity_id, "opportunity_id": activity.opportunity_id,
+                  "ticket_id": activity.ticket_id}, subject=f"activity/{activity_id}")
+
+
 async def schedule_activity_plan(
     session: AsyncSession, opportunity_id: int, start: date, owner_id: int | None = None,
 ) -> list[Activity]:
     """Schedule the pipeline's standard tasks in order, each ``offset_days`` after ``start``."""
     opportunity = await get_or_404(session, Opportunity, opportunity_id)
+    if opportunity.status != OpportunityStatus.OPEN:
+        raise RuleViolation(f"opportunity {opportunity_id} is {opportunity.status}: no activity "
+                            "plan for it")
     if opportunity.pipeline_id is None:
         raise RuleViolation(f"opportunity {opportunity_id} is in no pipeline, so it has no "
                             "activity plan")
+    planned = await session.scalar(
+        select(Activity.id).where(Activity.opportunity_id == opportunity_id,
+                                  Activity.plan_step_id.is_not(None)).limit(1))
+    if planned is not None:
+        raise Conflict(f"the activity plan of opportunity {opportunity_id} is scheduled already "
+                       f"(activity {planned}); delete its activities to schedule it again")
     steps = list(await session.scalars(
         select(ActivityPlanStep).where(ActivityPlanStep.pipeline_id == opportunity.pipeline_id)
         .order_by(ActivityPlanStep.offset_days, ActivityPlanStep.position)
@@ -140,7 +189,7 @@ async def schedule_activity_plan(
                  due_at=start_at + timedelta(days=step.offset_days),
                  owner_id=owner, opportunity_id=opportunity.id,
                  account_id=opportunity.account_id, contact_id=opportunity.contact_id,
-                 plan_step_id=step.id)
+                 plan_step_id=step.id, created_by_id=actor_id(session))
         for step in steps
     ]
     session.add_all(created)

@@ -7,7 +7,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import utcnow
@@ -24,7 +24,13 @@ from mailsvc.crmstore.models import (
     User,
 )
 from mailsvc.crmstore.outbox import record_event
-from mailsvc.crmstore.services.common import apply_changes, ensure_exists, get_or_404
+from mailsvc.crmstore.services.common import (
+    DuplicateRecord,
+    apply_changes,
+    ensure_exists,
+    get_or_404,
+    same_account,
+)
 from mailsvc.errors import Conflict, RuleViolation
 
 QUOTE_MOVES = {
@@ -58,12 +64,59 @@ async def _defaults_from_opportunity(
         opportunity = await get_or_404(session, Opportunity, fields["opportunity_id"])
         if opportunity.status == "lost":
             raise RuleViolation(f"opportunity {opportunity.id} is lost: no new documents")
+        await same_account(session, fields.get("account_id"), opportunity=opportunity)
         for name in ("account_id", "owner_id", "contact_id"):
             if name in fields and fields[name] is None:
                 fields[name] = getattr(opportunity, name)
+    await same_account(session, fields.get("account_id"), contact_id=fields.get("contact_id"))
     if fields.get("amount") is not None and fields["amount"] < 0:
         raise RuleViolation("an amount cannot be negative")
     return fields
+
+
+async def _ordered(session: AsyncSession, quote_id: int, exclude: int | None = None) -> int | None:
+    """The live (not cancelled) order made from the quote, if any."""
+    query = select(Order.id).where(Order.quote_id == quote_id,
+                                   Order.status != OrderStatus.CANCELLED)
+    if exclude is not None:
+        query = query.where(Order.id != exclude)
+    return await session.scalar(query.order_by(Order.id).limit(1))
+
+
+async def _invoiced(session: AsyncSession, order_id: int, exclude: int | None = None) -> Decimal:
+    """What the order's invoices (not cancelled) add up to."""
+    query = select(func.coalesce(func.sum(Invoice.amount), 0)).where(
+        Invoice.order_id == order_id, Invoice.status != InvoiceStatus.CANCELLED)
+    if exclude is not None:
+        query = query.where(Invoice.id != exclude)
+    return Decimal(str(await session.scalar(query) or 0))
+
+
+async def check_amount(session: AsyncSession, kind: str, document_id: int, amount: Decimal
+                       ) -> None:
+    """A new amount of a document keeps the invoice rules: an invoice within its order, an
+    order not below what is invoiced of it."""
+    if kind == "invoice":
+        invoice = await get_or_404(session, Invoice, document_id)
+        if invoice.order_id is not None:
+            order = await get_or_404(session, Order, invoice.order_id)
+            await _check_invoice_cap(session, order, amount, exclude=invoice.id)
+    elif kind == "order":
+        invoiced = await _invoiced(session, document_id)
+        if amount < invoiced:
+            raise RuleViolation(f"order {document_id} is invoiced for {invoiced:.2f} already: "
+                                "its amount cannot be less")
+
+
+async def _check_invoice_cap(
+    session: AsyncSession, order: Order, amount: Decimal, exclude: int | None = None
+) -> None:
+    invoiced = await _invoiced(session, order.id, exclude)
+    if invoiced + amount > order.amount:
+        left = max(order.amount - invoiced, Decimal("0"))
+        raise RuleViolation(
+            f"order {order.id} is for {order.amount:.2f}, {invoiced:.2f} of it invoiced already: "
+            f"an invoice of {amount:.2f} exceeds the {left:.2f} left")
 
 
 async def create_quote(
@@ -111,6 +164,8 @@ async def update_quote(session: AsyncSession, quote_id: int, changes: Mapping[st
 
 async def set_quote_status(session: AsyncSession, quote_id: int, status: QuoteStatus) -> Quote:
     quote = await get_or_404(session, Quote, quote_id)
+    if status == quote.status:
+        raise Conflict(f"quote {quote_id} is {status} already")
     if status not in QUOTE_MOVES[quote.status]:
         raise RuleViolation(f"quote {quote_id} cannot go from {quote.status} to {status}")
     now = utcnow()
@@ -137,6 +192,14 @@ async def create_order(
         if quote.status != QuoteStatus.ACCEPTED:
             raise RuleViolation(f"quote {quote_id} is {quote.status}: only an accepted quote "
                                 "becomes an order")
+        ordered = await _ordered(session, quote_id)
+        if ordered is not None:
+            raise DuplicateRecord(f"quote {quote_id} became order {ordered} already (cancel that "
+                                  "order to order it again)", "order", ordered)
+        await same_account(session, account_id, quote=quote)
+        if opportunity_id is not None and quote.opportunity_id not in (None, opportunity_id):
+            raise RuleViolation(f"quote {quote_id} belongs to opportunity {quote.opportunity_id}, "
+                                f"not to opportunity {opportunity_id}")
         opportunity_id = opportunity_id or quote.opportunity_id
         account_id = account_id or quote.account_id
     fields = await _defaults_from_opportunity(session, {
@@ -154,6 +217,11 @@ async def create_order(
 async def update_order(session: AsyncSession, order_id: int, changes: Mapping[str, Any]) -> Order:
     order = await get_or_404(session, Order, order_id)
     final = order.status in (OrderStatus.DELIVERED, OrderStatus.CANCELLED)
+    if changes.get("amount") is not None and not final:
+        invoiced = await _invoiced(session, order.id)
+        if changes["amount"] < invoiced:
+            raise RuleViolation(f"order {order.id} is invoiced for {invoiced:.2f} already: its "
+                                "amount cannot be less")
     await _change(session, order, "order", final, changes,
                   ("title", "amount", "delivery_date", "owner_id"))
     await session.flush()
@@ -162,6 +230,8 @@ async def update_order(session: AsyncSession, order_id: int, changes: Mapping[st
 
 async def set_order_status(session: AsyncSession, order_id: int, status: OrderStatus) -> Order:
     order = await get_or_404(session, Order, order_id)
+    if status == order.status:
+        raise Conflict(f"order {order_id} is {status} already")
     if status not in ORDER_MOVES[order.status]:
         raise RuleViolation(f"order {order_id} cannot go from {order.status} to {status}")
     order.status = status
@@ -184,6 +254,11 @@ async def create_invoice(
         order = await get_or_404(session, Order, order_id)
         if order.status == OrderStatus.CANCELLED:
             raise RuleViolation(f"order {order_id} is cancelled: no invoice for it")
+        await same_account(session, account_id, order=order)
+        if opportunity_id is not None and order.opportunity_id not in (None, opportunity_id):
+            raise RuleViolation(f"order {order_id} belongs to opportunity {order.opportunity_id}, "
+                                f"not to opportunity {opportunity_id}")
+        await _check_invoice_cap(session, order, amount)
         opportunity_id = opportunity_id or order.opportunity_id
         account_id = account_id or order.account_id
     if number and await session.scalar(select(Invoice.id).where(Invoice.number == number)):
@@ -208,6 +283,9 @@ async def update_invoice(
     session: AsyncSession, invoice_id: int, changes: Mapping[str, Any]
 ) -> Invoice:
     invoice = await get_or_404(session, Invoice, invoice_id)
+    if changes.get("amount") is not None and invoice.order_id is not None:
+        order = await get_or_404(session, Order, invoice.order_id)
+        await _check_invoice_cap(session, order, changes["amount"], exclude=invoice.id)
     await _change(session, invoice, "invoice", invoice.status != InvoiceStatus.OPEN, changes,
                   ("amount", "due_date", "owner_id"))
     if invoice.due_date < invoice.issued_on:
@@ -218,6 +296,8 @@ async def update_invoice(
 
 async def pay_invoice(session: AsyncSession, invoice_id: int, paid_date: date) -> Invoice:
     invoice = await get_or_404(session, Invoice, invoice_id)
+    if invoice.status == InvoiceStatus.PAID:
+        raise Conflict(f"invoice {invoice_id} is paid already")
     if invoice.status != InvoiceStatus.OPEN:
         raise RuleViolation(f"invoice {invoice_id} is {invoice.status}: only an open invoice "
                             "can be paid")
@@ -233,6 +313,8 @@ async def pay_invoice(session: AsyncSession, invoice_id: int, paid_date: date) -
 
 async def cancel_invoice(session: AsyncSession, invoice_id: int) -> Invoice:
     invoice = await get_or_404(session, Invoice, invoice_id)
+    if invoice.status == InvoiceStatus.CANCELLED:
+        raise Conflict(f"invoice {invoice_id} is cancelled already")
     if invoice.status != InvoiceStatus.OPEN:
         raise RuleViolation(f"invoice {invoice_id} is {invoice.status} and cannot be cancelled")
     invoice.status = InvoiceStatus.CANCELLED

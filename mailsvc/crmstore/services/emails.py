@@ -20,7 +20,7 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.crmstore.services.activities import log_email_activity
-from mailsvc.crmstore.services.common import get_or_404
+from mailsvc.crmstore.services.common import actor_id, get_or_404
 from mailsvc.errors import Conflict, NotFound
 
 TARGET_MODELS: dict[LinkTarget, type[Base]] = {
@@ -51,7 +51,7 @@ async def link_email(
     if exists:
         raise Conflict(f"e-mail {email_id} is linked to {target_type} {target_id} already")
     link = EmailLink(email_id=email_id, target_type=target_type, target_id=target_id,
-                     rule=MANUAL)
+                     rule=MANUAL, created_by_id=actor_id(session))
     session.add(link)
     await session.flush()
     await log_email_activity(session, email_id)

@@ -42,7 +42,9 @@ from mailsvc.crmstore.services.people import (
 from mailsvc.errors import Conflict, RuleViolation
 from mailsvc.freemail import is_freemail
 
-LEAD_FIELDS = ("title", "source", "priority", "status", "owner_id", "company", "street", "zip",
+LEAD_CATEGORIES = ("cold", "mql", "sql")
+LEAD_FIELDS = ("notes", "category", "title", "source", "priority", "status", "owner_id", "company",
+               "street", "zip",
                "city", "first_name", "last_name", "email", "phone", "budget", "campaign_id")
 
 
@@ -50,12 +52,16 @@ def _subject(lead: InboxLead) -> str:
     return f"inbox_lead/{lead.id}"
 
 
-def _ensure_editable(lead: InboxLead) -> None:
+def _ensure_editable(lead: InboxLead, action: str = "") -> None:
+    """A converted or archived lead is closed: doing the same again is a conflict (409), any
+    other change a rule violation (422)."""
     if lead.opportunity_id is not None:
-        raise Conflict(f"inbox lead {lead.id} was converted into opportunity "
-                       f"{lead.opportunity_id} and is closed")
+        error = Conflict if action == "convert" else RuleViolation
+        raise error(f"inbox lead {lead.id} was converted into opportunity "
+                    f"{lead.opportunity_id} and is closed")
     if lead.archived:
-        raise RuleViolation(f"inbox lead {lead.id} is archived")
+        error = Conflict if action == "archive" else RuleViolation
+        raise error(f"inbox lead {lead.id} is archived")
 
 
 async def create_inbox_lead(
@@ -138,6 +144,12 @@ async def update_inbox_lead(
         changes["email"] = normalise_email(changes["email"])
     if changes.get("budget") is not None and changes["budget"] < 0:
         raise RuleViolation("a budget cannot be negative")
+    if changes.get("category") is not None:
+        category = str(changes["category"]).strip().lower()
+        if category not in LEAD_CATEGORIES:
+            raise RuleViolation(f"unknown lead category {changes['category']!r} (known: "
+                                f"{', '.join(LEAD_CATEGORIES)})")
+        changes["category"] = category
     for required in ("title", "source", "priority", "status"):
         if required in changes and changes[required] in (None, ""):
             raise RuleViolation(f"an inbox lead needs a {required}")
@@ -157,7 +169,7 @@ async def update_inbox_lead(
 async def archive_inbox_lead(session: AsyncSession, lead_id: int) -> InboxLead:
     """Archive instead of converting; new mail from the sender opens a new lead afterwards."""
     lead = await get_or_404(session, InboxLead, lead_id, "inbox lead")
-    _ensure_editable(lead)
+    _ensure_editable(lead, "archive")
     lead.archived = True
     lead.archived_at = utcnow()
     lead.open_key = None
@@ -245,7 +257,7 @@ async def convert_inbox_lead(
     e-mails appear on the opportunity's timeline. Returns the opportunity and any warnings.
     """
     lead = await get_or_404(session, InboxLead, lead_id, "inbox lead")
-    _ensure_editable(lead)
+    _ensure_editable(lead, "convert")
     warnings: list[str] = []
     if create_company and lead.company:
         company = await create_company_from_lead(session, lead_id)
@@ -257,7 +269,7 @@ async def convert_inbox_lead(
         session, lead.title, account_id=lead.account_id, contact_id=lead.contact_id,
         owner_id=owner_id if owner_id is not None else lead.owner_id, amount=lead.budget,
         kind=kind, pipeline_id=pipeline_id, source=lead.source, priority=lead.priority,
-        campaign_id=lead.campaign_id,
+        campaign_id=lead.campaign_id, description=lead.notes,
     )
     now = utcnow()
     lead.opportunity_id = opportunity.id

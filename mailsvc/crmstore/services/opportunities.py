@@ -24,12 +24,16 @@ from mailsvc.crmstore.models import (
     OpportunitySubscriber,
     Pipeline,
     SalesTeam,
+    SnapshotMonth,
     Stage,
     StageChange,
     Territory,
     User,
 )
 from mailsvc.crmstore.outbox import record_event
+from mailsvc.crmstore.services.common import (
+    actor_id as acting,
+)
 from mailsvc.crmstore.services.common import (
     apply_changes,
     check_choice,
@@ -44,7 +48,8 @@ from mailsvc.errors import Conflict, RuleViolation
 TrafficLight = Literal["green", "yellow", "red"]
 
 # Business data: frozen once the opportunity is won or lost (seed 004, "Status ändern").
-BUSINESS_FIELDS = ("title", "amount", "probability", "source", "priority", "delivery_date",
+BUSINESS_FIELDS = ("title", "description", "amount", "probability", "source", "priority",
+                   "delivery_date",
                    "start_date", "close_date", "account_id", "contact_id", "campaign_id",
                    "territory_id", "team_id")
 # What may still change on a closed opportunity: who looks after it.
@@ -56,8 +61,11 @@ def _subject(opportunity: Opportunity) -> str:
 
 
 def weighted_value(opportunity: Opportunity) -> Decimal | None:
+    """Amount × probability; a lost opportunity is worth nothing any more."""
     if opportunity.amount is None:
         return None
+    if opportunity.status == OpportunityStatus.LOST:
+        return Decimal("0.00")
     return (opportunity.amount * opportunity.probability / 100).quantize(Decimal("0.01"))
 
 
@@ -140,10 +148,11 @@ async def create_opportunity(
     delivery_date: date | None = None, start_date: date | None = None,
     close_date: date | None = None, campaign_id: int | None = None,
     territory_id: int | None = None, team_id: int | None = None,
-    actor_id: int | None = None,
+    actor_id: int | None = None, description: str | None = None,
 ) -> Opportunity:
     if not title.strip():
         raise RuleViolation("an opportunity needs a title")
+    await ensure_month_snapshot(session, utcnow().date())
     fields = {"account_id": account_id, "contact_id": contact_id, "owner_id": owner_id,
               "amount": amount, "probability": probability, "campaign_id": campaign_id,
               "territory_id": territory_id, "team_id": team_id}
@@ -158,7 +167,8 @@ async def create_opportunity(
     for user_id in subscribers:
         await ensure_exists(session, User, user_id, "user")
     opportunity = Opportunity(
-        title=title.strip(), kind=kind, account_id=account_id, contact_id=contact_id,
+        title=title.strip(), description=description, kind=kind, account_id=account_id,
+        contact_id=contact_id,
         owner_id=owner_id, amount=amount, probability=probability,
         pipeline_id=pipeline.id if pipeline else None, stage_id=stage.id if stage else None,
         source=await check_choice(session, "lead_source", source),
@@ -174,7 +184,8 @@ async def create_opportunity(
     await session.flush()
     if stage is not None:
         session.add(StageChange(opportunity_id=opportunity.id, to_stage_id=stage.id,
-                                probability=probability, changed_by_id=actor_id, changed_at=now))
+                                probability=probability,
+                                changed_by_id=acting(session, actor_id), changed_at=now))
     record_event(
         session, "opportunity.created",
         {"id": opportunity.id, "title": opportunity.title, "kind": str(kind),
@@ -191,6 +202,7 @@ async def update_opportunity(
     """Edit fields; a stage or kind in ``changes`` goes through its own rule."""
     opportunity = await get_or_404(session, Opportunity, opportunity_id)
     guard_system_fields(changes)
+    await ensure_month_snapshot(session, utcnow().date())
     changes = dict(changes)
     tags = changes.pop("tags", None)
     stage_id = changes.pop("stage_id", None)
@@ -246,6 +258,7 @@ async def change_stage(
     """
     opportunity = await get_or_404(session, Opportunity, opportunity_id)
     ensure_open(opportunity)
+    await ensure_month_snapshot(session, utcnow().date())
     target_pipeline = pipeline_id if pipeline_id is not None else (
         None if stage_id is not None else opportunity.pipeline_id)
     if stage_id is None and target_pipeline is None:
@@ -267,7 +280,7 @@ async def change_stage(
         opportunity.stage_changed_at = now
         session.add(StageChange(opportunity_id=opportunity.id, from_stage_id=previous,
                                 to_stage_id=stage.id, probability=new_probability,
-                                changed_by_id=actor_id, changed_at=now))
+                                changed_by_id=acting(session, actor_id), changed_at=now))
     await session.flush()
     record_event(
         session, "opportunity.stage_changed",
@@ -299,8 +312,8 @@ async def convert_to_deal(
         opportunity.stage_changed_at = now
         session.add(StageChange(opportunity_id=opportunity.id, from_stage_id=previous,
                                 to_stage_id=opportunity.stage_id,
-                                probability=opportunity.probability, changed_by_id=actor_id,
-                                changed_at=now))
+                                probability=opportunity.probability,
+                                changed_by_id=acting(session, actor_id), changed_at=now))
     await session.flush()
     record_event(session, "opportunity.converted_to_deal",
                  {"id": opportunity.id, "pipeline_id": opportunity.pipeline_id,
@@ -308,29 +321,44 @@ async def convert_to_deal(
     return opportunity
 
 
+def _close_date(opportunity: Opportunity, given: date | None, today: date) -> date:
+    """The day it closed: given, else today. Not in the future: revenue is booked in its month."""
+    if given is not None and given > today:
+        raise RuleViolation(f"the close date {given.isoformat()} is in the future: an opportunity "
+                            "is won or lost on the day it happens or before")
+    return given or today
+
+
 async def mark_won(
     session: AsyncSession, opportunity_id: int, *, close_date: date | None = None,
 ) -> Opportunity:
-    """Won: the account becomes a customer; the business data is frozen from now on."""
+    """Won: the account becomes a customer; the business data is frozen from now on. The
+    revenue is booked in the close date's month and credited to the owner of this moment."""
     opportunity = await get_or_404(session, Opportunity, opportunity_id)
+    if opportunity.status == OpportunityStatus.WON:
+        raise Conflict(f"opportunity {opportunity_id} is won already")
     ensure_open(opportunity)
     now = utcnow()
+    closed = _close_date(opportunity, close_date, now.date())
+    await ensure_month_snapshot(session, now.date())
     opportunity.status = OpportunityStatus.WON
     opportunity.won_at = now
     opportunity.probability = 100
-    opportunity.close_date = close_date or opportunity.close_date or now.date()
+    opportunity.close_date = closed
+    opportunity.credited_owner_id = opportunity.owner_id
     became_customer = False
     if opportunity.account_id is not None:
         account = await get_or_404(session, Account, opportunity.account_id)
-        if account.status != AccountStatus.CUSTOMER:
+        if account.status != AccountStatus.CUSTOMER or account.customer_since is None:
+            became_customer = account.status != AccountStatus.CUSTOMER
             account.status = AccountStatus.CUSTOMER
-            account.customer_since = now
-            became_customer = True
+            account.customer_since = account.customer_since or now
     await session.flush()
     record_event(
         session, "opportunity.won",
         {"id": opportunity.id, "amount": str(opportunity.amount) if opportunity.amount else None,
-         "account_id": opportunity.account_id, "owner_id": opportunity.owner_id},
+         "account_id": opportunity.account_id, "owner_id": opportunity.owner_id,
+         "close_date": closed.isoformat()},
         subject=_subject(opportunity),
     )
     if became_customer:
@@ -346,6 +374,8 @@ async def mark_lost(
 ) -> Opportunity:
     """Lost: needs a loss reason from the (admin-extensible) list."""
     opportunity = await get_or_404(session, Opportunity, opportunity_id)
+    if opportunity.status == OpportunityStatus.LOST:
+        raise Conflict(f"opportunity {opportunity_id} is lost already")
     ensure_open(opportunity)
     if loss_reason_id is None:
         raise RuleViolation("lost needs a loss reason")
@@ -353,11 +383,14 @@ async def mark_lost(
     if reason is None or not reason.active:
         raise RuleViolation(f"loss reason {loss_reason_id} does not exist or is retired")
     now = utcnow()
+    closed = _close_date(opportunity, close_date, now.date())
+    await ensure_month_snapshot(session, now.date())
     opportunity.status = OpportunityStatus.LOST
     opportunity.lost_at = now
     opportunity.loss_reason_id = reason.id
     opportunity.loss_note = note
-    opportunity.close_date = close_date or opportunity.close_date or now.date()
+    opportunity.close_date = closed
+    opportunity.probability = 0  # lost: no weighted value in any forecast
     await session.flush()
     record_event(session, "opportunity.lost",
                  {"id": opportunity.id, "loss_reason_id": reason.id, "loss_reason": reason.name},
@@ -398,6 +431,14 @@ async def stage_history(session: AsyncSession, opportunity_id: int) -> list[Stag
     return list(rows)
 
 
+async def ensure_month_snapshot(session: AsyncSession, today: date) -> None:
+    """Before the first change of a month, record the open opportunities as they stood at its
+    start (the month-over-month reports read these)."""
+    month = today.replace(day=1)
+    if await session.get(SnapshotMonth, month) is None:
+        await snapshot_open_opportunities(session, month)
+
+
 async def snapshot_open_opportunities(session: AsyncSession, month: date) -> int:
     """Record the open opportunities for ``month`` (its first day); safe to run twice."""
     month = month.replace(day=1)
@@ -419,5 +460,7 @@ async def snapshot_open_opportunities(session: AsyncSession, month: date) -> int
             probability=row.probability,
         ))
         added += 1
+    if await session.get(SnapshotMonth, month) is None:
+        session.add(SnapshotMonth(month=month, taken_at=utcnow()))
     await session.flush()
     return added

@@ -8,11 +8,15 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
     Account,
     AccountDomain,
+    AccountStatus,
     Contact,
     ContactEmail,
+    Opportunity,
+    OpportunityStatus,
     SalesTeam,
     Territory,
     User,
@@ -21,6 +25,8 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.crmstore.services.common import (
+    DuplicateRecord,
+    Outcome,
     apply_changes,
     ensure_exists,
     get_or_404,
@@ -74,40 +80,97 @@ async def find_user(session: AsyncSession, email: str) -> User | None:
 
 
 def _domain(value: str) -> str:
-    return value.strip().lower().lstrip("@")
+    """A mail domain as compared: lower case, without scheme, ``www.``, path or leading ``@``."""
+    value = value.strip().lower().lstrip("@")
+    value = value.removeprefix("https://").removeprefix("http://").removeprefix("www.")
+    return value.split("/", 1)[0].strip(".")
 
 
-async def create_account(
+async def add_account(
     session: AsyncSession, name: str, domains: Iterable[str] = (), owner_id: int | None = None,
-    **fields: Any,
-) -> Account:
+    *, allow_duplicate: bool = False, **fields: Any,
+) -> Outcome[Account]:
+    """A new account, unless one with the same normalised name or one of its domains exists:
+    then DuplicateRecord (409) names it, or, with ``allow_duplicate``, it is created anyway and
+    the response and the ``account.created`` event say which account it duplicates."""
     if not name.strip():
         raise RuleViolation("an account needs a name")
     await ensure_exists(session, User, owner_id, "user")
     await ensure_exists(session, Territory, fields.get("territory_id"), "territory")
     await ensure_exists(session, SalesTeam, fields.get("team_id"), "sales team")
+    wanted = [d for d in dict.fromkeys(map(_domain, domains)) if d]
+    existing = await _account_clash(session, name, wanted)
+    if existing is not None and not allow_duplicate:
+        raise existing[1]
     account = Account(
         name=name.strip(), name_key=normalise_company(name), owner_id=owner_id,
-        domains=[AccountDomain(domain=d) for d in dict.fromkeys(map(_domain, domains)) if d],
-        **fields,
+        domains=[AccountDomain(domain=d) for d in wanted], **fields,
     )
     session.add(account)
     await session.flush()
-    record_event(session, "account.created", {"id": account.id, "name": account.name},
+    duplicate_of = existing[0].id if existing is not None else None
+    record_event(session, "account.created",
+                 {"id": account.id, "name": account.name, "duplicate_of": duplicate_of,
+                  "override": duplicate_of is not None},
                  subject=f"account/{account.id}")
-    return account
+    return Outcome(account, True, duplicate_of=duplicate_of)
+
+
+async def create_account(
+    session: AsyncSession, name: str, domains: Iterable[str] = (), owner_id: int | None = None,
+    *, allow_duplicate: bool = False, **fields: Any,
+) -> Account:
+    outcome = await add_account(session, name, domains, owner_id,
+                                allow_duplicate=allow_duplicate, **fields)
+    return outcome.record
+
+
+async def _account_clash(
+    session: AsyncSession, name: str | None, domains: Iterable[str], exclude: int | None = None,
+) -> tuple[Account, DuplicateRecord] | None:
+    """The account another one would duplicate: same normalised name, or a domain it owns."""
+    if name and name.strip():
+        query = select(Account).where(Account.name_key == normalise_company(name))
+        if exclude is not None:
+            query = query.where(Account.id != exclude)
+        found = await session.scalar(query.order_by(Account.id).limit(1))
+        if found is not None:
+            return found, DuplicateRecord(
+                f"account {found.id} ({found.name!r}) has the same name; "
+                "send allow_duplicate=true to create it anyway", "account", found.id)
+    for domain in domains:
+        query = select(Account).join(AccountDomain).where(AccountDomain.domain == domain)
+        if exclude is not None:
+            query = query.where(Account.id != exclude)
+        found = await session.scalar(query.order_by(Account.id).limit(1))
+        if found is not None:
+            return found, DuplicateRecord(
+                f"the domain {domain} belongs to account {found.id} ({found.name!r}); "
+                "send allow_duplicate=true to use it anyway", "account", found.id)
+    return None
 
 
 async def update_account(
-    session: AsyncSession, account_id: int, changes: Mapping[str, Any]
+    session: AsyncSession, account_id: int, changes: Mapping[str, Any], *,
+    allow_duplicate: bool = False,
 ) -> Account:
     account = await get_or_404(session, Account, account_id)
     changes = dict(changes)
     domains = changes.pop("domains", None)
+    new_name = changes.get("name") if changes.get("name") not in (None, account.name) else None
+    new_domains = [d for d in dict.fromkeys(map(_domain, domains or ())) if d
+                   and d not in {x.domain for x in account.domains}]
+    clash = await _account_clash(session, new_name, new_domains, exclude=account.id)
+    if clash is not None and not allow_duplicate:
+        raise clash[1]
+    if changes.get("status") == AccountStatus.PROSPECT and account.status != changes["status"]:
+        await _ensure_no_won_deal(session, account)
     await ensure_exists(session, User, changes.get("owner_id"), "user")
     await ensure_exists(session, Territory, changes.get("territory_id"), "territory")
     await ensure_exists(session, SalesTeam, changes.get("team_id"), "sales team")
     changed = apply_changes(account, changes, ACCOUNT_FIELDS)
+    if changed.get("status") == AccountStatus.CUSTOMER and account.customer_since is None:
+        account.customer_since = utcnow()
     if "name" in changed:
         account.name_key = normalise_company(account.name)
     if domains is not None:
@@ -121,6 +184,49 @@ async def update_account(
         record_event(session, "account.updated", {"id": account.id, "changed": sorted(changed)},
                      subject=f"account/{account.id}")
     return account
+
+
+async def archive_account(session: AsyncSession, account_id: int, archived: bool = True
+                          ) -> Account:
+    """Archive (or restore) an account: it stays with its history, but is out of the way."""
+    account = await get_or_404(session, Account, account_id)
+    if account.archived == archived:
+        raise Conflict(f"account {account_id} is {'archived' if archived else 'not archived'} "
+                       "already")
+    account.archived = archived
+    await session.flush()
+    if archived:
+        record_event(session, "account.archived", {"id": account.id},
+                     subject=f"account/{account.id}")
+    else:
+        record_event(session, "account.restored", {"id": account.id},
+                     subject=f"account/{account.id}")
+    return account
+
+
+async def archive_contact(session: AsyncSession, contact_id: int, archived: bool = True
+                          ) -> Contact:
+    """Archive (deactivate) or restore a contact; its mail and history stay."""
+    contact = await get_or_404(session, Contact, contact_id)
+    if contact.active != archived:
+        raise Conflict(f"contact {contact_id} is {'archived' if archived else 'active'} already")
+    contact.active = not archived
+    await session.flush()
+    record_event(session, "contact.updated", {"id": contact.id, "changed": ["active"]},
+                 subject=f"contact/{contact.id}")
+    return contact
+
+
+async def _ensure_no_won_deal(session: AsyncSession, account: Account) -> None:
+    won = await session.scalar(
+        select(Opportunity.id).where(Opportunity.account_id == account.id,
+                                     Opportunity.status == OpportunityStatus.WON).limit(1))
+    if won is not None:
+        raise RuleViolation(
+            f"account {account.id} has won opportunity {won}: it is a customer (since "
+            f"{account.customer_since:%Y-%m-%d}) and cannot go back to prospect"
+            if account.customer_since else
+            f"account {account.id} has won opportunity {won} and cannot go back to prospect")
 
 
 async def find_account_duplicate(
@@ -142,18 +248,24 @@ async def find_account_duplicate(
     return None
 
 
-async def create_contact(
+async def add_contact(
     session: AsyncSession, last_name: str, email: str | None = None, *,
     first_name: str | None = None, account_id: int | None = None, owner_id: int | None = None,
     aliases: Iterable[str] = (), phone: str | None = None, role: str | None = None,
-    tags: Iterable[str] = (), active: bool = True,
-) -> Contact:
+    tags: Iterable[str] = (), active: bool = True, allow_duplicate: bool = False,
+) -> Outcome[Contact]:
+    """A new contact, unless one of its addresses (any case) belongs to a contact already: then
+    DuplicateRecord (409) names that contact, or, with ``allow_duplicate``, it is created anyway
+    and the response and the ``contact.created`` event say which contact it duplicates."""
     if not last_name.strip():
         raise RuleViolation("a contact needs a last name")
     await ensure_exists(session, Account, account_id, "account")
     await ensure_exists(session, User, owner_id, "user")
     primary = normalise_email(email) if email else None
-    addresses = dict.fromkeys([a for a in [primary, *map(normalise_email, aliases)] if a])
+    addresses = list(dict.fromkeys([a for a in [primary, *map(normalise_email, aliases)] if a]))
+    clash = await _contact_clash(session, addresses)
+    if clash is not None and not allow_duplicate:
+        raise clash[1]
     contact = Contact(
         first_name=first_name, last_name=last_name.strip(), email=primary, phone=phone, role=role,
         account_id=account_id, owner_id=owner_id, active=active,
@@ -162,19 +274,59 @@ async def create_contact(
     )
     session.add(contact)
     await session.flush()
+    duplicate_of = clash[0].id if clash is not None else None
     record_event(session, "contact.created",
-                 {"id": contact.id, "email": contact.email, "account_id": account_id},
+                 {"id": contact.id, "email": contact.email, "account_id": account_id,
+                  "duplicate_of": duplicate_of, "override": duplicate_of is not None},
                  subject=f"contact/{contact.id}")
-    return contact
+    return Outcome(contact, True, duplicate_of=duplicate_of)
+
+
+async def create_contact(
+    session: AsyncSession, last_name: str, email: str | None = None, *,
+    first_name: str | None = None, account_id: int | None = None, owner_id: int | None = None,
+    aliases: Iterable[str] = (), phone: str | None = None, role: str | None = None,
+    tags: Iterable[str] = (), active: bool = True, allow_duplicate: bool = False,
+) -> Contact:
+    outcome = await add_contact(
+        session, last_name, email, first_name=first_name, account_id=account_id,
+        owner_id=owner_id, aliases=aliases, phone=phone, role=role, tags=tags, active=active,
+        allow_duplicate=allow_duplicate)
+    return outcome.record
+
+
+async def _contact_clash(
+    session: AsyncSession, addresses: Iterable[str], exclude: int | None = None,
+) -> tuple[Contact, DuplicateRecord] | None:
+    """The contact that owns one of the addresses already (addresses are stored lower-case)."""
+    wanted = [normalise_email(a) for a in addresses if a]
+    if not wanted:
+        return None
+    query = select(Contact, ContactEmail.email).join(ContactEmail).where(
+        ContactEmail.email.in_(wanted))
+    if exclude is not None:
+        query = query.where(Contact.id != exclude)
+    row = (await session.execute(query.order_by(Contact.id).limit(1))).first()
+    if row is None:
+        return None
+    found, address = row
+    return found, DuplicateRecord(
+        f"the address {address} belongs to contact {found.id} already; "
+        "send allow_duplicate=true to create it anyway", "contact", found.id)
 
 
 async def update_contact(
-    session: AsyncSession, contact_id: int, changes: Mapping[str, Any]
+    session: AsyncSession, contact_id: int, changes: Mapping[str, Any], *,
+    allow_duplicate: bool = False,
 ) -> Contact:
     contact = await get_or_404(session, Contact, contact_id)
     changes = dict(changes)
     tags = changes.pop("tags", None)
     aliases = changes.pop("aliases", None)
+    clash = await _contact_clash(session, [changes.get("email") or "", *(aliases or ())],
+                                 exclude=contact.id)
+    if clash is not None and not allow_duplicate:
+        raise clash[1]
     await ensure_exists(session, Account, changes.get("account_id"), "account")
     await ensure_exists(session, User, changes.get("owner_id"), "user")
     if changes.get("email"):

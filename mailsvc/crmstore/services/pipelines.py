@@ -20,7 +20,7 @@ from mailsvc.crmstore.models import (
     StageChange,
 )
 from mailsvc.crmstore.outbox import record_event
-from mailsvc.crmstore.services.common import apply_changes, get_or_404
+from mailsvc.crmstore.services.common import DuplicateRecord, apply_changes, get_or_404
 from mailsvc.errors import Conflict, RuleViolation
 
 
@@ -37,6 +37,21 @@ class PlanStepSpec:
     type: ActivityType = ActivityType.TASK
 
 
+def place(items: Sequence[Any], moved: Any, position: int | None) -> None:
+    """Put ``moved`` at ``position`` (None or beyond the end: last) among ``items`` and number
+    them 0, 1, 2, ... in that order, so positions stay a gapless order without ties."""
+    others = sorted((i for i in items if i is not moved), key=lambda i: (i.position, i.id or 0))
+    at = len(others) if position is None else max(0, min(position, len(others)))
+    others.insert(at, moved)
+    for index, item in enumerate(others):
+        if item.position != index:
+            item.position = index
+
+
+async def _all_pipelines(session: AsyncSession) -> list[Pipeline]:
+    return list(await session.scalars(select(Pipeline).order_by(Pipeline.position, Pipeline.id)))
+
+
 def _check_probability(value: int) -> None:
     if not 0 <= value <= 100:
         raise RuleViolation(f"a probability is a percentage from 0 to 100, not {value}")
@@ -44,8 +59,10 @@ def _check_probability(value: int) -> None:
 
 async def create_pipeline(
     session: AsyncSession, name: str, kind: OpportunityKind = OpportunityKind.DEAL,
-    stages: Sequence[StageSpec] = (), position: int = 0,
+    stages: Sequence[StageSpec] = (), position: int | None = None,
 ) -> Pipeline:
+    """A new pipeline at ``position`` among all pipelines (default: last); the first pipeline of
+    a kind is where new opportunities of that kind start."""
     if not name.strip():
         raise RuleViolation("a pipeline needs a name")
     if await session.scalar(select(Pipeline.id).where(Pipeline.name == name.strip())):
@@ -55,12 +72,14 @@ async def create_pipeline(
         raise RuleViolation("stage names must be unique within a pipeline")
     for spec in stages:
         _check_probability(spec.probability)
+    existing = await _all_pipelines(session)
     pipeline = Pipeline(
-        name=name.strip(), kind=kind, position=position,
+        name=name.strip(), kind=kind, position=len(existing),
         stages=[Stage(name=s.name.strip(), probability=s.probability, position=i)
                 for i, s in enumerate(stages)],
     )
     session.add(pipeline)
+    place(existing, pipeline, position)
     await session.flush()
     record_event(session, "pipeline.created", {"id": pipeline.id, "name": pipeline.name},
                  subject=f"pipeline/{pipeline.id}")
@@ -82,8 +101,18 @@ async def update_pipeline(
         select(Pipeline.id).where(Pipeline.name == changes["name"])
     ):
         raise Conflict(f"a pipeline named {changes['name']!r} exists already")
-    apply_changes(pipeline, changes, ("name", "kind", "position"))
+    changes = dict(changes)
+    position = changes.pop("position", None)
+    if "name" in changes and not (changes["name"] or "").strip():
+        raise RuleViolation("a pipeline needs a name")
+    changed = apply_changes(pipeline, changes, ("name", "kind"))
+    if position is not None and position != pipeline.position:
+        place(await _all_pipelines(session), pipeline, position)
+        changed["position"] = pipeline.position
     await session.flush()
+    if changed:
+        record_event(session, "pipeline.updated", {"id": pipeline.id, "changed": sorted(changed)},
+                     subject=f"pipeline/{pipeline.id}")
     return pipeline
 
 
@@ -93,12 +122,18 @@ async def add_stage(
 ) -> Stage:
     pipeline = await get_or_404(session, Pipeline, pipeline_id)
     _check_probability(probability)
-    if any(s.name.lower() == name.strip().lower() for s in pipeline.stages):
-        raise Conflict(f"pipeline {pipeline.name!r} has a stage {name.strip()!r} already")
+    same = [s for s in pipeline.stages if s.name.lower() == name.strip().lower()]
+    if same:
+        raise DuplicateRecord(f"pipeline {pipeline.name!r} has a stage {name.strip()!r} already",
+                              "stage", same[0].id)
+    if not name.strip():
+        raise RuleViolation("a stage needs a name")
     stage = Stage(pipeline_id=pipeline_id, name=name.strip(), probability=probability,
-                  position=len(pipeline.stages) if position is None else position)
+                  position=len(pipeline.stages))
+    place(list(pipeline.stages), stage, position)
     pipeline.stages.append(stage)
     await session.flush()
+    await session.refresh(pipeline, ["stages"])
     return stage
 
 
@@ -106,9 +141,26 @@ async def update_stage(
     session: AsyncSession, stage_id: int, changes: Mapping[str, Any]
 ) -> Stage:
     stage = await get_or_404(session, Stage, stage_id)
+    changes = dict(changes)
+    position = changes.pop("position", None)
     if changes.get("probability") is not None:
         _check_probability(changes["probability"])
-    apply_changes(stage, changes, ("name", "probability", "position"))
+    if "name" in changes:
+        name = (changes["name"] or "").strip()
+        if not name:
+            raise RuleViolation("a stage needs a name")
+        clash = await session.scalar(select(Stage.id).where(
+            Stage.pipeline_id == stage.pipeline_id, func.lower(Stage.name) == name.lower(),
+            Stage.id != stage.id))
+        if clash is not None:
+            raise DuplicateRecord(f"the pipeline has a stage {name!r} already (stage {clash})",
+                                  "stage", clash)
+        changes["name"] = name
+    apply_changes(stage, changes, ("name", "probability"))
+    if position is not None and position != stage.position:
+        siblings = await session.scalars(select(Stage).where(
+            Stage.pipeline_id == stage.pipeline_id))
+        place(list(siblings), stage, position)
     await session.flush()
     return stage
 
@@ -124,7 +176,12 @@ async def delete_stage(session: AsyncSession, stage_id: int) -> None:
     )
     if used:
         raise Conflict(f"stage {stage.name!r} is used by opportunities and cannot be deleted")
+    pipeline_id = stage.pipeline_id
     await session.delete(stage)
+    await session.flush()
+    rest = list(await session.scalars(select(Stage).where(Stage.pipeline_id == pipeline_id)))
+    for index, other in enumerate(sorted(rest, key=lambda x: (x.position, x.id))):
+        other.position = index
     await session.flush()
 
 

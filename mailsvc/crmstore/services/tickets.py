@@ -21,13 +21,15 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.crmstore.services.common import (
+    actor_id,
     apply_changes,
     check_choice,
     ensure_exists,
     get_or_404,
     normalise_email,
+    same_account,
 )
-from mailsvc.errors import RuleViolation
+from mailsvc.errors import Conflict, RuleViolation
 
 # Which status may follow which; a closed ticket is reopened (to open) by a new request.
 TICKET_MOVES: dict[TicketStatus, frozenset[TicketStatus]] = {
@@ -44,7 +46,8 @@ TICKET_FIELDS = ("subject", "description", "type", "priority", "value_eur", "acc
                  "requester_name")
 
 
-async def _check(session: AsyncSession, fields: Mapping[str, Any]) -> None:
+async def _check(session: AsyncSession, fields: Mapping[str, Any]) -> int | None:
+    """References exist and agree on the account; returns that account."""
     await ensure_exists(session, Account, fields.get("account_id"), "account")
     await ensure_exists(session, Contact, fields.get("contact_id"), "contact")
     await ensure_exists(session, User, fields.get("owner_id"), "user")
@@ -54,6 +57,18 @@ async def _check(session: AsyncSession, fields: Mapping[str, Any]) -> None:
         raise RuleViolation("a ticket concerns one order or one invoice, not both")
     if fields.get("value_eur") is not None and fields["value_eur"] < 0:
         raise RuleViolation("a ticket's value cannot be negative")
+    return await same_account(session, fields.get("account_id"),
+                              contact_id=fields.get("contact_id"),
+                              order_id=fields.get("order_id"), invoice_id=fields.get("invoice_id"))
+
+
+async def _author(session: AsyncSession, given: str | None) -> str | None:
+    """The author shown on an update: as given, else the acting user's address."""
+    if given is not None:
+        return given
+    user_id = actor_id(session)
+    user = await session.get(User, user_id) if user_id is not None else None
+    return user.email if user is not None else None
 
 
 async def create_ticket(
@@ -65,9 +80,9 @@ async def create_ticket(
 ) -> Ticket:
     if not subject.strip():
         raise RuleViolation("a ticket needs a subject")
-    await _check(session, {"account_id": account_id, "contact_id": contact_id,
-                           "owner_id": owner_id, "order_id": order_id, "invoice_id": invoice_id,
-                           "value_eur": value_eur})
+    account_id = await _check(session, {
+        "account_id": account_id, "contact_id": contact_id, "owner_id": owner_id,
+        "order_id": order_id, "invoice_id": invoice_id, "value_eur": value_eur})
     ticket = Ticket(
         subject=subject[:500], description=description, account_id=account_id,
         contact_id=contact_id, owner_id=owner_id,
@@ -94,7 +109,8 @@ async def update_ticket(
     ticket = await get_or_404(session, Ticket, ticket_id)
     changes = dict(changes)
     status = changes.pop("status", None)
-    merged = {name: getattr(ticket, name) for name in ("order_id", "invoice_id")}
+    merged = {name: getattr(ticket, name)
+              for name in ("order_id", "invoice_id", "account_id", "contact_id")}
     merged.update(changes)
     await _check(session, merged)
     if changes.get("type") is not None:
@@ -120,7 +136,7 @@ async def change_ticket_status(
 ) -> TicketUpdate:
     ticket = await get_or_404(session, Ticket, ticket_id)
     if status == ticket.status:
-        raise RuleViolation(f"ticket {ticket_id} is {status} already")
+        raise Conflict(f"ticket {ticket_id} is {status} already")
     if status not in TICKET_MOVES[ticket.status]:
         raise RuleViolation(f"ticket {ticket_id} cannot go from {ticket.status} to {status}")
     now = utcnow()
@@ -133,9 +149,9 @@ async def change_ticket_status(
     else:  # reopened
         ticket.resolved_at = None
         ticket.closed_at = None
-    update = TicketUpdate(ticket_id=ticket.id, body=note, author=author,
-                          status_from=str(previous), status_to=str(status), email_id=email_id,
-                          created_at=now)
+    update = TicketUpdate(ticket_id=ticket.id, body=note, author=await _author(session, author),
+                          author_id=actor_id(session), status_from=str(previous),
+                          status_to=str(status), email_id=email_id, created_at=now)
     session.add(update)
     await session.flush()
     record_event(session, "ticket.updated",
@@ -155,8 +171,8 @@ async def add_ticket_update(
                                           email_id=email_id)
     if not body.strip():
         raise RuleViolation("an update needs a text")
-    update = TicketUpdate(ticket_id=ticket.id, body=body, author=author, email_id=email_id,
-                          created_at=utcnow())
+    update = TicketUpdate(ticket_id=ticket.id, body=body, author=await _author(session, author),
+                          author_id=actor_id(session), email_id=email_id, created_at=utcnow())
     session.add(update)
     await session.flush()
     record_event(session, "ticket.updated", {"id": ticket.id, "update_id": update.id},
