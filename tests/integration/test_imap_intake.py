@@ -390,20 +390,12 @@ def unstorable(n: int) -> bytes:
 
 
 async def test_a_mail_that_cannot_be_stored_is_passed_by_and_the_rest_stored(
-    dovecot: Dovecot, database_url: str, request: pytest.FixtureRequest,
+    dovecot: Dovecot, database_url: str,
 ) -> None:
-    known_failure = database_url.startswith("postgresql")
-    if known_failure:
-        # The pipeline answers StoreUnavailable for a value PostgreSQL refuses, so the poller
-        # retries it for ever; fitting values to their columns (issue 10, item 2) fixes that.
-        # Strict: once it passes, this marker must go.
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="pipeline: values not yet fitted to PostgreSQL's columns"))
     dovecot.append_all([message(1), unstorable(2), message(3)])
     settings = base_settings(database_url, imap_mailboxes=[mailbox(dovecot, fetch_batch=1)])
     async with polling(settings) as (services, [poller]):
-        await wait_for(lambda: _true(poller.waiting), within=30 if known_failure else DEADLINE,
-                       what="poller caught up")
+        await wait_for(lambda: _true(poller.waiting), within=DEADLINE, what="poller caught up")
         # Stored with its values fitted, or quarantined with its reason: either way kept.
         assert await count(services, Email) + await count(services, QuarantinedMail) == 3
         assert {"imap-1@mailsvc.example", "imap-3@mailsvc.example"} <= set(
