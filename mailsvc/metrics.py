@@ -43,6 +43,17 @@ def _metrics() -> Any:
             "mailsvc_intake_backlog_oldest_seconds",
             "Age of the oldest mail accepted and not decided yet (0 when none waits).",
         ),
+        outbox=Gauge(
+            "mailsvc_outbox_pending_events",
+            "Events in the outbox not confirmed by the broker yet.",
+        ),
+        outbox_age=Gauge(
+            "mailsvc_outbox_oldest_seconds",
+            "Age of the oldest event not confirmed by the broker yet (0 when none waits).",
+        ),
+        quarantine=Gauge(
+            "mailsvc_quarantine_messages", "Mails in quarantine (could not be processed).",
+        ),
         fallbacks=Counter(
             "mailsvc_intake_fallbacks",
             "Groups redone mail by mail after the fast path failed (a concurrent writer, an odd "
@@ -97,6 +108,14 @@ def record_backlog(count: int, oldest_age_seconds: float) -> None:
         return
     _metrics().backlog.set(count)
     _metrics().backlog_age.set(oldest_age_seconds)
+
+
+def record_store_gauges(outbox: int, outbox_age_seconds: float, quarantine: int) -> None:
+    if not _enabled:
+        return
+    _metrics().outbox.set(outbox)
+    _metrics().outbox_age.set(outbox_age_seconds)
+    _metrics().quarantine.set(quarantine)
 
 
 def record_fallback() -> None:

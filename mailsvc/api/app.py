@@ -14,7 +14,7 @@ from mailsvc.api import problems
 from mailsvc.api.deps import require_api_key
 from mailsvc.api.export import CsvExport
 from mailsvc.api.guard import AccessPolicy, Guard, docs_paths
-from mailsvc.api.health import ReadinessChecks, intake_backlog
+from mailsvc.api.health import ReadinessChecks, intake_backlog, store_gauges
 from mailsvc.api.instrument import Instrument, RouteTemplates
 from mailsvc.api.ratelimit import FailureLimiter
 from mailsvc.api.routes import (
@@ -107,6 +107,7 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/metrics", tags=["health"])
     async def metrics(request: Request) -> Response:
         await intake_backlog(request.app.state.services)  # refreshes the backlog gauges
+        await store_gauges(request.app.state.services)  # outbox and quarantine
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -112,3 +113,27 @@ async def intake_backlog(
         return {"error": type(exc).__name__}
     metrics.record_backlog(found.count, found.age_seconds())
     return found.to_json()
+
+
+async def store_gauges(services: Services, deadline: float = DATABASE_CHECK_SECONDS) -> None:
+    """Outbox depth and age, quarantine size: read within ``deadline`` seconds for /metrics."""
+    from sqlalchemy import func, select
+
+    from mailsvc import metrics
+    from mailsvc.crmstore.base import utcnow
+    from mailsvc.crmstore.models import OutboxEvent, QuarantinedMail
+
+    try:
+        async with asyncio.timeout(deadline), read_session(services.sessions) as session:
+            pending, oldest = (await session.execute(
+                select(func.count(), func.min(OutboxEvent.created_at))
+                .where(OutboxEvent.sent_at.is_(None))
+            )).one()
+            quarantined = await session.scalar(select(func.count()).select_from(QuarantinedMail))
+    except Exception:  # the scrape still answers; the gauges keep their last values
+        return
+    age = 0.0
+    if isinstance(oldest, datetime):
+        stamp = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+        age = max(0.0, (utcnow() - stamp).total_seconds())
+    metrics.record_store_gauges(int(pending or 0), age, int(quarantined or 0))
