@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -128,10 +129,15 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from mailsvc.ingest.decider import Decider, parse_pool
+
+    jobs = settings.effective_decide_jobs
     async with open_services(settings, migrate=migrate) as services:
-        logger.info("decide worker running")
-        await services.pipeline.decider.run(stop)
-        logger.info("decide worker stopped after %d mail(s)", services.pipeline.decider.decided)
+        with parse_pool(jobs) as pool:
+            decider = Decider(services.pipeline, parse_pool=pool)
+            logger.info("decide worker running (%d parsing process(es))", jobs)
+            await decider.run(stop)
+        logger.info("decide worker stopped after %d mail(s)", decider.decided)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -256,6 +262,9 @@ def import_mail(
         str | None, typer.Option("--to", help="The intake address (default: the Smart BCC).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Messages per transaction.")] = 200,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="Parsing processes [default: one per core].")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Import existing mail; safe to re-run (what is stored already counts as duplicate).
@@ -287,11 +296,17 @@ def import_mail(
     runs: list[Importer] = []  # kept outside go(): the summary shows what committed, even on 75
 
     async def go() -> None:
+        from mailsvc.ingest.decider import Decider, parse_pool
+
         async with open_services(settings) as services:
-            run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
-                           batch_size, on_progress=lambda n: progress.advance(task, n))
-            runs.append(run)
-            await run.run(found.messages)
+            # Starting parsing processes costs more than a small import gains from them.
+            parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
+            with parse_pool(parallel) as pool:
+                run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
+                               batch_size, on_progress=lambda n: progress.advance(task, n),
+                               decider=Decider(services.pipeline, parse_pool=pool))
+                runs.append(run)
+                await run.run(found.messages)
 
     try:
         with progress:

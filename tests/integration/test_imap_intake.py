@@ -187,7 +187,7 @@ async def test_dovecot_killed_mid_run_loses_and_duplicates_nothing(
         await wait_for(lambda: _true(poller.last_error is not None), what="failure noticed")
         await asyncio.to_thread(dovecot.start)
         await asyncio.to_thread(dovecot.append, message(total))
-        await wait_for(at_least(services, Email, total), within=60, what="all mails stored")
+        await wait_for(at_least(services, Email, total), within=240, what="all mails stored")
 
         async def all_seen() -> bool:
             inbox = await flags(dovecot)
