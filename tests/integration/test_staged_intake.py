@@ -4,6 +4,7 @@ real decide processes that may be killed at any moment."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -184,6 +185,39 @@ async def test_submit_waits_for_the_decision_and_reports_it(
         )
         assert outcome.kind == "ticket_created"
         assert outcome.email_id is not None and outcome.links["ticket"] is not None
+
+
+async def test_the_backlog_is_visible_in_readyz_metrics_and_the_cli(
+    make_settings: Callable[..., Settings], database_url: str,
+) -> None:
+    import httpx
+
+    from mailsvc.api.app import create_app
+
+    async with open_services(make_settings(), migrate=False) as services:
+        await accept(services, conversations(1, 2))  # three mails, nobody deciding
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200  # a backlog never makes the instance unready
+            backlog = ready.json()["checks"]["intake_backlog"]
+            assert backlog["count"] == 3 and backlog["oldest_age_seconds"] >= 0
+            metrics = (await client.get("/metrics")).text
+            assert "mailsvc_intake_backlog_messages 3.0" in metrics
+            assert "mailsvc_intake_backlog_oldest_seconds" in metrics
+        status = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "mailsvc", "status", "--json"],
+            env={"PATH": os.environ["PATH"], "MAILSVC_DATABASE_URL": database_url},
+            capture_output=True, check=True, timeout=120,
+        )
+        assert json.loads(status.stdout)["intake_backlog"]["count"] == 3
+        await services.pipeline.decider.drain({})  # nothing asked for: returns at once
+        while await services.pipeline.decider.step():
+            pass
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/readyz")).json()["checks"]["intake_backlog"] == {
+                "count": 0, "oldest_age_seconds": 0.0
+            }
 
 
 # ------------------------------------------------------------------ real decide processes
