@@ -93,13 +93,22 @@ def serve(
         plan = plan_worker(settings, worker_index)
         _run(_serve(worker_settings(settings, plan), relay=plan.relay,
                     decide_here=decide_workers == 0))
-        return
+        _exit_now(EX_OK)
     count = workers or settings.workers
     if count == 1 and decide_workers == 0:
         _run(_serve(settings, decide_here=True))
         return
     _run(_migrate(settings))  # once, before the workers start
-    raise typer.Exit(supervise(plan_processes(count, decide_workers)))
+    _exit_now(supervise(plan_processes(count, decide_workers)))
+
+
+def _exit_now(status: int) -> None:
+    """Exit after a clean stop without tearing the interpreter down module by module: the work
+    is finished and flushed, and a supervised process should be gone as soon as it says so."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @app.command()
@@ -118,10 +127,12 @@ def decide(
     count = workers or max(1, settings.effective_decide_workers)
     if count == 1:
         _run(_decide(settings, migrate=migrate))
+        if not migrate:  # a supervised worker
+            _exit_now(EX_OK)
         return
     if migrate:
         _run(_migrate(settings))
-    raise typer.Exit(supervise({f"decide-{i}": decide_command() for i in range(count)}))
+    _exit_now(supervise({f"decide-{i}": decide_command() for i in range(count)}))
 
 
 async def _decide(settings: Settings, *, migrate: bool) -> None:

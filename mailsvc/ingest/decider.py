@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key of the apply step ("mailsvc" in ASCII, as a bigint).
 APPLY_LOCK = 0x6D61696C737663
+# Fewer mails than this are parsed here: handing them to the parsing processes costs more.
+POOL_MIN_MAILS = 16
 # After a whole step failed, claim one mail at a time until past the failed batch.
 _SOLO = 1
 
@@ -330,7 +332,7 @@ class Decider:
                 claimed[row.id] = Claimed(row.id, cached.item, row.attempts)
             else:
                 todo.append(row)
-        if self._pool is not None and len(todo) > 1:
+        if self._pool is not None and len(todo) >= POOL_MIN_MAILS:
             loop = asyncio.get_running_loop()
             options = self._pipeline.options
             raws = [raw_of(row) for row in todo]

@@ -65,14 +65,14 @@ processed = "move"
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # accept and decide processes start first
         while not (dovecot.folder_flags("alice").get(b"<imap-1@mailsvc.example>") == ["\\Seen"]
                    and dovecot.folder_flags("bob", "Processed")):
             assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "mailboxes not processed"
             time.sleep(0.05)
         # /readyz reports each mailbox (without making readiness depend on it).
-        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz").json()
+        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=30).json()
         mailboxes = ready["checks"]["mailboxes"]
         assert mailboxes.keys() == {"bcc", "support"}
         assert mailboxes["bcc"]["state"] == "connected"
