@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,9 +22,11 @@ from rich.table import Table
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
-from mailsvc.ingest.files import Importer
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.mail import Envelope, RawMail, Role
+
+if TYPE_CHECKING:
+    from mailsvc.ingest.files import Importer
 
 # sysexits(3)
 EX_OK = 0
@@ -286,7 +288,7 @@ def import_mail(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from mailsvc.ingest.files import discover
+    from mailsvc.ingest.files import Importer, discover
 
     settings = _settings()
     role, address = _role_for(settings, to)
