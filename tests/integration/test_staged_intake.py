@@ -220,6 +220,38 @@ async def test_the_backlog_is_visible_in_readyz_metrics_and_the_cli(
             }
 
 
+async def test_a_mail_that_fails_to_decide_is_retried_then_quarantined_and_blocks_nobody(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsvc.crmstore.models import QuarantinedMail
+    from mailsvc.ingest import pipeline as pipeline_module
+
+    real_decide = pipeline_module.decide
+
+    def failing(mail: Any, *args: Any) -> Any:
+        if mail.message_id and mail.message_id.startswith("first-1@"):
+            raise RuntimeError("a bug this mail trips")
+        return real_decide(mail, *args)
+
+    monkeypatch.setattr(pipeline_module, "decide", failing)
+    async with open_services(make_settings(decide_max_attempts=3), migrate=False) as services:
+        await accept(services, conversations(3, 0))  # first-0, first-1 (poison), first-2
+        decider = services.pipeline.decider
+        first = await decider.step()
+        assert sorted(o.kind for o in first.values()) == ["lead_created", "lead_created"]
+        async with services.sessions() as session:
+            poison = await session.scalar(select(IntakeMail))
+        assert poison is not None and poison.attempts == 1
+        assert "a bug this mail trips" in (poison.last_error or "")
+        assert await decider.step() == {}  # tried again (alone now): still failing, counted
+        last = await decider.step()  # out of attempts: quarantined with the reason
+        assert [o.kind for o in last.values()] == ["quarantined"]
+        assert "processing error" in (next(iter(last.values())).reason or "")
+        assert await count(services, IntakeMail) == 0
+        assert await count(services, QuarantinedMail) == 1
+        assert await count(services, Email) == 2
+
+
 # ------------------------------------------------------------------ real decide processes
 
 
