@@ -149,6 +149,37 @@ async def test_a_mail_accepted_but_not_decided_yet_is_a_duplicate(
         assert await events(services, "email.received") == 1
 
 
+async def test_an_accept_commit_that_hangs_answers_451_within_the_timeout(
+    sqlite_url: str,
+) -> None:
+    import sqlite3
+
+    from tests.conftest import base_settings
+
+    settings = base_settings(sqlite_url, smtp_port=0, accept_timeout_seconds=1.0)
+    blocker = sqlite3.connect(sqlite_url.split(":///", 1)[1], isolation_level=None)
+    async with smtp_intake(settings, decide=False) as (services, port):
+        data = mail("Late Person <late@prospect.example>", "late-1@prospect.example", "Hello")
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the store's write lock
+        try:
+            with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+                await send(port, data)
+            assert refused.value.code == 451
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        # The 451 came from the timeout, not from the store giving up: the commit went on and
+        # lands once the lock is free; the sender's retry is then a duplicate, nothing twice.
+        async def committed_late() -> bool:
+            return await count(services, IntakeMail) == 1
+
+        await wait_for(committed_late, within=60, what="the late accept commit")
+        _, reply = await send(port, data)
+        assert "duplicate" in reply
+        assert await count(services, IntakeMail) == 1
+
+
 async def test_a_burst_of_a_first_mail_and_five_replies_lands_as_one_lead(
     make_settings: Callable[..., Settings],
 ) -> None:
