@@ -5,6 +5,11 @@ memory is the server's own); the load generator opens N concurrent aiosmtplib co
 sends ~4 KB mails with unique Message-IDs to the Smart BCC address. A quarter of them carry the
 demo opportunity's number in the subject, the rest are linked by address.
 
+mailsvc runs as `mailsvc serve` does with its defaults: the accept side (SMTP, group commit of the
+raw mail) in the target process, and `MAILSVC_DECIDE_WORKERS` decide processes (`mailsvc decide`;
+`--decide-workers` overrides). msg/s and the latencies are the accept side (DATA to 250); e2e
+msg/s runs until the last mail is decided (and, with --amqp, its events confirmed by the broker).
+
     python benchmarks/smtp_throughput.py --total 5000 --connections 20
     python benchmarks/smtp_throughput.py --targets sqlite --amqp amqp://guest:guest@127.0.0.1:5672/
 """
@@ -15,8 +20,11 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import resource
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,8 +63,8 @@ def _cpu_seconds() -> float:
 
 
 def serve_target(target: str, database_url: str | None, amqp_url: str | None,
-                 exchange: str, conn: Connection) -> None:
-    asyncio.run(_serve_target(target, database_url, amqp_url, exchange, conn))
+                 exchange: str, conn: Connection, decide_workers: int | None = None) -> None:
+    asyncio.run(_serve_target(target, database_url, amqp_url, exchange, conn, decide_workers))
 
 
 async def _commands(conn: Connection) -> Any:
@@ -79,8 +87,25 @@ async def _serve_sink(conn: Connection) -> None:
                "cpu_s": _cpu_seconds() - cpu_at_start})
 
 
+def _decide_processes(database_url: str, count: int) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, "MAILSVC_DATABASE_URL": database_url, "MAILSVC_BCC_ADDRESS": BCC,
+           "MAILSVC_LOG_LEVEL": "WARNING"}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "mailsvc", "decide", "--workers", "1", "--no-migrate"],
+            env=env,
+        )
+        for _ in range(count)
+    ]
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _serve_target(target: str, database_url: str | None, amqp_url: str | None,
-                        exchange: str, conn: Connection) -> None:
+                        exchange: str, conn: Connection, decide_workers: int | None) -> None:
     if target == "sink":
         await _serve_sink(conn)
         return
@@ -88,19 +113,24 @@ async def _serve_target(target: str, database_url: str | None, amqp_url: str | N
 
     from mailsvc.bootstrap import open_services
     from mailsvc.config import load_settings
+    from mailsvc.crmstore.db import read_session
     from mailsvc.crmstore.demo import seed
     from mailsvc.crmstore.models import Email, OutboxEvent
     from mailsvc.events.relay import pending_count
+    from mailsvc.ingest.decider import backlog
     from mailsvc.ingest.smtp import start_smtp
 
     settings = load_settings(
         database_url=database_url, smtp_port=0, amqp_url=amqp_url, amqp_exchange=exchange,
-        api_enabled=False, bcc_address=BCC, _env_file=None,
+        api_enabled=False, bcc_address=BCC, decide_workers=decide_workers, _env_file=None,
     )
+    workers = settings.effective_decide_workers
+    assert database_url is not None
     async with open_services(settings) as services:
         async with services.sessions() as session, session.begin():
             demo = await seed(session, settings.opportunity_prefix, settings.ticket_prefix)
-        await services.pipeline.start()
+        deciders = _decide_processes(database_url, workers)
+        await services.pipeline.start(decide=workers == 0)
         server = await start_smtp(services.pipeline, settings)
         relay = asyncio.create_task(services.relay.run()) if services.relay else None
         conn.send({"port": server.sockets[0].getsockname()[1],
@@ -108,11 +138,18 @@ async def _serve_target(target: str, database_url: str | None, amqp_url: str | N
         while (command := await _commands(conn)) != "stop":
             if command == "mark":
                 cpu_at_start = _cpu_seconds()
-            conn.send(await pending_count(services.sessions))
+            async with read_session(services.sessions) as session:
+                waiting = (await backlog(session)).count
+            conn.send(waiting + (await pending_count(services.sessions) if amqp_url else 0))
         cpu = _cpu_seconds() - cpu_at_start
         server.close()
         await server.wait_closed()
         await services.pipeline.stop()
+        for process in deciders:
+            process.send_signal(signal.SIGTERM)
+        for process in deciders:
+            process.wait(60)
+        cpu_deciders = _children_cpu_seconds()
         if relay is not None:
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
@@ -121,7 +158,9 @@ async def _serve_target(target: str, database_url: str | None, amqp_url: str | N
                 select(Email.outcome, func.count()).group_by(Email.outcome))).tuples().all())
             events = await session.scalar(select(func.count()).select_from(OutboxEvent))
     conn.send({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               "cpu_s": cpu, "outcomes": outcomes, "events": events})
+               "cpu_s": cpu, "decide_cpu_s": cpu_deciders, "decide_workers": workers,
+               "decide_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+               "outcomes": outcomes, "events": events})
 
 
 # --- the load generator ------------------------------------------------------------------------
@@ -174,7 +213,7 @@ async def _connection(port: int, mails: list[bytes], result: LoadResult) -> None
             else:
                 result.latencies.append(time.perf_counter() - started)
                 result.sent += 1
-                # "250 2.0.0 Ok: linked as email 17" -> "linked"
+                # "250 2.0.0 Ok: queued as 17" -> "queued"
                 key = reply.message.split(": ", 1)[-1].split(" ", 1)[0]
             result.replies[key] = result.replies.get(key, 0) + 1
     finally:
@@ -220,7 +259,8 @@ async def run_target(target: str, args: argparse.Namespace, workdir: Path) -> di
     broker = await _bind_queue(amqp_url, exchange) if amqp_url else None
     parent, child = multiprocessing.get_context("spawn").Pipe()
     process = multiprocessing.get_context("spawn").Process(
-        target=serve_target, args=(target, database_url, amqp_url, exchange, child),
+        target=serve_target,
+        args=(target, database_url, amqp_url, exchange, child, args.decide_workers),
         name=f"target-{target}",
     )
     process.start()
@@ -231,12 +271,11 @@ async def run_target(target: str, args: argparse.Namespace, workdir: Path) -> di
         mails = [build_mail(n, run, ready["opportunity"]) for n in range(args.total)]
         if warmup:
             await generate_load(ready["port"], warmup, min(args.connections, len(warmup)))
-            if amqp_url:
-                await _wait_drained(parent, args.drain_timeout)
+            await _wait_drained(parent, args.drain_timeout)
         await _ask(parent, "mark")  # the server's CPU time is counted from here
         started = time.perf_counter()
         load = await generate_load(ready["port"], mails, args.connections)
-        drained = await _wait_drained(parent, args.drain_timeout) if amqp_url else None
+        drained = await _wait_drained(parent, args.drain_timeout) if target != "sink" else None
         end_to_end = time.perf_counter() - started if drained else None
         stats = await _ask(parent, "stop")
         process.join(timeout=60)
@@ -261,6 +300,11 @@ async def run_target(target: str, args: argparse.Namespace, workdir: Path) -> di
         "server_peak_rss_mib": round(stats["maxrss_kb"] / 1024, 1),
         # CPU seconds the server used per wall second of the run: ~1.0 means one core is saturated.
         "server_cpu_share": round(stats["cpu_s"] / (end_to_end or load.seconds), 2),
+        "decide_workers": stats.get("decide_workers"),
+        # decide processes: CPU over the whole run (warm-up included), peak RSS of the largest
+        "decide_cpu_s": round(stats["decide_cpu_s"], 1) if "decide_cpu_s" in stats else None,
+        "decide_peak_rss_mib": round(stats["decide_maxrss_kb"] / 1024, 1)
+        if "decide_maxrss_kb" in stats else None,
         "replies": load.replies,
         "stored": stats.get("outcomes"),
         "events": stats.get("events"),
@@ -269,7 +313,8 @@ async def run_target(target: str, args: argparse.Namespace, workdir: Path) -> di
 
 
 async def _wait_drained(conn: Connection, limit: float) -> bool:
-    """Until the outbox is empty (the relay got every confirm); False after ``limit`` seconds."""
+    """Until every mail is decided (and with a broker, the outbox is empty: the relay got every
+    confirm); False after ``limit`` seconds."""
     deadline = time.monotonic() + limit
     while await _ask(conn, "pending"):
         if time.monotonic() > deadline:
@@ -303,7 +348,7 @@ COLUMNS = (
     ("target", "target"), ("mails", "mails"), ("ok", "ok"), ("errors", "err"),
     ("msg_per_s", "msg/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
     ("server_peak_rss_mib", "peak RSS MiB"), ("server_cpu_share", "server CPU"),
-    ("end_to_end_msg_per_s", "e2e msg/s"),
+    ("decide_workers", "deciders"), ("end_to_end_msg_per_s", "e2e msg/s"),
 )
 
 
@@ -323,6 +368,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(e.g. amqp://guest:guest@127.0.0.1:5672/)")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="seconds to wait for the outbox to empty (300)")
+    parser.add_argument("--decide-workers", type=int, default=None,
+                        help="decide processes (default: MAILSVC_DECIDE_WORKERS' default, 1 on "
+                             "SQLite, one per core on PostgreSQL; 0: in the serving process)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -12,7 +13,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,10 +22,12 @@ from rich.table import Table
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
-from mailsvc.ingest.files import Importer
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
 from mailsvc.mail import Envelope, RawMail, Role
+
+if TYPE_CHECKING:
+    from mailsvc.ingest.files import Importer
 
 # sysexits(3)
 EX_OK = 0
@@ -88,13 +91,22 @@ def serve(
         plan = plan_worker(settings, worker_index)
         _run(_serve(worker_settings(settings, plan), relay=plan.relay,
                     decide_here=decide_workers == 0))
-        return
+        _exit_now(EX_OK)
     count = workers or settings.workers
     if count == 1 and decide_workers == 0:
         _run(_serve(settings, decide_here=True))
         return
     _run(_migrate(settings))  # once, before the workers start
-    raise typer.Exit(supervise(plan_processes(count, decide_workers)))
+    _exit_now(supervise(plan_processes(count, decide_workers)))
+
+
+def _exit_now(status: int) -> None:
+    """Exit after a clean stop without tearing the interpreter down module by module: the work
+    is finished and flushed, and a supervised process should be gone as soon as it says so."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @app.command()
@@ -113,10 +125,12 @@ def decide(
     count = workers or max(1, settings.effective_decide_workers)
     if count == 1:
         _run(_decide(settings, migrate=migrate))
+        if not migrate:  # a supervised worker
+            _exit_now(EX_OK)
         return
     if migrate:
         _run(_migrate(settings))
-    raise typer.Exit(supervise({f"decide-{i}": decide_command() for i in range(count)}))
+    _exit_now(supervise({f"decide-{i}": decide_command() for i in range(count)}))
 
 
 async def _decide(settings: Settings, *, migrate: bool) -> None:
@@ -124,10 +138,15 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from mailsvc.ingest.decider import Decider, parse_pool
+
+    jobs = settings.effective_decide_jobs
     async with open_services(settings, migrate=migrate) as services:
-        logger.info("decide worker running")
-        await services.pipeline.decider.run(stop)
-        logger.info("decide worker stopped after %d mail(s)", services.pipeline.decider.decided)
+        with parse_pool(jobs) as pool:
+            decider = Decider(services.pipeline, parse_pool=pool)
+            logger.info("decide worker running (%d parsing process(es))", jobs)
+            await decider.run(stop)
+        logger.info("decide worker stopped after %d mail(s)", decider.decided)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -250,6 +269,9 @@ def import_mail(
         str | None, typer.Option("--to", help="The intake address (default: the Smart BCC).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Messages per transaction.")] = 200,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="Parsing processes [default: one per core].")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Import existing mail; safe to re-run (what is stored already counts as duplicate).
@@ -260,7 +282,7 @@ def import_mail(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from mailsvc.ingest.files import discover
+    from mailsvc.ingest.files import Importer, discover
 
     settings = _settings()
     role, address = _role_for(settings, to)
@@ -281,11 +303,17 @@ def import_mail(
     runs: list[Importer] = []  # kept outside go(): the summary shows what committed, even on 75
 
     async def go() -> None:
+        from mailsvc.ingest.decider import Decider, parse_pool
+
         async with open_services(settings) as services:
-            run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
-                           batch_size, on_progress=lambda n: progress.advance(task, n))
-            runs.append(run)
-            await run.run(found.messages)
+            # Starting parsing processes costs more than a small import gains from them.
+            parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
+            with parse_pool(parallel) as pool:
+                run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
+                               batch_size, on_progress=lambda n: progress.advance(task, n),
+                               decider=Decider(services.pipeline, parse_pool=pool))
+                runs.append(run)
+                await run.run(found.messages)
 
     try:
         with progress:

@@ -291,6 +291,9 @@ class Settings(BaseSettings):
     decide_poll_ms: float = Field(default=20.0, gt=0)
     # Failed decisions of one mail before it is quarantined with the last error.
     decide_max_attempts: int = Field(default=3, ge=1, le=100)
+    # Processes parsing for each decide worker (unset: one per core on SQLite, where one worker
+    # claims; 1 = parse in the worker itself, the default on PostgreSQL with a worker per core).
+    decide_jobs: int | None = Field(default=None, ge=1, le=256)
 
     default_owner_email: str | None = None
     # The user (by e-mail address) who owns what arrives on each intake address when no record,
@@ -496,6 +499,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_decide_jobs(self) -> int:
+        """Parsing processes per decide worker: as set, else one per core on SQLite, else 1."""
+        if self.decide_jobs is not None:
+            return self.decide_jobs
+        return max(1, os.cpu_count() or 1) if self.is_sqlite else 1
 
     @property
     def effective_decide_workers(self) -> int:

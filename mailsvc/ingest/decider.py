@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -44,8 +46,9 @@ from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, QuarantinedMai
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.accept import raw_of
 from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason, stored_reason
-from mailsvc.ingest.pipeline import prepare_item, store_unavailable
+from mailsvc.ingest.pipeline import PrepareOptions, prepare_item, store_unavailable
 from mailsvc.ingest.store import Prepared, quarantine
+from mailsvc.mail import RawMail
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key of the apply step ("mailsvc" in ASCII, as a bigint).
 APPLY_LOCK = 0x6D61696C737663
+# Fewer mails than this are parsed here: handing them to the parsing processes costs more.
+POOL_MIN_MAILS = 16
 # After a whole step failed, claim one mail at a time until past the failed batch.
 _SOLO = 1
 
@@ -128,6 +133,25 @@ async def stored_outcomes(session: AsyncSession, keys: Sequence[str]) -> dict[st
     return found
 
 
+def prepare_items(raws: Sequence[RawMail], options: PrepareOptions) -> list[Prepared]:
+    """Parse a chunk of mails (runs in a parsing process)."""
+    return [prepare_item(raw, options) for raw in raws]
+
+
+@contextmanager
+def parse_pool(jobs: int) -> Iterator[Executor | None]:
+    """Processes that parse for a decide loop (None for ``jobs`` 1: parse in this process).
+    Spawned, not forked: the parent runs an event loop and database connections."""
+    if jobs <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Decider:
     """Claims accepted mail and decides it; one per decide worker (or in-process)."""
 
@@ -147,12 +171,27 @@ class Decider:
         self._postgres = not settings.is_sqlite
         self._on_decided = on_decided
         self._pool = parse_pool
+        self._jobs = max(1, getattr(parse_pool, "_max_workers", 1))
         self._cache: dict[int, Claimed] = {}  # parsed rows a step claimed and did not apply
         self._solo_until = 0  # after a failed step: one mail at a time up to this id
         self._current: list[int] = []  # intake ids the running step holds
+        self._wake = asyncio.Event()  # set when this process accepted mail: no need to poll
         self.decided = 0
 
     # ---------------------------------------------------------------- loops
+
+    def wake(self) -> None:
+        """Mail was accepted in this process: look at once instead of at the next poll."""
+        self._wake.set()
+
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        self._wake.clear()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Decide until ``stop`` is set (the current step finishes first)."""
@@ -170,7 +209,7 @@ class Decider:
                 continue
             backoff = self._poll
             if not done:
-                await _sleep_or_stop(stop, self._poll)
+                await self._idle(stop, self._poll)
 
     async def drain(self, keys: Mapping[int, str]) -> dict[int, Outcome]:
         """Decide until the given intake rows are decided (by this process or another); their
@@ -294,13 +333,16 @@ class Decider:
                 claimed[row.id] = Claimed(row.id, cached.item, row.attempts)
             else:
                 todo.append(row)
-        if self._pool is not None and len(todo) > 1:
+        if self._pool is not None and len(todo) >= POOL_MIN_MAILS:
             loop = asyncio.get_running_loop()
             options = self._pipeline.options
-            items = await asyncio.gather(*(
-                loop.run_in_executor(self._pool, prepare_item, raw_of(row), options)
-                for row in todo
+            raws = [raw_of(row) for row in todo]
+            size = -(-len(raws) // self._jobs)  # one chunk per parsing process
+            chunks = await asyncio.gather(*(
+                loop.run_in_executor(self._pool, prepare_items, raws[i:i + size], options)
+                for i in range(0, len(raws), size)
             ))
+            items = [item for chunk in chunks for item in chunk]
         else:
             items = [await self._pipeline.prepare(raw_of(row)) for row in todo]
         for row, item in zip(todo, items, strict=True):

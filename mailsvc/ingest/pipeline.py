@@ -282,6 +282,8 @@ class Pipeline:
                    if (i := a.outcome.intake_id) is not None and a.outcome.kind == "accepted"]
             logger.info("accepted %d mail(s)%s, %d duplicate(s)", len(ids),
                         f" as intake {min(ids)}-{max(ids)}" if ids else "", len(batch) - len(ids))
+            if self._decide_task is not None and ids:
+                self.decider.wake()
             for pending, result in zip(batch, accepted, strict=True):
                 metrics.record_outcome(result.outcome.kind)
                 if not pending.future.done():

@@ -74,7 +74,7 @@ idle_timeout = 1740
             assert time.monotonic() < deadline, "mailboxes not processed"
             time.sleep(0.05)
         # /readyz reports each mailbox (without making readiness depend on it).
-        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz").json()
+        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=30).json()
         mailboxes = ready["checks"]["mailboxes"]
         assert mailboxes.keys() == {"bcc", "support"}
         assert mailboxes["bcc"]["state"] == "connected"

@@ -162,7 +162,7 @@ async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[int]:
         return True
 
     try:
-        await wait_for(listening, within=30, what="mailsvc serve to listen")
+        await wait_for(listening, within=120, what="mailsvc serve to listen")
         yield port
     finally:
         process.send_signal(signal.SIGTERM)

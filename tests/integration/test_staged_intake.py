@@ -4,6 +4,7 @@ real decide processes that may be killed at any moment."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -148,6 +149,37 @@ async def test_a_mail_accepted_but_not_decided_yet_is_a_duplicate(
         assert await events(services, "email.received") == 1
 
 
+async def test_an_accept_commit_that_hangs_answers_451_within_the_timeout(
+    sqlite_url: str,
+) -> None:
+    import sqlite3
+
+    from tests.conftest import base_settings
+
+    settings = base_settings(sqlite_url, smtp_port=0, accept_timeout_seconds=1.0)
+    blocker = sqlite3.connect(sqlite_url.split(":///", 1)[1], isolation_level=None)
+    async with smtp_intake(settings, decide=False) as (services, port):
+        data = mail("Late Person <late@prospect.example>", "late-1@prospect.example", "Hello")
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the store's write lock
+        try:
+            with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+                await send(port, data)
+            assert refused.value.code == 451
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        # The 451 came from the timeout, not from the store giving up: the commit went on and
+        # lands once the lock is free; the sender's retry is then a duplicate, nothing twice.
+        async def committed_late() -> bool:
+            return await count(services, IntakeMail) == 1
+
+        await wait_for(committed_late, within=60, what="the late accept commit")
+        _, reply = await send(port, data)
+        assert "duplicate" in reply
+        assert await count(services, IntakeMail) == 1
+
+
 async def test_a_burst_of_a_first_mail_and_five_replies_lands_as_one_lead(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -184,6 +216,71 @@ async def test_submit_waits_for_the_decision_and_reports_it(
         )
         assert outcome.kind == "ticket_created"
         assert outcome.email_id is not None and outcome.links["ticket"] is not None
+
+
+async def test_the_backlog_is_visible_in_readyz_metrics_and_the_cli(
+    make_settings: Callable[..., Settings], database_url: str,
+) -> None:
+    import httpx
+
+    from mailsvc.api.app import create_app
+
+    async with open_services(make_settings(), migrate=False) as services:
+        await accept(services, conversations(1, 2))  # three mails, nobody deciding
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200  # a backlog never makes the instance unready
+            backlog = ready.json()["checks"]["intake_backlog"]
+            assert backlog["count"] == 3 and backlog["oldest_age_seconds"] >= 0
+            metrics = (await client.get("/metrics")).text
+            assert "mailsvc_intake_backlog_messages 3.0" in metrics
+            assert "mailsvc_intake_backlog_oldest_seconds" in metrics
+        status = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "mailsvc", "status", "--json"],
+            env={"PATH": os.environ["PATH"], "MAILSVC_DATABASE_URL": database_url},
+            capture_output=True, check=True, timeout=120,
+        )
+        assert json.loads(status.stdout)["intake_backlog"]["count"] == 3
+        await services.pipeline.decider.drain({})  # nothing asked for: returns at once
+        while await services.pipeline.decider.step():
+            pass
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/readyz")).json()["checks"]["intake_backlog"] == {
+                "count": 0, "oldest_age_seconds": 0.0
+            }
+
+
+async def test_a_mail_that_fails_to_decide_is_retried_then_quarantined_and_blocks_nobody(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailsvc.crmstore.models import QuarantinedMail
+    from mailsvc.ingest import pipeline as pipeline_module
+
+    real_decide = pipeline_module.decide
+
+    def failing(mail: Any, *args: Any) -> Any:
+        if mail.message_id and mail.message_id.startswith("first-1@"):
+            raise RuntimeError("a bug this mail trips")
+        return real_decide(mail, *args)
+
+    monkeypatch.setattr(pipeline_module, "decide", failing)
+    async with open_services(make_settings(decide_max_attempts=3), migrate=False) as services:
+        await accept(services, conversations(3, 0))  # first-0, first-1 (poison), first-2
+        decider = services.pipeline.decider
+        first = await decider.step()
+        assert sorted(o.kind for o in first.values()) == ["lead_created", "lead_created"]
+        async with services.sessions() as session:
+            poison = await session.scalar(select(IntakeMail))
+        assert poison is not None and poison.attempts == 1
+        assert "a bug this mail trips" in (poison.last_error or "")
+        assert await decider.step() == {}  # tried again (alone now): still failing, counted
+        last = await decider.step()  # out of attempts: quarantined with the reason
+        assert [o.kind for o in last.values()] == ["quarantined"]
+        assert "processing error" in (next(iter(last.values())).reason or "")
+        assert await count(services, IntakeMail) == 0
+        assert await count(services, QuarantinedMail) == 1
+        assert await count(services, Email) == 2
 
 
 # ------------------------------------------------------------------ real decide processes
