@@ -356,7 +356,7 @@ class Settings(BaseSettings):
     smtp_auth_users: FilePath | None = None
     smtp_auth_allow_plaintext: bool = False
     smtp_max_connections: int = Field(default=200, ge=1)
-    smtp_max_connections_per_ip: int = Field(default=20, ge=1)
+    smtp_max_connections_per_ip: int = Field(default=50, ge=1)
     smtp_max_concurrent_data: int = Field(default=20, ge=1)
     smtp_data_slot_wait: float = Field(default=30.0, ge=0)
     smtp_max_line_bytes: int = Field(default=65536, ge=1001)

@@ -130,18 +130,19 @@ def mime_shape(data: bytes, stop: ParseLimits = DEFAULT_LIMITS) -> tuple[int, in
     costly parse: boundary delimiters opened and closed, plus message/* parts enclosed without a
     delimiter in between. At least half the true depth, so a bound on it bounds the parse. Stops
     counting once past a limit of ``stop``."""
-    lower = b"\n" + data.lower()  # same offsets (+1): boundaries are read from ``data``
+    lower = data.lower()  # same offsets: boundaries are read from ``data``; a first line that is
+    # a delimiter or a message/* type is not seen, which only lowers the estimate by one
     declared: set[bytes] = set()
     for count, m in enumerate(_BOUNDARY.finditer(lower), 1):
         if count > stop.max_parts:  # each multipart declares one: too many already
             return 0, count
         group = 1 if m.start(1) >= 0 else 2
-        declared.add(data[m.start(group) - 1 : m.end(group) - 1])
+        declared.add(data[m.start(group) : m.end(group)])
     if not declared and _MESSAGE_TYPE.search(lower) is None:
         return 0, 0
     events = heapq.merge(  # in order of position, lazily: the loop may stop early
         (
-            (m.start(), data[m.start(1) - 1 : m.end(1) - 1].rstrip(b" \t\r"))
+            (m.start(), data[m.start(1) : m.end(1)].rstrip(b" \t\r"))
             for m in _DELIMITER.finditer(lower)
         ),
         ((m.start(), None) for m in _MESSAGE_TYPE.finditer(lower)),

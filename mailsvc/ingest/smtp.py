@@ -50,6 +50,7 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_TOO_MANY = "421 4.7.0 Too many failed authentication attempts, closing connection"
 MAX_AUTH_FAILURES = 3
+BCRYPT_MAX_PASSWORD = 72  # bytes: bcrypt looks at no more
 
 # When one message is addressed to several intake roles, it is processed once, under this order.
 ROLE_PRECEDENCE: tuple[Role, ...] = (Role.BCC, Role.SUPPORT, Role.SALES)
@@ -240,9 +241,11 @@ class AuthUsers:
 
     def check(self, login: str, password: bytes) -> bool:
         hashed = self._load().get(login.strip().lower())
+        if len(password) > BCRYPT_MAX_PASSWORD:  # bcrypt would refuse it: never a valid one
+            return False
         try:
             ok = bcrypt.checkpw(password, hashed or self._dummy)
-        except ValueError:  # not a bcrypt hash
+        except ValueError:
             logger.error("SMTP AUTH users file: the entry of %s is not a bcrypt hash", login)
             return False
         return ok and hashed is not None

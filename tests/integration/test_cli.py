@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import BCC, SALES, SUPPORT
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
+README_DEMO = {"MAILSVC_TRUSTED_AUTHSERV_IDS": "demo.mailsvc.localhost"}
 
 
 def mailsvc(
@@ -53,7 +54,8 @@ def test_seed_demo_then_ingest_links_the_example_mail(database_url: str) -> None
 
     mail = (EXAMPLES / "bcc-opportunity.eml").read_bytes()
     mail = mail.replace(b"[OPP-1]", f"[{opportunity['number']}]".encode())
-    result = mailsvc(database_url, "ingest", "-", stdin=mail)
+    # As README's demo: trust the example's Authentication-Results (docs/trust.md).
+    result = mailsvc(database_url, "ingest", "-", stdin=mail, **README_DEMO)
     assert result.returncode == 0, result.stderr.decode()
     [outcome] = lines(result)
     assert outcome["outcome"] == "linked"

@@ -104,8 +104,9 @@ async def test_connections_over_the_total_cap_get_421(limited: Callable[..., Set
         async with raw(port, greeting=False) as over:
             assert (await over.reply()).startswith(b"421 4.7.0 Too many connections")
             assert await over.closed_by_server()
-        await a.say(b"QUIT")
-        await b.say(b"QUIT")
+        for conn in (a, b):
+            await conn.say(b"QUIT")
+            assert await conn.closed_by_server()  # the server has let go of it
         await normal_mail_is_accepted(port)
 
 
@@ -117,7 +118,7 @@ async def test_connections_over_the_per_address_cap_get_421(
         async with raw(port, greeting=False) as over:
             assert (await over.reply()).startswith(b"421 4.7.0 Too many connections from")
         await a.say(b"QUIT")
-        await a.closed_by_server()
+        assert await a.closed_by_server()
         # One slot is free again once the server has seen the QUIT.
         await normal_mail_is_accepted(port)
 

@@ -220,3 +220,19 @@ async def test_repeated_wrong_passwords_close_the_connection(
         with pytest.raises(aiosmtplib.SMTPServerDisconnected):
             await client.noop()  # the third failure closed the connection
         client.close()
+
+
+def test_mail_piped_into_ingest_is_not_trusted_by_that_alone(database_url: str) -> None:
+    """README's demo mail without its one setting: stored, but nothing in Anna's name."""
+    from tests.integration.test_cli import EXAMPLES, README_DEMO, lines, mailsvc, seed
+
+    seed(database_url)
+    mail = (EXAMPLES / "bcc-opportunity.eml").read_bytes()
+    result = mailsvc(database_url, "ingest", "-", stdin=mail)
+    [outcome] = lines(result)
+    assert (outcome["outcome"], outcome["rule"]) == ("ignored", "sender_unverified")
+    assert outcome["owner"] is None and outcome["opportunity"] is None
+    forged = mail.replace(b"demo.mailsvc.localhost", b"mx.evil.example").replace(
+        b"quote-followup-1", b"forged-1")
+    [outcome] = lines(mailsvc(database_url, "ingest", "-", stdin=forged, **README_DEMO))
+    assert outcome["rule"] == "sender_unverified"

@@ -84,7 +84,7 @@ def test_mime_shape_counts_depth_and_parts() -> None:
     assert mime_shape(nested(5)) == (5, 5)
     siblings = b'Content-Type: multipart/mixed; boundary="S"\n\n' + b"--S\n\nx\n" * 7 + b"--S--\n"
     assert mime_shape(siblings) == (1, 7)
-    forwarded = b"Content-Type: message/rfc822\n\nFrom: x@y.example\n" * 4
+    forwarded = b"From: a@b.example\n" + b"Content-Type: message/rfc822\n\nFrom: x@y.example\n" * 4
     assert mime_shape(forwarded)[0] == 4
 
 

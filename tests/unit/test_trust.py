@@ -11,7 +11,7 @@ import dkim
 import pytest
 
 from mailsvc.ingest.parse import parse_mail
-from mailsvc.ingest.trust import TrustPolicy, aligned, sender_verified
+from mailsvc.ingest.trust import TrustPolicy, aligned, needs_lookup, sender_verified
 from mailsvc.mail import Envelope, RawMail
 
 MAIL = (
@@ -172,3 +172,30 @@ def test_a_dns_failure_is_not_a_pass() -> None:
 
     data = b"DKIM-Signature: v=1; a=rsa-sha256; d=mailsvc.example; s=x; h=from; bh=AA==; b=AA==\n"
     assert not verdict(data + MAIL, TrustPolicy(dns=broken))
+
+
+def test_needs_lookup_looks_at_the_header_section_only() -> None:
+    assert needs_lookup(b"From: a\r\nDKIM-Signature: v=1\r\n\r\nbody")
+    assert needs_lookup(b"dkim-signature: v=1\n\nbody")
+    assert not needs_lookup(b"From: a\n\nDKIM-Signature: in the body")
+    assert not needs_lookup(MAIL)
+
+
+def test_decide_believes_a_user_only_when_verified() -> None:
+    from mailsvc.linking.decide import Policy, decide
+    from mailsvc.linking.model import Facts, UserRef
+    from mailsvc.linking.references import IdPatterns
+
+    policy = Policy(IdPatterns("OPP", "TCK"), frozenset({"bcc@crm.example"}))
+    mail = parse_mail(MAIL)
+    envelope = Envelope(None, ("bcc@crm.example",), "bcc")
+    facts = Facts(users={"anna.seller@mailsvc.example": UserRef(1, "anna.seller@mailsvc.example")})
+    doubted = decide(mail, envelope, facts, policy, sender_verified=False)
+    assert (doubted.kind, doubted.rule, doubted.direction) == (
+        "ignore", "sender_unverified", "incoming")
+    assert doubted.notes == ("sender_unverified",) and not doubted.links.any
+    believed = decide(mail, envelope, facts, policy, sender_verified=True)
+    assert believed.direction == "outgoing" and believed.rule != "sender_unverified"
+    # Someone who is not a user is not affected by the verdict.
+    stranger = decide(mail, envelope, Facts(), policy, sender_verified=False)
+    assert stranger.rule != "sender_unverified"
