@@ -272,15 +272,19 @@ def _scrub_addresses(row: Email, addresses: set[str]) -> None:
 
 
 # ------------------------------------------------------------------ pending events
-def scrub_event_data(data: Any, addresses: set[str], personal: bool) -> Any:
-    """Event data without the addresses; with ``personal`` also without names and text."""
+def scrub_event_data(data: Any, addresses: set[str], personal: bool,
+                     erase: bool = False) -> Any:
+    """Event data without the addresses; with ``personal`` also without names and text: the
+    text under a personal key becomes ``[erased]``. The shape stays (a string stays a string,
+    a list a list), so the event still meets its schema in docs/asyncapi.yaml."""
     if isinstance(data, dict):
-        return {key: (None if personal and key in PERSONAL_KEYS and value is not None
-                      and not isinstance(value, bool | int) else
-                      scrub_event_data(value, addresses, personal))
+        return {key: scrub_event_data(value, addresses, personal,
+                                      erase or (personal and key in PERSONAL_KEYS))
                 for key, value in data.items()}
     if isinstance(data, list):
-        return [scrub_event_data(value, addresses, personal) for value in data]
+        return [scrub_event_data(value, addresses, personal, erase) for value in data]
+    if isinstance(data, str) and erase and data:
+        return PLACEHOLDER
     if isinstance(data, str) and _mentions(data, addresses):
         result = data
         for address in sorted(addresses, key=len, reverse=True):
