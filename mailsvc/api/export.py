@@ -20,7 +20,7 @@ _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def wants_csv(scope: Scope) -> bool:
-    if scope.get("type") != "http" or scope.get("method") not in ("GET", "HEAD"):
+    if scope.get("type") != "http" or scope.get("method") != "GET":
         return False
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     if query.get("format", [""])[-1].lower() == "csv":
@@ -116,13 +116,18 @@ class CsvExport:
         await self.app(scope, receive, capture)
         assert start is not None
         headers = dict(start.get("headers") or [])
-        if start["status"] != 200 or headers.get(b"content-type") != b"application/json":
+        try:
+            payload = (json.loads(body) if start["status"] == 200
+                       and headers.get(b"content-type") == b"application/json" else None)
+        except ValueError:
+            payload = None
+        if payload is None:
             await send({**start, "headers": [(k, v) for k, v in headers.items()
                                             if k != b"content-length"]
                         + [(b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": bytes(body)})
             return
-        data = to_csv(json.loads(body)).encode("utf-8")
+        data = to_csv(payload).encode("utf-8")
         name = scope["path"].removeprefix("/api/v1/").strip("/").replace("/", "-") or "export"
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/csv; charset=utf-8"),

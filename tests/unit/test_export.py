@@ -48,3 +48,4 @@ def test_csv_is_asked_for_by_query_or_accept_header() -> None:
     assert not wants_csv(scope(accept=b"application/json, text/csv"))
     assert not wants_csv(scope())
     assert not wants_csv(scope(b"format=csv", method="POST"))
+    assert not wants_csv(scope(b"format=csv", method="HEAD"))

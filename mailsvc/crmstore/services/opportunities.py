@@ -32,7 +32,7 @@ from mailsvc.crmstore.models import (
 )
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.crmstore.services.common import (
-    actor_id as acting,
+    actor_id as acting,  # the parameters here are called actor_id
 )
 from mailsvc.crmstore.services.common import (
     apply_changes,
@@ -49,9 +49,8 @@ TrafficLight = Literal["green", "yellow", "red"]
 
 # Business data: frozen once the opportunity is won or lost (seed 004, "Status ändern").
 BUSINESS_FIELDS = ("title", "description", "amount", "probability", "source", "priority",
-                   "delivery_date",
-                   "start_date", "close_date", "account_id", "contact_id", "campaign_id",
-                   "territory_id", "team_id")
+                   "delivery_date", "start_date", "close_date", "account_id", "contact_id",
+                   "campaign_id", "territory_id", "team_id")
 # What may still change on a closed opportunity: who looks after it.
 CLOSED_FIELDS = ("owner_id",)
 
@@ -168,8 +167,7 @@ async def create_opportunity(
         await ensure_exists(session, User, user_id, "user")
     opportunity = Opportunity(
         title=title.strip(), description=description, kind=kind, account_id=account_id,
-        contact_id=contact_id,
-        owner_id=owner_id, amount=amount, probability=probability,
+        contact_id=contact_id, owner_id=owner_id, amount=amount, probability=probability,
         pipeline_id=pipeline.id if pipeline else None, stage_id=stage.id if stage else None,
         source=await check_choice(session, "lead_source", source),
         priority=await check_choice(session, "priority", priority),
@@ -321,7 +319,7 @@ async def convert_to_deal(
     return opportunity
 
 
-def _close_date(opportunity: Opportunity, given: date | None, today: date) -> date:
+def _close_date(given: date | None, today: date) -> date:
     """The day it closed: given, else today. Not in the future: revenue is booked in its month."""
     if given is not None and given > today:
         raise RuleViolation(f"the close date {given.isoformat()} is in the future: an opportunity "
@@ -339,7 +337,7 @@ async def mark_won(
         raise Conflict(f"opportunity {opportunity_id} is won already")
     ensure_open(opportunity)
     now = utcnow()
-    closed = _close_date(opportunity, close_date, now.date())
+    closed = _close_date(close_date, now.date())
     await ensure_month_snapshot(session, now.date())
     opportunity.status = OpportunityStatus.WON
     opportunity.won_at = now
@@ -383,7 +381,7 @@ async def mark_lost(
     if reason is None or not reason.active:
         raise RuleViolation(f"loss reason {loss_reason_id} does not exist or is retired")
     now = utcnow()
-    closed = _close_date(opportunity, close_date, now.date())
+    closed = _close_date(close_date, now.date())
     await ensure_month_snapshot(session, now.date())
     opportunity.status = OpportunityStatus.LOST
     opportunity.lost_at = now
