@@ -259,10 +259,10 @@ async def test_a_mail_that_fails_to_decide_is_retried_then_quarantined_and_block
 
     real_decide = pipeline_module.decide
 
-    def failing(mail: Any, *args: Any) -> Any:
+    def failing(mail: Any, *args: Any, **kwargs: Any) -> Any:
         if mail.message_id and mail.message_id.startswith("first-1@"):
             raise RuntimeError("a bug this mail trips")
-        return real_decide(mail, *args)
+        return real_decide(mail, *args, **kwargs)
 
     monkeypatch.setattr(pipeline_module, "decide", failing)
     async with open_services(make_settings(decide_max_attempts=3), migrate=False) as services:
