@@ -23,6 +23,7 @@ from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
+from mailsvc.logs import configure_logging
 from mailsvc.mail import Envelope, RawMail, Role
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+CLICK_USAGE = 2  # what click exits with on a usage error; we answer EX_USAGE instead
 
-app = typer.Typer(help="E-mail intake for a CRM.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="E-mail intake for a CRM.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 quarantine_app = typer.Typer(help="Mail that could not be processed.", no_args_is_help=True)
@@ -54,15 +56,7 @@ def _settings(config_exit: int = EX_CONFIG) -> Settings:
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(config_exit) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # mail-parser warns about every content type it leaves to us; that is not news.
-    logging.getLogger("mailparser").setLevel(logging.ERROR)
-    # aiosmtpd logs every SMTP command at INFO; keep it for debugging only.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.root.level))
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -428,7 +422,9 @@ def db_upgrade() -> None:
 
 
 @db_app.command("current")
-def db_current() -> None:
+def db_current(
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON object.")] = False,
+) -> None:
     """Show the schema revision of the database and the one this mailsvc needs."""
     from mailsvc.crmstore.db import create_engine
     from mailsvc.crmstore.migrate import current_revision, head_revision
@@ -442,12 +438,18 @@ def db_current() -> None:
         finally:
             await engine.dispose()
 
-    typer.echo(f"database: {_run(go()) or 'empty'}; needed: {head_revision()}")
+    current, needed = _run(go()), head_revision()
+    if as_json:
+        typer.echo(json.dumps({"current": current, "needed": needed,
+                               "up_to_date": current == needed}))
+    else:
+        typer.echo(f"database: {current or 'empty'}; needed: {needed}")
 
 
 @app.command()
 def events(
     limit: Annotated[int, typer.Option(help="How many to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
 ) -> None:
     """List events waiting in the outbox (not yet confirmed by the broker)."""
     from sqlalchemy import select
@@ -469,6 +471,14 @@ def events(
                 return count, list(rows)
 
     count, rows = _run(go())
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps({
+                "id": row.id, "type": row.type, "subject": row.subject,
+                "created_at": row.created_at.isoformat(), "attempts": row.attempts,
+                "last_error": row.last_error, "data": row.data,
+            }, default=str))
+        return
     table = Table(title=f"{count} event(s) waiting")
     for column in ("id", "type", "subject", "created_at", "attempts", "last_error"):
         table.add_column(column)
@@ -538,6 +548,7 @@ def relay() -> None:
 @quarantine_app.command("list")
 def quarantine_list(
     limit: Annotated[int, typer.Option(help="How many to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per entry.")] = False,
 ) -> None:
     """List quarantined mail with the reason."""
     from mailsvc.ingest.quarantine import list_quarantined
@@ -549,6 +560,14 @@ def quarantine_list(
             return await list_quarantined(services.sessions, limit=limit)
 
     rows = _run(go())
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps({
+                "id": row.id, "received_at": row.received_at.isoformat(),
+                "role": row.intake_role, "source": row.source, "size": row.size,
+                "reason": row.reason,
+            }))
+        return
     table = Table(title=f"{len(rows)} quarantined")
     for column in ("id", "received_at", "role", "source", "size", "reason"):
         table.add_column(column)
@@ -665,9 +684,56 @@ def reprocess(
         err.print(f"e-mail {result.email_id} failed: {result.reason}")
 
 
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per check.")] = False,
+) -> None:
+    """Check the database and schema, the broker, each IMAP mailbox, the intake addresses and
+    disk space; print what is wrong and how to fix it. Exit 1 if a check fails."""
+    from mailsvc.doctor import run_checks
+
+    settings = _settings()
+    findings = _run(run_checks(settings))
+    for finding in findings:
+        if as_json:
+            typer.echo(json.dumps({"check": finding.check, "status": finding.status,
+                                   "detail": finding.detail, "fix": finding.fix}))
+        else:
+            typer.echo(finding.line())
+    if any(f.status == "fail" for f in findings):
+        raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"mailsvc {version('mailsvc')}")
+        raise typer.Exit(EX_OK)
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """E-mail intake for a CRM."""
+
+
 def main() -> None:
+    """The console script: usage errors exit 64 (EX_USAGE) with one message, never a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors and bad parameters
+        exc.show()  # type: ignore[attr-defined]
+        status = int(getattr(exc, "exit_code", CLICK_USAGE))
+        sys.exit(EX_USAGE if status == CLICK_USAGE else status)
     except MailsvcError as exc:
         err.print(f"[red]{exc}[/red]")
         sys.exit(EX_TEMPFAIL)
+    sys.exit(code if isinstance(code, int) else EX_OK)

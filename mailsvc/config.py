@@ -15,6 +15,7 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -170,7 +171,19 @@ class Settings(BaseSettings):
     imap_mailboxes: tuple[ImapMailbox, ...] = ()
     imap_config: Path | None = None
 
-    log_level: str = "INFO"
+    # --- logging ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # `text` for people, `json` for log collectors (one object per line, uvicorn included).
+    log_format: Literal["text", "json"] = "text"
+    # One line per API request (method, path, status) through the same handler.
+    api_access_log: bool = True
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @model_validator(mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -11,13 +12,16 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings, load_settings
 from mailsvc.crmstore.base import Base
 from mailsvc.crmstore.db import create_engine
 from mailsvc.crmstore.migrate import upgrade
+from mailsvc.crmstore.models import OutboxEvent
+from mailsvc.events.schema import cloudevent, encode
+from tests.support.contract import envelope_errors
 
 CORPUS = Path(__file__).parent / "corpus"
 PG_ADMIN_DSN = os.environ.get("MAILSVC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -146,10 +150,27 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
 
 @pytest.fixture
 async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    """The wired service (pipeline started, no broker) on a clean database."""
+    """The wired service (pipeline started, no broker) on a clean database.
+
+    Afterwards every event the test produced is checked against docs/asyncapi.yaml.
+    """
     async with open_services(make_settings(), migrate=False) as svc:
         await svc.pipeline.start()
         try:
             yield svc
         finally:
             await svc.pipeline.stop()
+        await check_event_contract(svc)
+
+
+async def check_event_contract(svc: Services) -> None:
+    """Every event in the outbox, as the relay would publish it, matches its message schema."""
+    async with svc.sessions() as session:
+        rows = (await session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq))).all()
+    errors = [
+        error for row in rows
+        for error in envelope_errors(
+            json.loads(encode(cloudevent(row.id, row.type, row.created_at, row.data, row.subject)))
+        )
+    ]
+    assert not errors, f"events that break docs/asyncapi.yaml: {errors[:5]}"

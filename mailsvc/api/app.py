@@ -24,6 +24,7 @@ from mailsvc.api.routes import (
     settings,
     tickets,
 )
+from mailsvc.api.ui import routes as ui
 from mailsvc.bootstrap import Services
 from mailsvc.crmstore.db import read_session
 from mailsvc.metrics import record_request, register
@@ -60,6 +61,9 @@ def create_app(services: Services) -> FastAPI:
                    settings, reports):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(ui.router)
+    app.mount("/ui/static", ui.static, name="ui-static")
+    app.add_exception_handler(ui.SignInRequired, ui.sign_in_required)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

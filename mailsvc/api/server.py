@@ -39,7 +39,9 @@ async def serve_api(services: Services) -> None:
         )
     config = uvicorn.Config(
         create_app(services), host=host, port=settings.api_port,
-        log_level=settings.log_level.lower(), lifespan="off", access_log=False,
+        log_level=settings.log_level.lower(), lifespan="off",
+        # The process's own handler (mailsvc/logs.py) formats uvicorn's lines too.
+        log_config=None, access_log=settings.api_access_log,
     )
     server = EmbeddedServer(config)
     logger.info("API listening on http://%s:%s", host, settings.api_port)

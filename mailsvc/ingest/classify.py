@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
+import logging
 import re
+
+from flufl.bounce import all_failures
 
 from mailsvc.linking.model import HUMAN, MailKind
 from mailsvc.mail import Envelope, ParsedMail
@@ -31,18 +36,26 @@ _RECIPIENT_FIELD = re.compile(
 )
 _ACTION = re.compile(r"^action\s*:\s*(?P<action>[a-z]+)", re.I | re.M)
 _SUPPRESS_AUTO = frozenset({"all", "oof", "autoreply"})
+_ADDRESS = re.compile(r"^[^\s@<>]+@[^\s@<>]+\.[^\s@<>]+$")
+# flufl.bounce's second pass reads the bounce again with the stdlib parser; larger "bounces" are
+# not worth it (a real DSN is a few kilobytes).
+SECOND_PASS_MAX_BYTES = 1024 * 1024
+
+logger = logging.getLogger(__name__)
 
 
 def classify(
-    mail: ParsedMail, envelope: Envelope | None = None, max_received: int = 30
+    mail: ParsedMail, envelope: Envelope | None = None, max_received: int = 30,
+    raw: bytes | None = None,
 ) -> MailKind:
     """The kind of ``mail``, checked in order: loop, bounce, auto-reply, list; else human.
 
-    List headers come before ``Precedence: bulk`` so list mail is named ``list``.
+    List headers come before ``Precedence: bulk`` so list mail is named ``list``. ``raw`` (the
+    message's bytes) lets a bounce's failed recipients be found by a second parser too.
     """
     return (
         _loop(mail, max_received)
-        or _bounce(mail, envelope)
+        or _bounce(mail, envelope, raw)
         or _auto_reply(mail)
         or _list(mail)
         or _precedence(mail)
@@ -59,14 +72,14 @@ def _loop(mail: ParsedMail, max_received: int) -> MailKind | None:
     return None
 
 
-def _bounce(mail: ParsedMail, envelope: Envelope | None) -> MailKind | None:
+def _bounce(mail: ParsedMail, envelope: Envelope | None, raw: bytes | None) -> MailKind | None:
     content_type = (mail.header("Content-Type") or mail.content_type).lower()
     if content_type.startswith("multipart/report"):
         if "disposition-notification" in content_type:
             return None  # a read receipt: an automatic reply, see _auto_reply
         if "feedback-report" in content_type:
             return MailKind("bounce", "feedback report")
-        return MailKind("bounce", "delivery report", bounced_recipients(mail))
+        return MailKind("bounce", "delivery report", bounced_recipients(mail, raw))
     sender = mail.sender.email if mail.sender else ""
     null_path = (mail.header("Return-Path") or "").strip() == "<>" or (
         envelope is not None and envelope.mail_from == ""
@@ -75,9 +88,9 @@ def _bounce(mail: ParsedMail, envelope: Envelope | None) -> MailKind | None:
         (null_path or not sender) and _BOUNCE_SUBJECT.search(mail.subject)
     ):
         reason = f"bounce from {sender or 'null sender'}"
-        return MailKind("bounce", reason, bounced_recipients(mail))
+        return MailKind("bounce", reason, bounced_recipients(mail, raw))
     if _BOUNCE_SUBJECT.search(mail.subject) and _has_delivery_status(mail):
-        return MailKind("bounce", "delivery status part", bounced_recipients(mail))
+        return MailKind("bounce", "delivery status part", bounced_recipients(mail, raw))
     return None
 
 
@@ -85,8 +98,31 @@ def _has_delivery_status(mail: ParsedMail) -> bool:
     return any(a.content_type == "message/delivery-status" for a in mail.attachments)
 
 
-def bounced_recipients(mail: ParsedMail) -> tuple[str, ...]:
-    """The failed recipients of a DSN, else the To of the enclosed original."""
+def bounced_recipients(mail: ParsedMail, raw: bytes | None = None) -> tuple[str, ...]:
+    """The failed recipients: those of a standard DSN (RFC 3464), else the To of the enclosed
+    original; then those GNU Mailman's bounce detectors (flufl.bounce) name as permanent
+    failures in the many non-standard formats MTAs use."""
+    found = dict.fromkeys(_dsn_recipients(mail))
+    if raw is not None and len(raw) <= SECOND_PASS_MAX_BYTES:
+        found.update(dict.fromkeys(_detected_failures(raw)))
+    return tuple(found)
+
+
+def _detected_failures(raw: bytes) -> list[str]:
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        _temporary, permanent = all_failures(message)
+    except Exception:  # a detector tripping over odd input only loses the second opinion
+        logger.debug("bounce detectors failed", exc_info=True)
+        return []
+    addresses = (
+        (a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)).strip().strip("<>")
+        for a in permanent
+    )
+    return sorted({a.lower() for a in addresses if _ADDRESS.match(a)})
+
+
+def _dsn_recipients(mail: ParsedMail) -> tuple[str, ...]:
     found: dict[str, None] = {}
     reports = [a for a in mail.attachments if a.content_type == "message/delivery-status"]
     for report in reports:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
+from tests.support.contract import envelope_errors
+
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"
+# The official AsyncAPI 3.0.0 JSON Schema (npm package @asyncapi/specs, schemas/3.0.0-without-$id).
+SPEC_SCHEMA = ROOT / "tests" / "schemas" / "asyncapi-3.0.0.json"
 
 # The routing keys consumers were promised (DESIGN.md, docs/events.md).
 ROUTING_KEYS = (
@@ -70,6 +76,20 @@ def test_it_is_an_asyncapi_3_document(document: dict[str, Any]) -> None:
     assert document["channels"] and document["operations"]
 
 
+def test_it_is_valid_against_the_official_asyncapi_3_schema(document: dict[str, Any]) -> None:
+    schema = json.loads(SPEC_SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{e.json_path}: {e.message[:200]}" for e in validator.iter_errors(document)]
+    assert not errors, f"{len(errors)} AsyncAPI schema errors, first: {errors[:3]}"
+
+
+def test_the_examples_are_valid_against_their_message_schema(document: dict[str, Any]) -> None:
+    for key, message in document["components"]["messages"].items():
+        for example in message.get("examples", []):
+            errors = envelope_errors(example["payload"])
+            assert not errors, (key, errors[:3])
+
+
 def test_every_promised_routing_key_has_a_message(messages: dict[str, dict[str, Any]]) -> None:
     missing = [key for key in ROUTING_KEYS if key not in messages]
     assert not missing, f"docs/asyncapi.yaml lacks messages for {missing}"
@@ -120,7 +140,7 @@ def test_each_routing_key_has_a_channel_on_the_topic_exchange(
     addresses = {channel["address"] for channel in document["channels"].values()}
     assert addresses == set(messages)
     for channel in document["channels"].values():
-        binding = resolve(document, channel["bindings"]["amqp"]["$ref"])
+        binding = resolve(document, channel["bindings"]["$ref"])["amqp"]
         assert binding["is"] == "routingKey"
         assert binding["exchange"]["type"] == "topic" and binding["exchange"]["durable"]
 

@@ -112,3 +112,34 @@ def test_corpus_mail(name: str, kind: str, bounced: tuple[str, ...]) -> None:
     result = classify(parse_mail(path.read_bytes()))
     assert result.name == kind
     assert result.bounced == bounced
+
+
+def test_the_second_pass_names_a_non_standard_bounce_recipient() -> None:
+    """Exim's plain-text bounce has no DSN part; GNU Mailman's detectors read it."""
+    data = (CORPUS / "sisimai-set-of-emails/bsd/lhost-exim-01.eml").read_bytes()
+    assert classify(parse_mail(data)).bounced == ()
+    assert classify(parse_mail(data), raw=data).bounced == ("kijitora@example.ed.jp",)
+
+
+def test_a_delayed_delivery_names_no_failed_recipient_in_either_pass() -> None:
+    data = (CORPUS / "enmime/dsn/testdata/delayed_dsn.raw").read_bytes()
+    assert classify(parse_mail(data), raw=data).bounced == ()
+
+
+def test_most_corpus_bounces_name_their_failed_recipient() -> None:
+    from mailsvc.errors import ParseError
+    from tests.conftest import corpus_messages
+
+    named = total = 0
+    for path in corpus_messages():
+        data = path.read_bytes()
+        try:
+            mail = parse_mail(data)
+        except ParseError:
+            continue
+        kind = classify(mail, raw=data)
+        if kind.name == "bounce":
+            total += 1
+            named += bool(kind.bounced)
+    assert total >= 50
+    assert named >= 40, f"{named} of {total} bounces name a failed recipient"
