@@ -68,8 +68,10 @@ def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_u
                 "anna@outside.example", [BCC], (EXAMPLES / "bcc-opportunity.eml").read_bytes()
             )
             assert refused == {}
-        assert httpx.get(f"http://127.0.0.1:{api_port}/healthz").json() == {"status": "ok"}
-        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz")
+        assert httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=60).json() == {
+            "status": "ok"
+        }
+        ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz", timeout=60)
         assert ready.status_code == 200
         assert ready.json()["checks"]["database"] == "ok"
     finally:
