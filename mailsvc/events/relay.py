@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 UNROUTABLE = "unroutable: "
 BACKOFF_INITIAL = 0.2
+# A broker that answered no probe for this long (plus one poll) is reported unavailable.
+PROBE_TIMEOUT = 5.0
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker did not answer, or did not confirm a publish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +87,7 @@ class Relay:
 
     def status(self) -> BrokerStatus:
         """Connected *and* a round trip completed lately; a hung broker turns stale within
-        ``publish_timeout`` plus one poll, a closed one at once."""
+        ``PROBE_TIMEOUT`` plus one poll, a closed one at once."""
         age = None if self._last_ok is None else time.monotonic() - self._last_ok
         fresh = age is not None and age <= self.stale_after
         if self.connected and fresh:
@@ -94,34 +100,56 @@ class Relay:
 
     @property
     def stale_after(self) -> float:
-        return self._poll_seconds + self._publish_timeout
+        return self._poll_seconds + min(PROBE_TIMEOUT, self._publish_timeout)
 
     async def run(self) -> None:
         """Publish until cancelled; reconnects with a short, capped backoff while the broker is
         away, so events flow again within seconds of its return."""
         backoff = BACKOFF_INITIAL
-        while True:
-            try:
-                await self._connect()
-                backoff = BACKOFF_INITIAL
-                while True:
-                    sent = await self.publish_pending()
-                    if time.monotonic() - self._last_parked_try >= self._unroutable_retry:
-                        self._last_parked_try = time.monotonic()
-                        await self.publish_pending(parked=True)
-                    if sent < self._batch_size:
-                        await self._sleep()
-                        await self._probe_if_idle()
-            except asyncio.CancelledError:
-                await self.close()
-                raise
-            except Exception as exc:
-                self.connected = False
-                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                logger.warning("relay: broker or store unavailable (%s); retrying", exc)
-                await self.close()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="relay-heartbeat")
+        try:
+            while True:
+                try:
+                    await self._connect()
+                    backoff = BACKOFF_INITIAL
+                    await self._publish_forever()
+                except BrokerUnavailable as exc:
+                    await self._broker_down(exc)
+                except Exception as exc:
+                    # The store, not the broker: keep the broker connection (the heartbeat
+                    # keeps its state true meanwhile).
+                    logger.warning("relay: store unavailable (%s); retrying", exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # jitter, within the cap
                 backoff = min(backoff * 2, self._reconnect_max)
+        finally:  # cancelled
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self.close()
+
+    async def _heartbeat(self) -> None:
+        """Probe the idle broker each poll, even while publishing waits on a slow store."""
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            try:
+                await self._probe_if_idle()
+            except BrokerUnavailable as exc:
+                self.connected = False
+                self.last_error = f"{type(exc.__cause__ or exc).__name__}: {exc}"[:500]
+
+    async def _publish_forever(self) -> None:
+        while True:
+            sent = await self.publish_pending()
+            if time.monotonic() - self._last_parked_try >= self._unroutable_retry:
+                self._last_parked_try = time.monotonic()
+                await self.publish_pending(parked=True)
+            if sent < self._batch_size:
+                await self._sleep()
+
+    async def _broker_down(self, exc: BrokerUnavailable) -> None:
+        cause = exc.__cause__ or exc
+        self.last_error = f"{type(cause).__name__}: {cause}"[:500]
+        logger.warning("relay: broker unavailable (%s); reconnecting", self.last_error)
+        await self.close()
 
     async def _sleep(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -130,15 +158,19 @@ class Relay:
 
     async def _probe_if_idle(self) -> None:
         """No publish lately: one cheap round trip, so an idle relay still knows the broker
-        answers (a black-holed broker otherwise looks connected until the heartbeat gives up)."""
+        answers (a black-holed broker otherwise looks connected until AMQP heartbeats give up)."""
         if self._last_ok is not None and time.monotonic() - self._last_ok < self._poll_seconds:
             return
-        assert self._channel is not None
-        # Declaring the exchange again is idempotent and also restores it on a reset broker.
-        self._exchange = await self._channel.declare_exchange(
-            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True,
-            timeout=self._publish_timeout,
-        )
+        if self._channel is None:
+            return
+        try:
+            # Declaring the exchange again is idempotent and also restores it on a reset broker.
+            await self._channel.declare_exchange(
+                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True,
+                timeout=min(PROBE_TIMEOUT, self._publish_timeout),
+            )
+        except Exception as exc:
+            raise BrokerUnavailable(f"no answer to a probe: {exc!r}") from exc
         self._ok()
 
     def _ok(self) -> None:
@@ -148,17 +180,22 @@ class Relay:
     async def _connect(self) -> None:
         if self._exchange is not None:
             return
-        self._connection = await aio_pika.connect_robust(
-            self._amqp_url, timeout=self._publish_timeout, reconnect_interval=self._reconnect_max
-        )
-        # on_return_raises: a mandatory message no queue took fails its confirm (PublishError).
-        self._channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
-        self._exchange = await self._channel.declare_exchange(
-            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True,
-            timeout=self._publish_timeout,
-        )
+        try:
+            self._connection = await aio_pika.connect_robust(
+                self._amqp_url, timeout=self._publish_timeout,
+                reconnect_interval=self._reconnect_max,
+            )
+            # on_return_raises: a mandatory message no queue took fails its confirm
+            # (PublishError).
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._exchange = await self._channel.declare_exchange(
+                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True,
+                timeout=self._publish_timeout,
+            )
+        except Exception as exc:
+            raise BrokerUnavailable(f"cannot connect: {exc!r}") from exc
         self._ok()
         self.last_error = None
         logger.info("relay: connected, exchange %s", self._exchange_name)
@@ -207,7 +244,9 @@ class Relay:
                 "retried every %ss", ", ".join(sorted(unroutable)), self._unroutable_retry,
             )
         if broken:
-            raise ConnectionError(f"broker did not confirm {len(broken)} event(s): {broken[0]}")
+            raise BrokerUnavailable(
+                f"broker did not confirm {len(broken)} event(s): {broken[0]!r}"
+            ) from broken[0]
         return len(events) - len(failures)
 
     async def _claim(self, session: AsyncSession, lock: bool, parked: bool) -> list[OutboxEvent]:

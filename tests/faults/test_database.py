@@ -28,6 +28,7 @@ class ReadyzWatch:
     def __init__(self, serve: Serve) -> None:
         self.serve = serve
         self.seen: list[tuple[float, int | None, float]] = []
+        self.broker: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -44,6 +45,8 @@ class ReadyzWatch:
             started = time.monotonic()
             answer = self.serve.readyz()
             self.seen.append((started, answer[0] if answer else None, time.monotonic() - started))
+            if answer is not None:
+                self.broker.append((started, str(answer[1]["checks"].get("broker"))))
             self._stop.wait(0.25)
 
     def first(self, code: int, after: float) -> float | None:
@@ -102,4 +105,6 @@ def test_database_fault_gives_451_then_recovers_without_restart(
                                    for k in {a.code for a in during}},
         })
         assert readyz.slowest(began) < 30  # never hangs (its own deadline is a few seconds)
+        # The broker is fine all along: a lost database must not be reported as a lost broker.
+        assert {state for t, state in readyz.broker if t >= began} == {"ok"}
         check_promises(stack, load)
