@@ -17,6 +17,7 @@ from mailsvc.crmstore.migrate import current_revision, head_revision, upgrade
 from mailsvc.errors import ConfigError, StoreUnavailable
 from mailsvc.events.relay import Relay
 from mailsvc.ingest.pipeline import Pipeline
+from mailsvc.outbound.queue import configure_sessions
 
 if TYPE_CHECKING:
     from mailsvc.ingest.imap import MailboxPoller
@@ -70,6 +71,7 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
         if migrate:
             await ensure_schema(engine, settings)
         sessions = create_session_factory(engine)
+        configure_sessions(sessions, settings)  # outbound mail's policy (mailsvc/outbound)
         relay = build_relay(settings, sessions)
         pipeline = Pipeline(sessions, settings, on_commit=relay.wake if relay else None)
         yield Services(settings, engine, sessions, pipeline, relay)

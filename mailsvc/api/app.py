@@ -19,6 +19,7 @@ from mailsvc.api.routes import (
     emails,
     inbox,
     opportunities,
+    outbound,
     people,
     reports,
     settings,
@@ -59,6 +60,7 @@ def create_app(services: Services) -> FastAPI:
     for module in (people, opportunities, inbox, tickets, activities, documents, emails,
                    settings, reports):
         api.include_router(module.router)
+    api.include_router(outbound.router)
     app.include_router(api)
     app.include_router(ui.router)
     app.mount("/ui/static", ui.static, name="ui-static")

@@ -741,3 +741,7 @@ class BudgetMonth(Base):
     budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
     month: Mapped[int] = mapped_column(Integer)
     target: Mapped[Decimal] = mapped_column(Money, default=Decimal("0"))
+
+
+# Outbound mail's tables live in their own module; imported here so they register with the rest.
+from mailsvc.crmstore import outbound_models  # noqa: E402, F401

@@ -24,6 +24,7 @@ from mailsvc.ingest.outcome import Outcome, OutcomeKind
 from mailsvc.linking.model import LinkDecision, Links, MailKind, Wanted
 from mailsvc.linking.text import Reply
 from mailsvc.mail import Address, ParsedMail, RawMail
+from mailsvc.outbound.queue import after_intake as outbound_after_intake
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,7 @@ async def _after_email(
         )
     if decision.bounced:
         await intake.mark_bouncing(session, decision.bounced, email["id"])
+    await outbound_after_intake(session, email, decision)  # acknowledgement, bounce of our mail
     links = decision.links
     if links.any and not decision.automatic and decision.kind != "ignore":
         return services.email_activity(
