@@ -216,14 +216,17 @@ async def enqueue(
         subject_line = " ".join((subject or f"Re: {context.last_subject or context.title}").split())
     sender = policy.senders[context.role]
     outgoing = Outgoing(
-        from_address=sender, from_name=actor.name if actor else None,
+        from_address=sender, from_name=" ".join(actor.name.split()) if actor else None,
         to=tuple(a.strip() for a in (to or context.recipients)), cc=tuple(cc),
         subject=subject_line, text=text, html=html, message_id=message_id, date=now,
         in_reply_to=in_reply_to, references=references,
         auto_submitted="auto-replied" if automatic else None, attachments=tuple(attachments),
     )
-    message = build_message(outgoing)
-    raw = message.as_bytes()
+    try:
+        message = build_message(outgoing)
+        raw = message.as_bytes()
+    except (ValueError, TypeError) as exc:  # a header the email package refuses
+        raise RuleViolation(f"the mail cannot be built: {exc}") from None
     if len(raw) > policy.max_bytes:
         raise RuleViolation(
             f"the mail would be {len(raw)} bytes, more than MAILSVC_MAX_MESSAGE_BYTES allows"
@@ -359,7 +362,10 @@ async def _acknowledge(
         last_message_id=email.get("message_id"), last_subject=email.get("subject"),
         last_references=tuple(email.get("references") or ()),
     )
-    await enqueue(session, policy, context, text=body, subject=subject, kind="ack")
+    try:
+        await enqueue(session, policy, context, text=body, subject=subject, kind="ack")
+    except RuleViolation as exc:  # raised before anything is written: the ticket stands
+        logger.warning("no acknowledgement for ticket %s: %s", ticket_id, exc)
 
 
 _DIAGNOSTIC = re.compile(rb"^Diagnostic-Code:[ \t]*[^;\r\n]*;[ \t]*(.+)$", re.MULTILINE | re.I)

@@ -5,6 +5,9 @@ bounces of our mail, acknowledgements of new tickets."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from email.utils import make_msgid
 from typing import Any
@@ -20,6 +23,7 @@ from mailsvc.crmstore import services as crm
 from mailsvc.crmstore.models import (
     ContactEmail,
     Email,
+    LinkTarget,
     OutboxEvent,
     Ticket,
     TicketStatus,
@@ -27,8 +31,9 @@ from mailsvc.crmstore.models import (
 from mailsvc.crmstore.outbound_models import OutboundMail
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.mail import Envelope, RawMail
+from mailsvc.outbound.queue import OutboundPolicy, enqueue, record_context
 from mailsvc.outbound.sender import Sender
-from tests.conftest import SUPPORT, check_event_contract
+from tests.conftest import BCC, SALES, SUPPORT, check_event_contract
 from tests.support.smtp_relay import Received, TestRelay
 from tests.support.waiting import wait_for
 
@@ -447,3 +452,26 @@ async def test_two_senders_deliver_every_mail_exactly_once(
         await world.wait_status(email_id, "sent")
     got = [r.message["Message-ID"] for r in world.relay.received]
     assert sorted(got) == sorted(f"<{i}>" for i in ids) and len(received) == 12
+
+
+async def test_mailsvc_send_once_delivers_what_is_due(
+    database_url: str, relay: TestRelay, outbound_settings: Callable[..., Settings],
+) -> None:
+    settings = outbound_settings()
+    async with (open_services(settings, migrate=False) as svc, svc.sessions() as session,
+                session.begin()):
+        ticket = await crm.create_ticket(session, "Printer", requester_email="j@example.org")
+        policy = OutboundPolicy.from_settings(settings)
+        context = await record_context(session, policy, LinkTarget.TICKET, ticket.id)
+        queued = await enqueue(session, policy, context, text="Hello")
+    env = {**os.environ, "MAILSVC_DATABASE_URL": database_url, "MAILSVC_BCC_ADDRESS": BCC,
+           "MAILSVC_SALES_ADDRESS": SALES, "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
+           "MAILSVC_OUTBOUND_SMTP_URL": relay.url}
+    env.pop("MAILSVC_AMQP_URL", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailsvc", "send", "--once", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 180)
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"tried": 1}
+    assert [r.message["Message-ID"] for r in relay.received] == [f"<{queued.message_id}>"]

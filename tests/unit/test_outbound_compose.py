@@ -183,3 +183,17 @@ def test_relay_urls() -> None:
 def test_wrong_relay_urls_say_what_is_wrong(url: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_relay_url(url)
+
+
+def test_a_wrong_outbound_url_is_a_configuration_error_naming_the_setting() -> None:
+    from mailsvc.config import load_settings
+    from mailsvc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"MAILSVC_OUTBOUND_SMTP_URL: .*starttls"):
+        load_settings(_env_file=None, outbound_smtp_url="smtp://relay.example?starttls=yes")
+    settings = load_settings(_env_file=None, outbound_smtp_url="smtp://relay.example",
+                             support_address="help@Support.Example")
+    assert settings.ticket_ack_enabled and settings.outbound_message_id_domain == "support.example"
+    assert not load_settings(_env_file=None, ticket_ack=True).ticket_ack_enabled
+    assert not load_settings(_env_file=None, outbound_smtp_url="smtp://relay.example",
+                             ticket_ack=False).ticket_ack_enabled
