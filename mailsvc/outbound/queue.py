@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -177,8 +177,6 @@ def _with_last(
     context: RecordContext, message_id: str | None, subject: str | None,
     references: tuple[str, ...],
 ) -> RecordContext:
-    from dataclasses import replace
-
     return replace(context, last_message_id=message_id, last_subject=subject,
                    last_references=tuple(str(r) for r in references))
 
@@ -350,8 +348,8 @@ async def _acknowledge(
                     ticket_id, sender)
         return
     ticket = await session.get(Ticket, ticket_id)
-    if ticket is None:
-        return
+    if ticket is None or (ticket.requester_email or "").lower() != sender:
+        return  # e.g. a colleague forwarded the customer's mail: the customer did not write us
     ref = RecordId("ticket", ticket_id)
     label = policy.patterns.label(ref)
     subject, body = ack_text(policy.ack_language, label, ticket.subject, ticket.requester_name,

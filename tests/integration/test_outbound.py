@@ -254,6 +254,19 @@ async def test_relay_down_defers_and_relay_back_sends_once(
     assert len(await world.events("email.sent")) == 2
 
 
+async def test_a_mail_deferred_beyond_the_retry_period_fails_as_expired(
+    world_factory: Callable[..., Any], relay: TestRelay,
+) -> None:
+    relay.stop()
+    world: World = await world_factory(outbound_retry_hours=0.0005)  # 1.8 s
+    ticket = await new_ticket(world)
+    response = await world.api.post(f"/tickets/{ticket}/replies", json={"body_text": "Hi"})
+    failed = await world.wait_status(response.json()["email_id"], "failed")
+    assert failed["attempts"] >= 1 and failed["last_reply"]
+    events = await world.events("email.send_failed")
+    assert [e["reason"] for e in events] == ["expired"]
+
+
 async def test_a_550_fails_the_mail_at_once_with_the_reply_and_an_event(
     world_factory: Callable[..., Any], relay: TestRelay,
 ) -> None:
