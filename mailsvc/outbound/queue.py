@@ -164,7 +164,8 @@ async def record_context(
         select(Email.message_id, Email.subject, Email.references)
         .join(EmailLink, EmailLink.email_id == Email.id)
         .where(EmailLink.target_type == target, EmailLink.target_id == record_id,
-               Email.message_id.is_not(None))
+               # Answer what a person wrote: never our acknowledgement, a bounce or an auto-reply.
+               Email.message_id.is_not(None), Email.automatic.is_(False))
         .order_by(Email.received_at.desc(), Email.id.desc()).limit(1)
     )).first()
     if last is None:

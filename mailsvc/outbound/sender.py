@@ -69,6 +69,7 @@ class Sender:
         self._lease = timedelta(seconds=4 * self._timeout + 60)
         self._batch_size = batch_size
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -77,26 +78,48 @@ class Sender:
         """Deliver until cancelled; a store that is away is retried, never fatal."""
         logger.info("sender: delivering through %s", self._target.describe())
         while True:
+            batch = asyncio.ensure_future(self._deliver_logged())
             try:
-                done = await self.deliver_due()
+                done = await asyncio.shield(batch)
             except asyncio.CancelledError:
+                # Stopping: finish the mail on the wire and record its answer (bounded by the
+                # SMTP timeout), give the rest of the batch back, then stop.
+                self._stopping = True
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(batch, self._timeout + 10)
                 raise
-            except Exception as exc:
-                logger.warning("sender: store unavailable (%s); retrying", exc)
-                done = 0
             if done < self._batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll)
                 self._wake.clear()
 
+    async def _deliver_logged(self) -> int:
+        try:
+            return await self.deliver_due()
+        except Exception as exc:
+            logger.warning("sender: store unavailable (%s); retrying", exc)
+            return 0
+
     async def deliver_due(self) -> int:
         """One batch of due mail: claim, send one by one, record each answer. Returns how many
         were tried."""
         claimed = await self._claim(utcnow())
-        for item in claimed:
+        for number, item in enumerate(claimed):
+            if self._stopping:
+                await self._release([c.id for c in claimed[number:]])
+                return number
             attempt = await self._send(item)
             await self._record(item, attempt, utcnow())
         return len(claimed)
+
+    async def _release(self, ids: list[int]) -> None:
+        """Claimed but not tried: due again at once, for the next sender."""
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(OutboundMail)
+                .where(OutboundMail.id.in_(ids), OutboundMail.status.in_(PENDING))
+                .values(next_attempt_at=utcnow())
+            )
 
     async def _claim(self, now: datetime) -> list[Claimed]:
         async with self._sessions() as session, session.begin():

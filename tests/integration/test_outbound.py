@@ -81,8 +81,12 @@ class World:
                               what=f"e-mail {email_id} {status}")
 
     async def wait_received(self, count: int) -> list[Received]:
+        return await self.wait_received_from(self.relay, count)
+
+    @staticmethod
+    async def wait_received_from(relay: TestRelay, count: int) -> list[Received]:
         async def probe() -> list[Received] | None:
-            received = self.relay.received
+            received = relay.received
             return received if len(received) >= count else None
 
         return await wait_for(probe, within=DEADLINE, interval=0.05,
@@ -488,3 +492,66 @@ async def test_mailsvc_send_once_delivers_what_is_due(
     assert process.returncode == 0, err.decode()
     assert json.loads(out.decode().strip().splitlines()[-1]) == {"tried": 1}
     assert [r.message["Message-ID"] for r in relay.received] == [f"<{queued.message_id}>"]
+
+
+async def test_serve_acknowledges_sends_a_reply_and_threads_the_answer(
+    database_url: str, relay: TestRelay,
+) -> None:
+    """The whole loop through real processes and sockets: a customer writes over SMTP, gets an
+    acknowledgement, a user answers through the HTTP API, the customer answers that without
+    the ID, and the resolved ticket is open again."""
+    import signal
+    import smtplib
+
+    from tests.integration.test_serve import free_port
+
+    smtp_port, api_port = free_port(), free_port()
+    env = {"PATH": os.environ["PATH"], "MAILSVC_DATABASE_URL": database_url,
+           "MAILSVC_SMTP_PORT": str(smtp_port), "MAILSVC_API_PORT": str(api_port),
+           "MAILSVC_BCC_ADDRESS": BCC, "MAILSVC_SALES_ADDRESS": SALES,
+           "MAILSVC_SUPPORT_ADDRESS": SUPPORT, "MAILSVC_OUTBOUND_SMTP_URL": relay.url,
+           "MAILSVC_OUTBOUND_POLL_SECONDS": "0.2"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mailsvc", "serve", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+    async def listening(port: int) -> bool:
+        assert process.returncode is None, "mailsvc serve exited"
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    api = f"http://127.0.0.1:{api_port}/api/v1"
+    try:
+        await wait_for(lambda: listening(smtp_port), within=120, what="the SMTP intake")
+        await wait_for(lambda: listening(api_port), within=120, what="the API")
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=60) as smtp:
+            smtp.sendmail("jane@example.org", [SUPPORT], customer_mail("Drucker kaputt"))
+        ack = (await World.wait_received_from(relay, 1))[0].message
+        assert ack["Auto-Submitted"] == "auto-replied" and "TCK-1" in ack["Subject"]
+        async with httpx.AsyncClient(base_url=api, timeout=60) as client:
+            response = await client.post("/tickets/1/replies", json={"body_text": "Try again."})
+            assert response.status_code == 202, response.text
+            reply = (await World.wait_received_from(relay, 2))[1].message
+            assert reply["Message-ID"] == f"<{response.json()['message_id']}>"
+            assert reply["Subject"] == "Re: Drucker kaputt [TCK-1]"
+            patched = await client.patch("/tickets/1", json={"status": "resolved"})
+            assert patched.status_code == 200, patched.text
+            answer = customer_mail("Still broken", headers=(
+                f"In-Reply-To: {reply['Message-ID']}\r\nReferences: {reply['Message-ID']}\r\n"))
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=60) as smtp:
+                smtp.sendmail("jane@example.org", [SUPPORT], answer)
+            ticket = (await client.get("/tickets/1")).json()
+            assert ticket["status"] == "open"
+            timeline = (await client.get("/tickets/1/emails")).json()
+            assert timeline["total"] == 4
+            assert (await client.get("/tickets")).json()["total"] == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr, stderr.decode()[-4000:]
+    assert len(relay.received) == 2
