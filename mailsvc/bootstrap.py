@@ -16,6 +16,7 @@ from mailsvc.crmstore.db import Timeouts, create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.errors import ConfigError, StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
+from mailsvc.outbound.queue import configure_sessions
 
 if TYPE_CHECKING:
     from mailsvc.events.relay import Relay
@@ -100,6 +101,7 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
         if migrate:
             await ensure_schema(engine, settings)
         sessions = create_session_factory(engine)
+        configure_sessions(sessions, settings)  # outbound mail's policy (mailsvc/outbound)
         relay = build_relay(settings, sessions)
         pipeline = Pipeline(sessions, settings, on_commit=relay.wake if relay else None)
         yield Services(settings, engine, sessions, pipeline, relay)

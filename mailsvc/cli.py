@@ -186,6 +186,11 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
             tasks.append(asyncio.create_task(_serve_api(services), name="api"))
         if settings.retention_days is not None:
             tasks.append(asyncio.create_task(retention_loop(services.sessions, settings)))
+        if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
+            from mailsvc.outbound.sender import Sender
+
+            sender = Sender(services.sessions, settings)
+            tasks.append(asyncio.create_task(sender.run(), name="sender"))
         await stop.wait()
         logger.info("shutting down: no new mail, finishing what is in flight")
         smtp.close()
@@ -546,6 +551,41 @@ def relay() -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     _run(go())
+
+
+@app.command()
+def send(
+    once: Annotated[bool, typer.Option(help="Deliver what is due now, then exit.")] = False,
+) -> None:
+    """Only deliver outbound mail (replies, acknowledgements) until SIGTERM or Ctrl-C."""
+    from mailsvc.outbound.sender import Sender
+
+    settings = _settings()
+    if settings.outbound_smtp_url is None:
+        err.print("[red]MAILSVC_OUTBOUND_SMTP_URL is not set[/red]")
+        raise typer.Exit(EX_CONFIG)
+
+    async def go() -> int:
+        async with open_services(settings) as services:
+            sender = Sender(services.sessions, settings)
+            if once:
+                total = 0
+                while (done := await sender.deliver_due()) > 0:
+                    total += done
+                return total
+            task = asyncio.create_task(sender.run())
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return 0
+
+    tried = _run(go())
+    if once:
+        print(json.dumps({"tried": tried}))
 
 
 @quarantine_app.command("list")

@@ -328,6 +328,26 @@ class Settings(BaseSettings):
     relay_publish_timeout_seconds: float = Field(default=10.0, gt=0)
     relay_reconnect_max_seconds: float = Field(default=5.0, gt=0)
     relay_unroutable_retry_seconds: float = Field(default=30.0, gt=0)
+    # --- outbound mail (docs/outbound.md) ---
+    # The relay replies and acknowledgements go out through: smtp://[user:pass@]host[:port]
+    # [?starttls=required|opportunistic|none], or smtps://...; unset: the API refuses to send.
+    outbound_smtp_url: SecretStr | None = None
+    # How long a mail the relay defers (4xx, no connection) is retried before it is failed.
+    outbound_retry_hours: float = Field(default=48.0, gt=0)
+    # The first retry's delay; each further one doubles it, up to an hour.
+    outbound_retry_initial_seconds: float = Field(default=30.0, gt=0, le=60)
+    # How often the sender looks for due mail when nothing woke it.
+    outbound_poll_seconds: float = Field(default=2.0, gt=0)
+    outbound_timeout_seconds: float = Field(default=60.0, gt=0)
+    # The domain of our own Message-IDs; default: the domain of the first intake address.
+    message_id_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.-]+$")
+    # Acknowledge new tickets (default: on when an outbound relay is configured).
+    ticket_ack: bool | None = None
+    ack_window_minutes: int = Field(default=60, ge=0)
+    ticket_ack_language: Literal["de", "en", "de+en"] = "de+en"
+    # A text file replacing the built-in acknowledgement: first line "Subject: ...", then a blank
+    # line and the body; {ticket}, {subject} and {name} are filled in.
+    ticket_ack_template: FilePath | None = None
 
     # --- logging ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -450,6 +470,29 @@ class Settings(BaseSettings):
                 "use sqlite+aiosqlite:///path.db or postgresql+asyncpg://user@host/db"
             )
         return value
+
+    @field_validator("outbound_smtp_url")
+    @classmethod
+    def _outbound_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from mailsvc.outbound.target import parse_relay_url
+
+            parse_relay_url(value.get_secret_value())  # ValueError names what is wrong
+        return value
+
+    @property
+    def outbound_message_id_domain(self) -> str:
+        """Our Message-IDs' domain: MAILSVC_MESSAGE_ID_DOMAIN, else the first intake address's."""
+        if self.message_id_domain:
+            return self.message_id_domain.lower()
+        first = (*self.support_address, *self.sales_address, *self.bcc_address)[0]
+        return first.rpartition("@")[2]
+
+    @property
+    def ticket_ack_enabled(self) -> bool:
+        if self.ticket_ack is None:
+            return self.outbound_smtp_url is not None
+        return self.ticket_ack and self.outbound_smtp_url is not None
 
     @model_validator(mode="after")
     def _smtp_tls(self) -> Settings:

@@ -24,6 +24,7 @@ from mailsvc.api.routes import (
     inbox,
     mailfiles,
     opportunities,
+    outbound,
     people,
     privacy,
     reports,
@@ -88,6 +89,7 @@ def create_app(services: Services) -> FastAPI:
     })
     for module in modules:
         api.include_router(module.router)
+    api.include_router(outbound.router)
     app.include_router(api)
     app.include_router(ui.router)
     app.mount("/ui/static", ui.static, name="ui-static")

@@ -912,9 +912,19 @@ class EmailOut(Out):
     links: list[EmailLinkOut]
 
 
+class DeliveryOut(Out):
+    """How the delivery of a mail we sent stands (docs/outbound.md)."""
+
+    status: Literal["queued", "sent", "deferred", "failed"]
+    attempts: int
+    last_reply: str | None
+    sent_at: datetime | None
+
+
 class EmailDetailOut(EmailOut):
     text_body: str
     reply_text: str | None
+    delivery: DeliveryOut | None = None
 
 
 class AttachmentOut(BaseModel):

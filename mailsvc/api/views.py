@@ -80,5 +80,6 @@ def invoice(row: Invoice) -> s.InvoiceOut:
 
 def email(row: Email, detail: bool = False) -> s.EmailOut:
     model = s.EmailDetailOut if detail else s.EmailOut
-    data = {name: getattr(row, name) for name in model.model_fields if name != "links"}
+    data = {name: getattr(row, name) for name in model.model_fields
+            if name not in ("links", "delivery")}
     return model(**data, links=[s.EmailLinkOut.model_validate(link) for link in row.links])

@@ -857,3 +857,6 @@ class LineItem(Base):
     tax_rate: Mapped[Decimal] = mapped_column(Numeric(5, 2), default=Decimal("0"))
     net: Mapped[Decimal] = mapped_column(Money)
 
+
+# Outbound mail's tables live in their own module; imported here so they register with the rest.
+from mailsvc.crmstore import outbound_models  # noqa: E402, F401

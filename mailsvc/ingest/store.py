@@ -19,6 +19,7 @@ from mailsvc.ingest.sanitize import clean_text, fit_row
 from mailsvc.linking.model import LinkDecision, MailKind, Wanted
 from mailsvc.linking.text import Reply
 from mailsvc.mail import Address, ParsedMail, RawMail
+from mailsvc.outbound.queue import after_intake as outbound_after_intake
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,9 @@ async def store_emails(
     applied = await apply_decisions(
         session, list(zip(mails, (d for _, d in decided), strict=True)), create=True
     )
+    for row, done in zip(rows, applied, strict=True):
+        # Outbound mail: acknowledge a new ticket, fail our own mail that bounced.
+        await outbound_after_intake(session, row, done.decision)
     events: list[dict[str, Any]] = []
     outcomes = [
         _email_events(session, row, done.decision, events)

@@ -16,6 +16,7 @@ from mailsvc.api.routes.common import PathId
 from mailsvc.crmstore import services
 from mailsvc.crmstore.models import Email, EmailLink, LinkTarget
 from mailsvc.errors import NotFound
+from mailsvc.outbound.queue import delivery_of
 
 router = APIRouter(tags=["emails"])
 
@@ -76,6 +77,9 @@ async def _email(session: Session, email_id: int, *, detail: bool = False) -> Em
 async def get_email(email_id: PathId, session: Session) -> s.EmailDetailOut:
     out = views.email(await _email(session, email_id, detail=True), detail=True)
     assert isinstance(out, s.EmailDetailOut)
+    delivery = await delivery_of(session, email_id)  # mail we sent: how its delivery stands
+    if delivery is not None:
+        out.delivery = s.DeliveryOut.model_validate(delivery)
     return out
 
 

@@ -1,0 +1,1 @@
+"""Outbound mail: replies from records and ticket acknowledgements, queued and delivered."""
