@@ -293,6 +293,7 @@ class Decider:
         return outcomes
 
     async def _step_postgres(self) -> dict[int, Outcome]:
+        """Claim, parse, then apply under the apply lock in arrival order (module docstring)."""
         async with self._sessions() as session, session.begin():
             rows = list(await session.scalars(
                 select(IntakeMail).order_by(IntakeMail.id).limit(self._limit())
@@ -302,7 +303,7 @@ class Decider:
                 self._cache.clear()
                 return {}
             claimed = await self._parse(rows)
-            await session.execute(select(func.pg_advisory_xact_lock(APPLY_LOCK)))
+            await _apply_lock(session)
             started = time.perf_counter()
             top = max(claimed)
             lower = list(await session.scalars(
@@ -423,3 +424,14 @@ class Decider:
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _apply_lock(session: AsyncSession) -> None:
+    """Take the apply lock for this transaction. Tried without blocking and again after a short
+    pause: another worker may hold it for a while under load, and a blocking wait would run into
+    the connection's lock and statement timeouts, which are meant for hung databases, not for a
+    queue of our own."""
+    pause = 0.005
+    while not await session.scalar(select(func.pg_try_advisory_xact_lock(APPLY_LOCK))):
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.1)
