@@ -475,7 +475,7 @@ class Settings(BaseSettings):
     @classmethod
     def _outbound_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from mailsvc.outbound.target import parse_relay_url
+            from mailsvc.relay_url import parse_relay_url
 
             parse_relay_url(value.get_secret_value())  # ValueError names what is wrong
         return value

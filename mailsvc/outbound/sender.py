@@ -26,7 +26,7 @@ from mailsvc.crmstore.outbound_models import DeliveryStatus, OutboundMail
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.outbound.compose import Verdict, retry_delay, verdict
 from mailsvc.outbound.queue import mark_failed
-from mailsvc.outbound.target import RelayTarget, parse_relay_url
+from mailsvc.relay_url import RelayTarget, parse_relay_url
 
 logger = logging.getLogger(__name__)
 

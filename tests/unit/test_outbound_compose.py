@@ -25,7 +25,7 @@ from mailsvc.outbound.compose import (
     verdict,
     with_record_id,
 )
-from mailsvc.outbound.target import parse_relay_url
+from mailsvc.relay_url import parse_relay_url
 
 PATTERNS = IdPatterns("OPP", "TCK")
 TICKET = RecordId("ticket", 12)

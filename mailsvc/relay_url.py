@@ -1,4 +1,5 @@
-"""The outbound relay named by MAILSVC_OUTBOUND_SMTP_URL, parsed into connection parameters."""
+"""The outbound relay URL (MAILSVC_OUTBOUND_SMTP_URL): pure parsing, shared by the settings
+and the outbound sender."""
 
 from __future__ import annotations
 
