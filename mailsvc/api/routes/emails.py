@@ -24,7 +24,8 @@ router = APIRouter(tags=["emails"])
 def _columns(model: type[s.EmailOut]) -> Any:
     """Load only what the answer shows: never the raw bytes, headers or bodies it leaves out
     (a page of 50 mails must not read 50 x 25 MB). Anything else touched raises."""
-    names = [name for name in model.model_fields if name != "links"]
+    # ``links`` is a relationship, ``delivery`` lives in the outbound queue (filled below).
+    names = [name for name in model.model_fields if name not in {"links", "delivery"}]
     return load_only(*(getattr(Email, name) for name in names), raiseload=True)
 
 
