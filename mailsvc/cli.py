@@ -541,16 +541,21 @@ def relay() -> None:
     async def go() -> None:
         async with open_services(settings) as services:
             assert services.relay is not None
-            task = asyncio.create_task(services.relay.run())
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _until_stopped(services.relay.run())
 
     _run(go())
+
+
+async def _until_stopped(work: Coroutine[Any, Any, object]) -> None:
+    """Run ``work`` until SIGTERM or Ctrl-C, then cancel it and wait for it to end."""
+    task = asyncio.create_task(work)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 @app.command()
@@ -573,14 +578,7 @@ def send(
                 while (done := await sender.deliver_due()) > 0:
                     total += done
                 return total
-            task = asyncio.create_task(sender.run())
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _until_stopped(sender.run())
             return 0
 
     tried = _run(go())

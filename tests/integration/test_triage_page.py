@@ -207,8 +207,13 @@ def test_german_from_the_browser_language_and_a_wrong_key_refused(
     page.fill("input[name=key]", KEY)
     page.click("button[type=submit]")
     expect(page.locator("h1")).to_have_text("Posteingang")
+    for link, heading in (("Inbox-Leads", "Inbox-Leads"), ("Tickets", "Tickets"),
+                          ("Quarantäne", "Quarantäne"), ("Zustand", "Zustand")):
+        page.click(f"nav >> text={link}")
+        expect(page.locator("h1")).to_have_text(heading)
+    expect(page.locator("#outbox")).to_be_visible()
     page.click("text=English")
-    expect(page.locator("h1")).to_have_text("Inbox")
+    expect(page.locator("h1")).to_have_text("Health")
 
 
 def test_a_form_without_its_csrf_token_changes_nothing(served: Served) -> None:

@@ -257,12 +257,17 @@ async def create_contact(request: Request, email_id: int, csrf: Annotated[str, F
                          create)
 
 
-@router.get("/leads")
-async def leads(request: Request, msg: str = "") -> HTMLResponse:
+async def _list_page(request: Request, template: str, read: Any, msg: str = "") -> HTMLResponse:
+    """A signed-in page that shows what ``read(session)`` returns as ``rows``."""
     session = _session(request)
     async with read_session(get_services(request).sessions) as db:
-        rows = await queries.leads(db)
-    return _render(request, "leads.html", session, leads=rows, msg=msg)
+        rows = await read(db)
+    return _render(request, template, session, rows=rows, msg=msg)
+
+
+@router.get("/leads")
+async def leads(request: Request, msg: str = "") -> HTMLResponse:
+    return await _list_page(request, "leads.html", queries.leads, msg)
 
 
 @router.post("/leads/{lead_id}/convert")
@@ -275,18 +280,12 @@ async def convert(request: Request, lead_id: int, csrf: Annotated[str, Form()]) 
 
 @router.get("/tickets")
 async def tickets(request: Request) -> HTMLResponse:
-    session = _session(request)
-    async with read_session(get_services(request).sessions) as db:
-        rows = await queries.tickets(db)
-    return _render(request, "tickets.html", session, tickets=rows)
+    return await _list_page(request, "tickets.html", queries.tickets)
 
 
 @router.get("/quarantine")
 async def quarantine(request: Request, msg: str = "") -> HTMLResponse:
-    session = _session(request)
-    async with read_session(get_services(request).sessions) as db:
-        rows = await queries.quarantined(db)
-    return _render(request, "quarantine.html", session, rows=rows, msg=msg)
+    return await _list_page(request, "quarantine.html", queries.quarantined, msg)
 
 
 @router.post("/quarantine/{quarantine_id}/retry")
