@@ -146,6 +146,7 @@ def test_link_a_mail_that_needs_attention(served: Served, browser: Browser) -> N
     expect(page.locator("#record-choices option")).to_have_count(1)
     page.click(".link-form button[type=submit]")
     expect(page.locator("#links")).to_contain_text("opportunity 1")
+    screenshot(page, "mail")
 
     detail = api(served, f"/api/v1/emails/{email['id']}")
     assert {"target_type": "opportunity", "target_id": 1, "rule": "manual"}.items() <= next(
@@ -236,3 +237,51 @@ def test_a_form_without_its_csrf_token_changes_nothing(served: Served) -> None:
     assert forged.status_code == 303 and forged.headers["location"].startswith("/ui/login")
     links = api(served, f"/api/v1/emails/{email['id']}")["links"]
     assert not any(link["rule"] == "manual" for link in links)
+
+
+def screenshot(page: Page, name: str) -> None:
+    """With MAILSVC_UI_SCREENSHOTS=DIR the pages are saved there (docs/ui.md shows them)."""
+    folder = os.environ.get("MAILSVC_UI_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
+
+
+def send(served: Served, raw: bytes, to: str) -> None:
+    with smtplib.SMTP("127.0.0.1", served.smtp_port) as smtp:
+        smtp.sendmail("someone@outside.example", [to], raw)
+
+
+def test_convert_a_lead_and_retry_quarantined_mail(served: Served, browser: Browser) -> None:
+    lead_mail = (b"From: Olga Neu <olga@neukunde.example>\r\nTo: sales@crm.example\r\n"
+                 b"Subject: Angebot gesucht\r\nMessage-ID: <lead-ui@neukunde.example>\r\n\r\n"
+                 b"Guten Tag, wir brauchen ein Angebot.\r\n")
+    send(served, lead_mail, SALES)
+    send(served, b"\x00\x01\x02\x03 binary, not a mail\r\n", SALES)
+
+    def lead() -> Any:
+        items = api(served, "/api/v1/inbox-leads?limit=50")["items"]
+        return next((i for i in items if i["email"] == "olga@neukunde.example"), None)
+
+    found = wait(lead, "the inbox lead")
+    page = browser.new_page(locale="en-GB")
+    sign_in(page, served)
+    screenshot(page, "inbox")
+    page.click("nav >> text=Inbox leads")
+    row = page.locator("tr", has_text="olga@neukunde.example")
+    screenshot(page, "leads")
+    row.get_by_role("button").click()
+    expect(page.locator(".message")).to_have_text("Done.")
+    converted = api(served, f"/api/v1/inbox-leads/{found['id']}")
+    assert converted["opportunity_id"] is not None
+
+    def quarantined_row() -> Any:
+        page.goto(served.api + "/ui/quarantine")
+        return page.locator("tbody tr").count() > 0
+
+    wait(quarantined_row, "the quarantined mail on the page")
+    screenshot(page, "quarantine")
+    page.locator("tbody tr").first.get_by_role("button").click()
+    expect(page.locator(".message")).to_contain_text("quarantined")  # still not a mail
+    page.click("nav >> text=Health")
+    expect(page.locator("#quarantine")).to_have_text("1")
+    screenshot(page, "health")
