@@ -60,6 +60,8 @@ def test_the_same_mail_racing_into_two_processes_is_a_duplicate_not_451(tmp_path
             "duplicates": sum(1 for _, a in results if "duplicate" in a.reply),
         })
         assert not failed, f"{len(failed)} not accepted, e.g. {failed[:3]}"
+        wait_until(lambda: stack.undecided() == 0, within=180, what="every accepted mail decided",
+                   every=0.5)
         stored = stack.stored()
         assert len(stored) == mails
         assert set(stored.values()) == {1}
