@@ -440,11 +440,13 @@ class Verdict:
 
 
 def check_promises(stack: Stack, load: Load, *, events: bool = True,
-                   within: float = 180.0) -> Verdict:
+                   within: float = 300.0) -> Verdict:
     """Each 250 stored once, nothing stored twice, every stored mail's events published at
     least once with the outbox id (waits for the relay to drain, with a generous deadline)."""
     accepted = load.accepted()
-    # A 250 means the mail is in the intake table; the decide workers store it shortly after.
+    # A 250 means the mail is in the intake table; the decide workers store it shortly after
+    # (after a black-holed database, once the server has ended the orphaned transaction that held
+    # the apply lock: MAILSVC_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS).
     wait_until(lambda: stack.undecided() == 0, within=within, what="every accepted mail decided",
                every=0.5)
     stored = stack.stored()
