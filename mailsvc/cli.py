@@ -83,11 +83,18 @@ def serve(
 ) -> None:
     """Run the SMTP intake, the IMAP pollers, the event relay, the API and the decide workers
     until SIGTERM / Ctrl-C."""
-    from mailsvc.supervisor import plan_processes, plan_worker, supervise, worker_settings
+    from mailsvc.supervisor import (
+        exit_with_parent,
+        plan_processes,
+        plan_worker,
+        supervise,
+        worker_settings,
+    )
 
     settings = _settings()
     decide_workers = settings.effective_decide_workers
     if worker_index is not None:
+        exit_with_parent()
         plan = plan_worker(settings, worker_index)
         _run(_serve(worker_settings(settings, plan), relay=plan.relay,
                     decide_here=decide_workers == 0))
@@ -119,11 +126,13 @@ def decide(
 ) -> None:
     """Run only decide workers: claim accepted mail from the store, decide and store it, until
     SIGTERM / Ctrl-C (for hosts that add deciding capacity to a shared PostgreSQL)."""
-    from mailsvc.supervisor import decide_command, supervise
+    from mailsvc.supervisor import decide_command, exit_with_parent, supervise
 
     settings = _settings()
     count = workers or max(1, settings.effective_decide_workers)
     if count == 1:
+        if not migrate:  # a supervised worker
+            exit_with_parent()
         _run(_decide(settings, migrate=migrate))
         if not migrate:  # a supervised worker
             _exit_now(EX_OK)

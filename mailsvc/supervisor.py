@@ -13,6 +13,7 @@ Ctrl-C to all of them (each finishes what it has in hand).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -61,6 +62,21 @@ def worker_settings(settings: Settings, plan: WorkerPlan) -> Settings:
 
 def serve_command(index: int) -> list[str]:
     return [sys.executable, "-m", "mailsvc", "serve", "--worker-index", str(index)]
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """In a supervised process: stop (as on SIGTERM, finishing what is in flight) when the
+    supervisor is gone, even if it was SIGKILLed and could not tell us, so no worker is left
+    running on its own."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        logger.warning("the supervisor (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def decide_command() -> list[str]:

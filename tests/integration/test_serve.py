@@ -116,3 +116,32 @@ def test_several_workers_share_the_port_and_store_each_mail_once(database_url: s
     # Both accept workers took mail: each logs the groups it accepted, naming its process.
     pids = set(re.findall(rb"\[(\d+)\] mailsvc\.ingest\.pipeline accepted", stderr))
     assert len(pids) == 2
+
+
+def _children(pid: int) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return {int(p) for p in found.stdout.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"  # a zombie is gone too
+
+
+def test_workers_stop_when_the_supervisor_is_killed(sqlite_url: str) -> None:
+    """A SIGKILLed supervisor cannot stop its workers; they notice and stop by themselves."""
+    smtp_port, api_port = free_port(), free_port()
+    process = start_serve(sqlite_url, smtp_port, api_port)
+    wait_until_listening(smtp_port, process)
+    workers = _children(process.pid)
+    assert workers, "serve runs its accept and decide workers as child processes"
+    process.kill()
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 120
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if _alive(w)], "workers outlived their supervisor"
