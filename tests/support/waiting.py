@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -23,3 +23,17 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def settled(sessions: Any, within: float = 120.0) -> None:
+    """Wait until every accepted mail is decided (the intake table is empty): an SMTP 250 means
+    accepted, and a decide worker stores the mail right after."""
+    from sqlalchemy import func, select
+
+    from mailsvc.crmstore.models import IntakeMail
+
+    async def empty() -> bool:
+        async with sessions() as session:
+            return not await session.scalar(select(func.count()).select_from(IntakeMail))
+
+    await wait_for(empty, within=within, interval=0.05, what="every accepted mail decided")
