@@ -144,6 +144,8 @@ async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[int]:
         "MAILSVC_BCC_ADDRESS": BCC,
         "MAILSVC_SALES_ADDRESS": SALES,
         "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
+        # These tests are about delivery through Postfix; sender trust is test_smtp_trust.py's.
+        "MAILSVC_SENDER_VERIFICATION": "off",
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:  # a file, not a pipe: nobody drains a pipe while mail flows
@@ -274,6 +276,7 @@ def write_env(root: Path, database_url: str) -> None:
     (root / "mailsvc.env").write_text(
         f"MAILSVC_DATABASE_URL={database_url}\nMAILSVC_BCC_ADDRESS={BCC}\n"
         f"MAILSVC_SALES_ADDRESS={SALES}\nMAILSVC_SUPPORT_ADDRESS={SUPPORT}\n"
+        "MAILSVC_SENDER_VERIFICATION=off\n"
     )
     (root / "mailsvc.env").chmod(0o644)
 
