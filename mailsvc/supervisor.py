@@ -64,11 +64,14 @@ def serve_command(index: int) -> list[str]:
     return [sys.executable, "-m", "mailsvc", "serve", "--worker-index", str(index)]
 
 
+SUPERVISOR_PID = "MAILSVC_SUPERVISOR_PID"  # set for the processes the supervisor starts
+
+
 def exit_with_parent(interval: float = 1.0) -> None:
     """In a supervised process: stop (as on SIGTERM, finishing what is in flight) when the
     supervisor is gone, even if it was SIGKILLed and could not tell us, so no worker is left
-    running on its own."""
-    parent = os.getppid()
+    running on its own (also when it died while this process was still starting)."""
+    parent = int(os.environ.get(SUPERVISOR_PID) or os.getppid())
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -99,7 +102,11 @@ def supervise(commands: dict[str, list[str]]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    processes = {name: subprocess.Popen(argv) for name, argv in commands.items()}  # noqa: S603
+    env = {**os.environ, SUPERVISOR_PID: str(os.getpid())}
+    processes = {
+        name: subprocess.Popen(argv, env=env)  # noqa: S603
+        for name, argv in commands.items()
+    }
     logger.info("started %d workers: %s", len(processes),
                 ", ".join(f"{name} pid {p.pid}" for name, p in processes.items()))
     while not stopping.wait(0.5):
@@ -108,7 +115,7 @@ def supervise(commands: dict[str, list[str]]) -> int:
                 logger.error("worker %s (pid %d) exited with %s; restarting it",
                              name, process.pid, process.returncode)
                 time.sleep(RESTART_DELAY_SECONDS)
-                processes[name] = subprocess.Popen(commands[name])  # noqa: S603
+                processes[name] = subprocess.Popen(commands[name], env=env)  # noqa: S603
     workers = len(processes)
     logger.info("stopping %d workers", workers)
     for process in processes.values():
