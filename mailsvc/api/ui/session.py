@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from mailsvc.keys import matches_any, parse_configured_key
+from mailsvc.keys import key_digest, matches_any, parse_configured_key
 
 COOKIE = "mailsvc_ui"
 MAX_AGE_SECONDS = 12 * 3600
@@ -28,7 +28,7 @@ class UiSession:
 
 
 def fingerprint(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    return key_digest(key).hex()
 
 
 def new_session(key: str) -> UiSession:
