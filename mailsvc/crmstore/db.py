@@ -5,7 +5,9 @@ error (SMTP 451, /readyz 503) within seconds, never into a stall. On PostgreSQL 
 server-side timeouts (statement, lock, idle in transaction; TCP keepalives so the server drops a
 dead client and its locks), a client-side timeout per command (the only one that helps when the
 server never sees the query), a connect timeout and a pool checkout timeout. A connection whose
-command timed out is thrown away, not reused: its protocol state is unknown.
+command timed out is thrown away, not reused: its protocol state is unknown. A transaction of
+ours whose client fell silent mid-request, which no server timeout ends, is ended by whoever waits
+on its locks (``end_stalled_transactions``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -95,8 +97,38 @@ def postgres_connect_args(timeouts: Timeouts) -> dict[str, Any]:
             "tcp_keepalives_idle": str(timeouts.keepalive_idle),
             "tcp_keepalives_interval": str(timeouts.keepalive_interval),
             "tcp_keepalives_count": str(timeouts.keepalive_count),
+            "application_name": APPLICATION_NAME,
         },
     }
+
+
+APPLICATION_NAME = "mailsvc"
+
+# Our own transactions whose client went silent in the middle of a request: the server waits
+# for the rest of the message ("active", ClientRead), where neither statement_timeout nor
+# idle_in_transaction_session_timeout applies, and keeps the transaction's locks. TCP keepalive
+# ends them only when the path is dead; a proxy or pooler in between keeps it alive for ever.
+_STALLED = text(
+    """
+    SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND usename = current_user AND application_name = current_setting('application_name')
+      AND xact_start IS NOT NULL AND state = 'active' AND wait_event = 'ClientRead'
+      AND state_change < clock_timestamp() - make_interval(secs => :seconds)
+    """
+)
+
+
+async def end_stalled_transactions(session: AsyncSession, seconds: float) -> list[int]:
+    """End (``pg_terminate_backend``) this application's transactions whose client has sent
+    nothing for ``seconds`` in the middle of a request; their pids. Their locks are released and
+    their work rolled back: the client had already given up on them (its command timeout)."""
+    rows = await session.execute(_STALLED, {"seconds": seconds})
+    ended = [int(pid) for pid, done in rows if done]
+    for pid in ended:
+        logger.warning("ended stalled database session %d (silent client for over %ss)",
+                       pid, seconds)
+    return ended
 
 
 def _ms(seconds: float) -> str:

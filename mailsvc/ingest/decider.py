@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc import metrics
 from mailsvc.crmstore.base import utcnow
-from mailsvc.crmstore.db import read_session
+from mailsvc.crmstore.db import end_stalled_transactions, read_session
 from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, QuarantinedMail
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.accept import raw_of
@@ -168,6 +168,8 @@ class Decider:
         self._batch = settings.decide_batch_size
         self._poll = settings.decide_poll_ms / 1000
         self._max_attempts = settings.decide_max_attempts
+        self._stalled_after = settings.db_idle_in_transaction_timeout_seconds
+        self._held: tuple[int, float] | None = None  # (lowest row another holds, seen since)
         self._postgres = not settings.is_sqlite
         self._on_decided = on_decided
         self._pool = parse_pool
@@ -303,7 +305,7 @@ class Decider:
                 self._cache.clear()
                 return {}
             claimed = await self._parse(rows)
-            await _apply_lock(session)
+            await _apply_lock(session, self._stalled_after)
             started = time.perf_counter()
             top = max(claimed)
             lower = list(await session.scalars(
@@ -316,6 +318,7 @@ class Decider:
                 .where(IntakeMail.id < top, IntakeMail.id.not_in(list(claimed)))
             )
             batch = [claimed[i] for i in sorted(claimed) if blocked is None or i < blocked]
+            await self._watch_held(session, blocked)
             # Rows above a mail another worker holds wait for it: released at commit.
             self._cache = {i: c for i, c in claimed.items() if blocked is not None and i >= blocked}
             if not batch:
@@ -323,6 +326,16 @@ class Decider:
             outcomes = await self._apply(session, batch)
         self._done({c.intake_id: c for c in batch}, outcomes, started)
         return outcomes
+
+    async def _watch_held(self, session: AsyncSession, blocked: int | None) -> None:
+        """A row another transaction has held for longer than ``stalled_after``: end that
+        transaction if its client fell silent (it would hold the row, and the order, for ever)."""
+        now = time.monotonic()
+        if blocked is None or self._held is None or self._held[0] != blocked:
+            self._held = None if blocked is None else (blocked, now)
+        elif self._stalled_after and now - self._held[1] >= self._stalled_after:
+            await end_stalled_transactions(session, self._stalled_after)
+            self._held = (blocked, now)
 
     async def _parse(self, rows: Sequence[IntakeMail]) -> dict[int, Claimed]:
         claimed: dict[int, Claimed] = {}
@@ -426,12 +439,17 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def _apply_lock(session: AsyncSession) -> None:
+async def _apply_lock(session: AsyncSession, stalled_after: float) -> None:
     """Take the apply lock for this transaction. Tried without blocking and again after a short
     pause: another worker may hold it for a while under load, and a blocking wait would run into
     the connection's lock and statement timeouts, which are meant for hung databases, not for a
-    queue of our own."""
+    queue of our own. A holder whose client fell silent is ended after ``stalled_after`` seconds
+    (0: never)."""
     pause = 0.005
+    swept = time.monotonic()
     while not await session.scalar(select(func.pg_try_advisory_xact_lock(APPLY_LOCK))):
+        if stalled_after and time.monotonic() - swept >= stalled_after:
+            await end_stalled_transactions(session, stalled_after)
+            swept = time.monotonic()
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.1)

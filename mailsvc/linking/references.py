@@ -148,14 +148,29 @@ _DASHES = dict.fromkeys(
 )
 
 
+@lru_cache(maxsize=4096)
+def _compatible(char: str) -> str:
+    """``char`` in compatibility form, unless that would join or split a word.
+
+    A letter or digit whose compatibility form holds a separator (``Ŀ`` is ``L·``), or a
+    separator whose form holds a letter (``™`` is ``TM``), stays as written: normalising the
+    subject must never glue an ID to its neighbour or free it from one.
+    """
+    folded = unicodedata.normalize("NFKC", char).translate(_DASHES)
+    word = _is_token_char(char)
+    if all(_is_token_char(c) == word for c in folded):
+        return folded
+    return char
+
+
 def normalise_subject(subject: str) -> str:
-    """``subject`` in Unicode compatibility form (NFKC): a no-break space is a space, full-width
-    letters and digits are ASCII; dashes and minus signs are ``-``; invisible format characters
-    (zero-width space, soft hyphen, direction marks) are dropped."""
-    text = unicodedata.normalize("NFKC", subject).translate(_DASHES)
-    if text.isascii():
-        return text
-    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+    """``subject`` in Unicode compatibility form (NFKC), character by character: a no-break
+    space is a space, full-width letters and digits are ASCII; dashes and minus signs are
+    ``-``; invisible format characters (zero-width space, soft hyphen, direction marks) are
+    dropped. Word boundaries stay where they were (see ``_compatible``)."""
+    if subject.isascii():
+        return subject
+    return "".join(_compatible(c) for c in subject if unicodedata.category(c) != "Cf")
 
 
 def find_record_ids(subject: str, patterns: IdPatterns) -> tuple[RecordId, ...]:

@@ -4,6 +4,7 @@ real decide processes that may be killed at any moment."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
@@ -377,3 +378,96 @@ async def test_two_decide_processes_decide_a_thousand_mails_each_once(
                    for log in logs for line in log.splitlines() if "decide worker stopped" in line]
         assert len(decided) == 2 and sum(decided) == senders * size
         await assert_each_conversation_is_one_lead(services, senders, size)
+
+
+@asynccontextmanager
+async def stalled_holder(database_url: str, **server_settings: str) -> AsyncIterator[int]:
+    """A session that took the apply lock and then fell silent in the middle of a request (its
+    path to the server frozen by a proxy): the server waits for the rest for ever, with the lock.
+    Yields its server pid."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from mailsvc.ingest.decider import APPLY_LOCK
+    from tests.support.proxy import FaultProxy
+
+    url = make_url(database_url)
+    with FaultProxy(url.port or 5432, url.host or "127.0.0.1") as proxy:
+        holder = await asyncpg.connect(
+            host="127.0.0.1", port=proxy.port, user=url.username, database=url.database,
+            server_settings={"application_name": "mailsvc", **server_settings},
+        )
+        pid = await holder.fetchval("SELECT pg_backend_pid()")
+        await holder.execute("BEGIN")
+        await holder.fetchval("SELECT pg_advisory_xact_lock($1)", APPLY_LOCK)
+
+        async def send_forever() -> None:
+            with contextlib.suppress(Exception):
+                await holder.executemany(
+                    "SELECT length($1::text)", [("x" * 200_000,) for _ in range(200)]
+                )
+
+        sending = asyncio.create_task(send_forever())
+        await asyncio.sleep(0.05)  # part of the request is through
+        proxy.half_open()
+        direct = await asyncpg.connect(url.render_as_string(hide_password=False)
+                                       .replace("+asyncpg", ""))
+        try:
+            async def waiting_for_rest() -> bool:
+                state = await direct.fetchval(
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = $1", pid
+                )
+                return state == "ClientRead"
+
+            await wait_for(waiting_for_rest, within=60, what="the holder stalled mid-request")
+            yield pid
+        finally:
+            await direct.execute("SELECT pg_terminate_backend($1)", pid)
+            await direct.close()
+            sending.cancel()
+            holder.terminate()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_transaction_stalled_mid_request_is_ended_by_the_worker_it_blocks(
+    database_url: str, make_settings: Callable[..., Settings],
+) -> None:
+    # Neither statement_timeout nor idle_in_transaction_session_timeout ends a session that waits
+    # for the rest of a request, and its proxy keeps TCP alive: without help it holds the apply
+    # lock, and the whole intake, for ever.
+    settings = make_settings(db_idle_in_transaction_timeout_seconds=1.0)
+    async with open_services(settings, migrate=False) as services:
+        await accept(services, conversations(2, 1))
+        async with stalled_holder(database_url) as pid:
+            decider = services.pipeline.decider
+
+            async def all_decided() -> bool:
+                await decider.step()
+                return await count(services, IntakeMail) == 0
+
+            await wait_for(all_decided, within=120, what="the backlog decided past the stall")
+            async with services.sessions() as session:
+                gone = await session.scalar(
+                    text("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": pid},
+                )
+            assert gone
+        await assert_each_conversation_is_one_lead(services, 2, 2)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_only_our_own_silent_sessions_are_ended(
+    database_url: str, make_settings: Callable[..., Settings],
+) -> None:
+    from mailsvc.crmstore.db import end_stalled_transactions
+
+    settings = make_settings()
+    async with open_services(settings, migrate=False) as services:
+        async with (
+            stalled_holder(database_url, application_name="another-app") as pid,
+            services.sessions() as session,
+        ):
+            assert pid not in await end_stalled_transactions(session, 0)
+        async with stalled_holder(database_url) as pid, services.sessions() as session:
+            assert await end_stalled_transactions(session, 3600) == []  # not silent long
+            assert await end_stalled_transactions(session, 0) == [pid]

@@ -18,6 +18,7 @@ def test_every_postgres_connection_gets_server_and_client_bounds() -> None:
         "tcp_keepalives_idle": "30",
         "tcp_keepalives_interval": "10",
         "tcp_keepalives_count": "3",
+        "application_name": "mailsvc",  # how a worker knows which stalled sessions are ours
     }
 
 
