@@ -82,12 +82,15 @@ FOUND_CASES: list[tuple[str, tuple[RecordId, ...]]] = [
     ("OPP-12\tTCK-1\n", (opp(12), tck(1))),
     ("OPP-12-", (opp(12),)),
     ("OPP-12 - 3", (opp(12),)),
+    ("\u2122OPP-12", (opp(12),)),  # ™ is a symbol; its compatibility form "TM" would glue
+    ("\uff2f\uff30\uff30\uff0d\uff11\uff12", (opp(12),)),  # full-width
 ]
 
 NOT_FOUND_CASES: list[str] = [
     "",
     "Angebot für Müller",
     "XOPP-12",
+    "\u013fOPP-12",  # Ŀ is a letter; its compatibility form "L·" would free the ID
     "xopp-12",
     "OPP-12abc",
     "OPP-12-3",
