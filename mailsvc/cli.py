@@ -665,6 +665,29 @@ def quarantine_retry(
         sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
+@quarantine_app.command("drop")
+def quarantine_drop(
+    ids: Annotated[list[int], typer.Argument(help="Quarantine ids.")],
+) -> None:
+    """Delete quarantined mail for good (an email.quarantine_dropped event each); prints one JSON
+    line each. Exit 66 when none of the ids is in quarantine."""
+    from mailsvc.ingest.quarantine import drop_quarantined
+
+    settings = _settings()
+
+    async def go() -> list[int]:
+        async with open_services(settings) as services:
+            return await drop_quarantined(services.sessions, ids, by="cli")
+
+    dropped = _run(go())
+    for quarantine_id in ids:
+        sys.stdout.write(json.dumps({"quarantine_id": quarantine_id,
+                                     "dropped": quarantine_id in dropped}) + "\n")
+    if not dropped:
+        err.print("[red]none of these ids is in quarantine[/red]")
+        raise typer.Exit(EX_NOINPUT)
+
+
 @app.command()
 def reprocess(
     ids: Annotated[list[int] | None, typer.Argument(help="E-mail ids.")] = None,

@@ -1,14 +1,15 @@
-"""Quarantined mail: list it, export its raw bytes, and retry it after a fix."""
+"""Quarantined mail: list it, export its raw bytes, retry it after a fix, or drop it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc.crmstore.db import read_session
 from mailsvc.crmstore.models import Email, QuarantinedMail
+from mailsvc.crmstore.outbox import record_event
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.mail import Envelope, RawMail, Role
@@ -47,3 +48,29 @@ async def retry_quarantined(
         outcomes = await pipeline.process(items, release=[row.id for row in chunk])
         results.extend((row.id, outcome) for row, outcome in zip(chunk, outcomes, strict=True))
     return results
+
+
+async def drop_quarantined(
+    sessions: async_sessionmaker[AsyncSession], ids: Sequence[int], *, by: str
+) -> list[int]:
+    """Delete the given quarantined mails for good (raw bytes included); the ids dropped (ids
+    that are not in quarantine are skipped). Each drop is an ``email.quarantine_dropped`` event
+    naming ``by``. A dropped mail no longer counts as a duplicate: sent again, it is taken in."""
+    if not ids:
+        return []
+    async with sessions() as session, session.begin():
+        rows = list(await session.execute(
+            select(QuarantinedMail.id, QuarantinedMail.reason, QuarantinedMail.intake_role)
+            .where(QuarantinedMail.id.in_(list(ids))).order_by(QuarantinedMail.id)
+        ))
+        if not rows:
+            return []
+        await session.execute(
+            delete(QuarantinedMail).where(QuarantinedMail.id.in_([row.id for row in rows]))
+        )
+        for row in rows:
+            record_event(session, "email.quarantine_dropped", {
+                "quarantine_id": row.id, "reason": row.reason, "intake_role": row.intake_role,
+                "dropped_by": by,
+            }, subject=f"quarantine/{row.id}")
+    return [row.id for row in rows]

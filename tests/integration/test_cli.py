@@ -100,6 +100,18 @@ def test_unusable_input_is_quarantined_with_exit_65(database_url: str, payload: 
     assert outcome["quarantine_id"] > 0
 
 
+def test_quarantine_drop_deletes_and_says_which(database_url: str) -> None:
+    [outcome] = lines(mailsvc(database_url, "ingest", "-", stdin=b"\x00\x01 not a mail"))
+    dropped = mailsvc(database_url, "quarantine", "drop", str(outcome["quarantine_id"]), "424242")
+    assert dropped.returncode == 0, dropped.stderr.decode()
+    assert lines(dropped) == [{"quarantine_id": outcome["quarantine_id"], "dropped": True},
+                              {"quarantine_id": 424242, "dropped": False}]
+    assert lines(mailsvc(database_url, "quarantine", "list", "--json")) == []
+    again = mailsvc(database_url, "quarantine", "drop", str(outcome["quarantine_id"]))
+    assert again.returncode == 66
+    assert b"Traceback" not in again.stderr
+
+
 def test_store_unavailable_exits_75_without_a_traceback(tmp_path: Path) -> None:
     mail = (EXAMPLES / "bcc-opportunity.eml").read_bytes()
     result = mailsvc(

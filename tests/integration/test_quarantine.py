@@ -53,3 +53,29 @@ async def test_retrying_what_is_still_broken_quarantines_it_again(
         assert again.kind == "quarantined"
         assert again.reason == first.reason
         assert len(await list_quarantined(services.sessions)) == 1
+
+
+async def test_a_dropped_mail_is_gone_with_its_bytes_says_who_and_may_come_again(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from mailsvc.crmstore.models import OutboxEvent
+    from mailsvc.ingest.quarantine import drop_quarantined
+
+    raw = RawMail(BIG, Envelope("big@outside.example", (SALES,), "sales", "smtp"))
+    async with open_services(make_settings(max_message_bytes=2048), migrate=False) as services:
+        first = await services.pipeline.submit(raw)
+        assert first.kind == "quarantined" and first.quarantine_id is not None
+        assert await drop_quarantined(services.sessions, [first.quarantine_id, 999_999],
+                                      by="key:abc") == [first.quarantine_id]
+        assert await list_quarantined(services.sessions) == []
+        async with services.sessions() as session:
+            event = await session.scalar(
+                select(OutboxEvent).where(OutboxEvent.type == "email.quarantine_dropped")
+            )
+        assert event is not None
+        assert event.subject == f"quarantine/{first.quarantine_id}"
+        assert event.data["dropped_by"] == "key:abc"
+        assert event.data["reason"] == "message larger than 2048 bytes"
+        assert await drop_quarantined(services.sessions, [first.quarantine_id], by="x") == []
+        # Forgotten: the same bytes are taken in again, not answered as a duplicate.
+        assert (await services.pipeline.submit(raw)).kind == "quarantined"

@@ -280,8 +280,20 @@ def test_convert_a_lead_and_retry_quarantined_mail(served: Served, browser: Brow
 
     wait(quarantined_row, "the quarantined mail on the page")
     screenshot(page, "quarantine")
-    page.locator("tbody tr").first.get_by_role("button").click()
+    page.locator("tbody tr").first.get_by_role("button", name="Retry").click()
     expect(page.locator(".message")).to_contain_text("quarantined")  # still not a mail
     page.click("nav >> text=Health")
     expect(page.locator("#quarantine")).to_have_text("1")
     screenshot(page, "health")
+
+    # Dropping asks first; declined, nothing happens; accepted, the mail is gone.
+    page.click("nav >> text=Quarantine")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.locator("tbody tr").first.get_by_role("button", name="Drop").click()
+    expect(page.locator("tbody tr")).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("tbody tr").first.get_by_role("button", name="Drop").click()
+    expect(page.locator(".message")).to_have_text("dropped")
+    expect(page.locator("tbody tr")).to_have_count(0)
+    page.click("nav >> text=Health")
+    expect(page.locator("#quarantine")).to_have_text("0")

@@ -302,6 +302,18 @@ async def retry(request: Request, quarantine_id: int, csrf: Annotated[str, Form(
     return _back("/ui/quarantine", kinds)
 
 
+@router.post("/quarantine/{quarantine_id}/drop")
+async def drop(request: Request, quarantine_id: int, csrf: Annotated[str, Form()]) -> Response:
+    from mailsvc.ingest.quarantine import drop_quarantined
+
+    session = _session(request)
+    _check_csrf(session, csrf)
+    svc: Services = get_services(request)
+    dropped = await drop_quarantined(svc.sessions, [quarantine_id], by=_actor(session))
+    logger.info("triage page: %s dropped quarantine %d", _actor(session), quarantine_id)
+    return _back("/ui/quarantine", "dropped" if dropped else "not found")
+
+
 @router.get("/health")
 async def health(request: Request) -> HTMLResponse:
     session = _session(request)

@@ -17,3 +17,10 @@
   input.addEventListener("input", refresh);
   kind.addEventListener("change", refresh);
 })();
+
+// A form with data-confirm asks before it is sent (dropping a quarantined mail deletes it).
+document.querySelectorAll("form[data-confirm]").forEach((form) => {
+  form.addEventListener("submit", (event) => {
+    if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+});
