@@ -43,6 +43,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from common import create_database, drop_database, render_table
 
 BCC = "bcc@mailsvc.localhost"
+AUTHSERV = "bench.mailsvc.example"  # the MTA in front, whose verdicts are trusted
 SENDER = "anna.seller@mailsvc.example"
 TARGETS = ("sink", "sqlite", "postgres")
 MAIL_BYTES = 4096
@@ -89,7 +90,7 @@ async def _serve_sink(conn: Connection) -> None:
 
 def _decide_processes(database_url: str, count: int) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "MAILSVC_DATABASE_URL": database_url, "MAILSVC_BCC_ADDRESS": BCC,
-           "MAILSVC_LOG_LEVEL": "WARNING"}
+           "MAILSVC_LOG_LEVEL": "WARNING", "MAILSVC_TRUSTED_AUTHSERV_IDS": AUTHSERV}
     return [
         subprocess.Popen(
             [sys.executable, "-m", "mailsvc", "decide", "--workers", "1", "--no-migrate"],
@@ -123,6 +124,7 @@ async def _serve_target(target: str, database_url: str | None, amqp_url: str | N
     settings = load_settings(
         database_url=database_url, smtp_port=0, amqp_url=amqp_url, amqp_exchange=exchange,
         api_enabled=False, bcc_address=BCC, decide_workers=decide_workers, _env_file=None,
+        trusted_authserv_ids=AUTHSERV,
     )
     workers = settings.effective_decide_workers
     assert database_url is not None
@@ -172,6 +174,9 @@ def build_mail(number: int, run: str, opportunity: str | None) -> bytes:
     else:
         subject = f"Notes from our call (#{number})"
     head = (
+        # As the MTA in front of mailsvc writes it: the user's From is verified, so the mail is
+        # filed as her outgoing mail (the realistic path, not the unverified shortcut).
+        f"Authentication-Results: {AUTHSERV}; dmarc=pass header.from=mailsvc.example\r\n"
         "From: Anna Seller <anna.seller@mailsvc.example>\r\n"
         "To: Carla Customer <carla.customer@acme.example>\r\n"
         f"Subject: {subject}\r\n"
