@@ -11,7 +11,7 @@ Afterwards the store is checked: N tickets, 2N e-mails, every follow-up linked t
 is measured R times (median and worst) beside a process that only imports SQLAlchemy and
 mail-parser, the floor of any Python process that parses and stores mail.
 
-    python benchmarks/ticket_import.py                     # 1,000 + 1,000 mails, SQLite and PostgreSQL
+    python benchmarks/ticket_import.py                 # 1,000 + 1,000 mails, SQLite and PostgreSQL
     python benchmarks/ticket_import.py --tickets 50000 --targets sqlite   # 100,000 mails: peak RSS
 """
 
@@ -91,7 +91,8 @@ def timed_import(url: str, folder: Path, jobs: int | None) -> tuple[float, int]:
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"mailsvc import failed:\n{process.stderr.read().decode() if process.stderr else ''}")
+        error = process.stderr.read().decode() if process.stderr else ""
+        raise SystemExit(f"mailsvc import failed:\n{error}")
     return seconds, usage.ru_maxrss
 
 
