@@ -41,9 +41,20 @@ def body_text(mail: ParsedMail) -> str:
 
 
 def html_to_text(markup: str) -> str:
-    text = _INVISIBLE.sub("", markup)
-    text = _BLOCK_END.sub("\n", text)
-    text = html.unescape(_TAG.sub("", text))
+    """The text a reader sees in ``markup``: inscriptis lays out blocks, lists and tables and
+    skips what is not shown (``display: none`` preheaders, ``<script>``, ``<style>``, ``<head>``).
+    Where lxml gives up (nesting past its depth limit, say), the tags are stripped instead, so no
+    text is lost."""
+    if not markup.strip():
+        return ""
+    from inscriptis import get_text  # lxml: loaded only for mail that has no plain-text part
+
+    try:
+        text = get_text(markup)
+    except (ValueError, LookupError, RecursionError):  # lxml's ParserError is a ValueError
+        text = ""
+    if not text.strip():
+        text = html.unescape(_TAG.sub("", _BLOCK_END.sub("\n", _INVISIBLE.sub("", markup))))
     return _BLANK_RUNS.sub("\n\n", "\n".join(line.strip() for line in text.splitlines())).strip()
 
 
