@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 60.0
+# A worker that exits with one of these (sysexits: EX_UNAVAILABLE, a port taken; EX_CONFIG, wrong
+# settings) would fail the same way again: the supervisor stops all and exits with it instead of
+# restarting it every second for ever.
+PERMANENT_FAILURES = frozenset({69, 78})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +113,14 @@ def supervise(commands: dict[str, list[str]]) -> int:
     }
     logger.info("started %d workers: %s", len(processes),
                 ", ".join(f"{name} pid {p.pid}" for name, p in processes.items()))
-    while not stopping.wait(0.5):
+    permanent: int | None = None
+    while permanent is None and not stopping.wait(0.5):
         for name, process in list(processes.items()):
+            if process.poll() in PERMANENT_FAILURES and not stopping.is_set():
+                logger.error("worker %s (pid %d) exited with %s; stopping all",
+                             name, process.pid, process.returncode)
+                permanent = process.returncode
+                break
             if process.poll() is not None and not stopping.is_set():
                 logger.error("worker %s (pid %d) exited with %s; restarting it",
                              name, process.pid, process.returncode)
@@ -131,4 +141,6 @@ def supervise(commands: dict[str, list[str]]) -> int:
             status = process.wait()
         failed += status != 0
     logger.info("all workers stopped")
+    if permanent is not None:
+        return permanent
     return 1 if failed else 0

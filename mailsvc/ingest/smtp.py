@@ -29,6 +29,7 @@ from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.ingest.sanitize import bad_address
 from mailsvc.mail import Envelope as MailEnvelope
 from mailsvc.mail import RawMail, Role
+from mailsvc.ports import Listener, PortUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -513,10 +514,15 @@ def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[IntakeSMTP]:
 
 
 async def start_smtp(pipeline: Pipeline, settings: Settings) -> asyncio.Server:
+    """Listen for SMTP; ``PortUnavailable`` (one line naming the setting) when the port is taken."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port,
-        reuse_port=settings.smtp_reuse_port,
-    )
+    try:
+        server = await loop.create_server(
+            smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port,
+            reuse_port=settings.smtp_reuse_port,
+        )
+    except OSError as exc:
+        listener = Listener(settings.smtp_host, settings.smtp_port, "MAILSVC_SMTP_PORT")
+        raise PortUnavailable(listener.refusal(exc)) from None
     logger.info("SMTP intake listening on %s:%s", settings.smtp_host, settings.smtp_port)
     return server
