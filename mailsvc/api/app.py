@@ -7,7 +7,6 @@ from functools import partial
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailsvc import __version__
 from mailsvc.api import openapi, problems
@@ -34,7 +33,7 @@ from mailsvc.api.routes import (
 from mailsvc.api.ui import routes as ui
 from mailsvc.bootstrap import Services
 from mailsvc.keys import parse_configured_key
-from mailsvc.metrics import register
+from mailsvc.metrics import exposition, register
 
 DESCRIPTION = """The CRM store of mailsvc: accounts, contacts, inbox leads, opportunities,
 tickets, activities, quotes, orders, invoices, e-mails with their links, and dashboard reports.
@@ -128,7 +127,8 @@ def create_app(services: Services) -> FastAPI:
     async def metrics(request: Request) -> Response:
         await intake_backlog(request.app.state.services)  # refreshes the backlog gauges
         await store_gauges(request.app.state.services)  # outbox and quarantine
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = exposition()  # all processes' metrics under `serve` with workers
+        return Response(body, media_type=media_type)
 
     return app
 

@@ -18,11 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 import bcrypt
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailsvc import metrics
 from mailsvc.config import Settings
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
@@ -271,6 +272,12 @@ class IntakeSMTP(SMTP):
         self._refused = False
         self._auth_failures = 0
 
+    async def push(self, status: AnyStr) -> None:
+        """Every reply goes out here: count it by code (mailsvc_smtp_replies_total)."""
+        metrics.record_smtp_reply(status if isinstance(status, str) else status.decode("ascii",
+                                                                                      "replace"))
+        await super().push(status)
+
     # ------------------------------------------------------------ connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -280,6 +287,7 @@ class IntakeSMTP(SMTP):
             refusal = self._gate.enter(ip)
             if refusal is not None:
                 logger.warning("refused a connection from %s: %s", ip, refusal)
+                metrics.record_smtp_reply(refusal)
                 self._refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(refusal.encode("ascii") + b"\r\n")
