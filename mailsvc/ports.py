@@ -112,8 +112,9 @@ def api_listener(settings: Settings) -> Listener:
 
 def serve_listeners(settings: Settings, *, shared_smtp: bool) -> list[Listener]:
     """Every address `mailsvc serve` listens on: the API first (it is checked before SMTP
-    accepts), then SMTP (shared by the workers through SO_REUSEPORT when ``shared_smtp``)."""
+    accepts), then SMTP (shared through SO_REUSEPORT by the workers when ``shared_smtp``, or with
+    other processes on the host when MAILSVC_SMTP_REUSE_PORT says so)."""
     found = [api_listener(settings)] if settings.api_enabled else []
     found.append(Listener(settings.smtp_host, settings.smtp_port, "MAILSVC_SMTP_PORT",
-                          reuse_port=shared_smtp))
+                          reuse_port=shared_smtp or settings.smtp_reuse_port))
     return found

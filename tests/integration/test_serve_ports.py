@@ -97,3 +97,20 @@ async def test_inside_a_worker_the_api_port_is_bound_before_smtp_accepts(
     with pytest.raises(PortUnavailable, match="MAILSVC_API_PORT"):
         await asyncio.wait_for(_serve(settings, decide_here=True), 120)
     assert _nobody_listens(smtp_port)
+
+
+def test_a_port_shared_on_purpose_is_not_refused() -> None:
+    """MAILSVC_SMTP_REUSE_PORT: another process on the host holds the SMTP port the same way."""
+    from mailsvc.ports import serve_listeners
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = int(other.getsockname()[1])
+        settings = base_settings("sqlite+aiosqlite:///unused.db", smtp_port=port,
+                                 smtp_reuse_port=True, api_enabled=False)
+        check_free(serve_listeners(settings, shared_smtp=False))
+        settings = settings.model_copy(update={"smtp_reuse_port": False})
+        with pytest.raises(PortUnavailable, match="MAILSVC_SMTP_PORT"):
+            check_free(serve_listeners(settings, shared_smtp=False))
