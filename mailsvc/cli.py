@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
 from mailsvc.mail import Envelope, RawMail, Role
+from mailsvc.ports import Listener, PortUnavailable, check_free, serve_listeners
 
 if TYPE_CHECKING:
     from mailsvc.ingest.files import Importer
@@ -34,6 +36,7 @@ EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69  # serve: a port to listen on is taken (or not ours to take)
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 CLICK_USAGE = 2  # what click exits with on a usage error; we answer EX_USAGE instead
@@ -71,6 +74,9 @@ def _run(coro: Coroutine[Any, Any, T], config_exit: int = EX_CONFIG) -> T:
     except StoreUnavailable as exc:
         err.print(f"[red]store unavailable: {exc}[/red]")
         raise typer.Exit(EX_TEMPFAIL) from None
+    except PortUnavailable as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_UNAVAILABLE) from None
 
 
 @app.command()
@@ -100,11 +106,23 @@ def serve(
                     decide_here=decide_workers == 0))
         _exit_now(EX_OK)
     count = workers or settings.workers
-    if count == 1 and decide_workers == 0:
+    single = count == 1 and decide_workers == 0
+    _check_ports(serve_listeners(settings, shared_smtp=not single))
+    if single:
         _run(_serve(settings, decide_here=True))
         return
     _run(_migrate(settings))  # once, before the workers start
     _exit_now(supervise(plan_processes(count, decide_workers)))
+
+
+def _check_ports(listeners: list[Listener]) -> None:
+    """Before the schema is touched or a worker starts: every port can be bound, or one line
+    naming it and its setting, and exit 69 (EX_UNAVAILABLE)."""
+    try:
+        check_free(listeners)
+    except PortUnavailable as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_UNAVAILABLE) from None
 
 
 def _exit_now(status: int) -> None:
@@ -173,6 +191,7 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
     from mailsvc.crmstore.privacy import retention_loop
     from mailsvc.ingest.imap import build_pollers
     from mailsvc.ingest.smtp import start_smtp
+    from mailsvc.ports import api_listener, bind_listening
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -180,7 +199,14 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         loop.add_signal_handler(sig, stop.set)
     async with open_services(settings) as services:
         await services.pipeline.start(decide=decide_here)
-        smtp = await start_smtp(services.pipeline, settings)
+        # The API port is bound before SMTP accepts: a taken port stops the start, no mail taken.
+        api_sockets = bind_listening(api_listener(settings)) if settings.api_enabled else []
+        try:
+            smtp = await start_smtp(services.pipeline, settings)
+        except PortUnavailable:
+            for sock in api_sockets:
+                sock.close()
+            raise
         services.mailboxes = build_pollers(services.pipeline, services.sessions, settings)
         pollers = [
             asyncio.create_task(poller.run(), name=f"imap-{poller.mailbox.name}")
@@ -192,7 +218,7 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         elif services.relay is None:
             logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
         if settings.api_enabled:
-            tasks.append(asyncio.create_task(_serve_api(services), name="api"))
+            tasks.append(asyncio.create_task(_serve_api(services, api_sockets), name="api"))
         if settings.retention_days is not None:
             tasks.append(asyncio.create_task(retention_loop(services.sessions, settings)))
         if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
@@ -214,10 +240,10 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         logger.info("stopped")
 
 
-async def _serve_api(services: Services) -> None:
+async def _serve_api(services: Services, sockets: list[socket.socket]) -> None:
     from mailsvc.api.server import serve_api
 
-    await serve_api(services)
+    await serve_api(services, sockets)
 
 
 def _role_for(settings: Settings, address: str | None) -> tuple[Role, str]:

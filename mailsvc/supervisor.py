@@ -14,20 +14,27 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from mailsvc.config import Settings
+from mailsvc.metrics import MULTIPROC_DIR, forget_process
 
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 60.0
+# A worker that exits with one of these (sysexits: EX_UNAVAILABLE, a port taken; EX_CONFIG, wrong
+# settings) would fail the same way again: the supervisor stops all and exits with it instead of
+# restarting it every second for ever.
+PERMANENT_FAILURES = frozenset({69, 78})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +101,20 @@ def plan_processes(workers: int, decide_workers: int) -> dict[str, list[str]]:
 
 
 def supervise(commands: dict[str, list[str]]) -> int:
-    """Run the processes until SIGTERM / SIGINT, restarting any that dies; the exit status."""
+    """Run the processes until SIGTERM / SIGINT, restarting any that dies; the exit status.
+
+    The processes share a fresh metrics directory (``PROMETHEUS_MULTIPROC_DIR``, see
+    mailsvc/metrics.py), so /metrics in one of them reports all; it is removed when they stop, so
+    no count of an earlier run is ever added in."""
+    directory = tempfile.mkdtemp(prefix="mailsvc-metrics-")
+    logger.info("metrics directory %s (PROMETHEUS_MULTIPROC_DIR of the workers)", directory)
+    try:
+        return _supervise(commands, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _supervise(commands: dict[str, list[str]], metrics_dir: str) -> int:
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -102,18 +122,25 @@ def supervise(commands: dict[str, list[str]]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    env = {**os.environ, SUPERVISOR_PID: str(os.getpid())}
+    env = {**os.environ, SUPERVISOR_PID: str(os.getpid()), MULTIPROC_DIR: metrics_dir}
     processes = {
         name: subprocess.Popen(argv, env=env)  # noqa: S603
         for name, argv in commands.items()
     }
     logger.info("started %d workers: %s", len(processes),
                 ", ".join(f"{name} pid {p.pid}" for name, p in processes.items()))
-    while not stopping.wait(0.5):
+    permanent: int | None = None
+    while permanent is None and not stopping.wait(0.5):
         for name, process in list(processes.items()):
+            if process.poll() in PERMANENT_FAILURES and not stopping.is_set():
+                logger.error("worker %s (pid %d) exited with %s; stopping all",
+                             name, process.pid, process.returncode)
+                permanent = process.returncode
+                break
             if process.poll() is not None and not stopping.is_set():
                 logger.error("worker %s (pid %d) exited with %s; restarting it",
                              name, process.pid, process.returncode)
+                forget_process(process.pid, metrics_dir)
                 time.sleep(RESTART_DELAY_SECONDS)
                 processes[name] = subprocess.Popen(commands[name], env=env)  # noqa: S603
     workers = len(processes)
@@ -131,4 +158,6 @@ def supervise(commands: dict[str, list[str]]) -> int:
             status = process.wait()
         failed += status != 0
     logger.info("all workers stopped")
+    if permanent is not None:
+        return permanent
     return 1 if failed else 0

@@ -5,12 +5,11 @@ from __future__ import annotations
 from functools import partial
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mailsvc import __version__
-from mailsvc.api import problems
+from mailsvc.api import openapi, problems
 from mailsvc.api.deps import require_api_key
 from mailsvc.api.export import CsvExport
 from mailsvc.api.guard import AccessPolicy, Guard, docs_paths
@@ -34,7 +33,7 @@ from mailsvc.api.routes import (
 from mailsvc.api.ui import routes as ui
 from mailsvc.bootstrap import Services
 from mailsvc.keys import parse_configured_key
-from mailsvc.metrics import register
+from mailsvc.metrics import exposition, register
 
 DESCRIPTION = """The CRM store of mailsvc: accounts, contacts, inbox leads, opportunities,
 tickets, activities, quotes, orders, invoices, e-mails with their links, and dashboard reports.
@@ -46,11 +45,26 @@ and listens on loopback only). Repeated failed authentication is answered 429 wi
 
 
 API_PREFIX = "/api/v1"
+# Where a FastAPI user looks first; they redirect to the documents under API_PREFIX.
+ROOT_DOCS = ("/openapi.json", "/docs")
+# Relative to the document's own host: right behind any proxy that keeps the path.
+SERVERS = [{"url": "/", "description": "The host that serves this document"}]
+
+
+def add_redirect(app: FastAPI, path: str, target: str) -> None:
+    async def redirect() -> RedirectResponse:
+        return RedirectResponse(target, status_code=307)
+
+    app.add_api_route(path, redirect, methods=["GET"], include_in_schema=False,
+                      name=f"redirect{path.replace('/', '_').replace('.', '_')}")
 
 
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="mailsvc", version=__version__, description=DESCRIPTION,
-                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=f"{API_PREFIX}/docs",
+                  redoc_url=None, openapi_tags=openapi.TAGS, servers=SERVERS,
+                  generate_unique_id_function=openapi.operation_id)
+    openapi.install(app, API_PREFIX)
     app.state.services = services
     problems.register(app)
     register()  # the intake metrics exist from the start
@@ -60,7 +74,7 @@ def create_app(services: Services) -> FastAPI:
     policy = AccessPolicy(
         keys=tuple(parse_configured_key(key) for key in config.api_keys),
         docs_paths=docs_paths((app.openapi_url, app.docs_url, app.redoc_url,
-                               app.swagger_ui_oauth2_redirect_url)),
+                               app.swagger_ui_oauth2_redirect_url, *ROOT_DOCS)),
         public_docs=config.api_public_docs, public_metrics=config.metrics_public,
         public_readyz_detail=config.readyz_detail_public,
         # The triage page signs people in itself (a cookie session) and checks CSRF.
@@ -95,6 +109,9 @@ def create_app(services: Services) -> FastAPI:
     app.mount("/ui/static", ui.static, name="ui-static")
     app.add_exception_handler(ui.SignInRequired, ui.sign_in_required)
 
+    for alias, target in zip(ROOT_DOCS, (app.openapi_url, app.docs_url), strict=True):
+        add_redirect(app, alias, str(target))
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -110,7 +127,8 @@ def create_app(services: Services) -> FastAPI:
     async def metrics(request: Request) -> Response:
         await intake_backlog(request.app.state.services)  # refreshes the backlog gauges
         await store_gauges(request.app.state.services)  # outbox and quarantine
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = exposition()  # all processes' metrics under `serve` with workers
+        return Response(body, media_type=media_type)
 
     return app
 

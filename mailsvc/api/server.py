@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
 
 from mailsvc.api.app import create_app
 from mailsvc.bootstrap import Services
+from mailsvc.ports import api_bind_host, api_listener, bind_listening
 
 logger = logging.getLogger(__name__)
 
@@ -23,20 +25,22 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-async def serve_api(services: Services) -> None:
+async def serve_api(services: Services, sockets: list[socket.socket] | None = None) -> None:
+    """Serve the API until cancelled; on ``sockets`` bound beforehand (`mailsvc serve` binds
+    them before SMTP accepts, so a taken port stops the start), else on a port bound here."""
     settings = services.settings
-    if not settings.api_keys and settings.api_host not in ("127.0.0.1", "::1", "localhost"):
+    host = api_bind_host(settings)
+    if host != settings.api_host:
         logger.warning(
             "no MAILSVC_API_KEYS: the API binds to 127.0.0.1 instead of %s", settings.api_host
         )
-        host = "127.0.0.1"
-    else:
-        host = settings.api_host
     if not settings.api_keys:
         logger.warning(
             "no MAILSVC_API_KEYS: the API is open without authentication, on loopback only (%s)",
             host,
         )
+    if sockets is None:
+        sockets = bind_listening(api_listener(settings))
     config = uvicorn.Config(
         create_app(services), host=host, port=settings.api_port,
         log_level=settings.log_level.lower(), lifespan="off",
@@ -46,7 +50,10 @@ async def serve_api(services: Services) -> None:
     server = EmbeddedServer(config)
     logger.info("API listening on http://%s:%s", host, settings.api_port)
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     except asyncio.CancelledError:
         server.should_exit = True
         raise
+    finally:
+        for sock in sockets:
+            sock.close()

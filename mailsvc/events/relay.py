@@ -26,6 +26,7 @@ from aiormq.exceptions import PublishError
 from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mailsvc import metrics
 from mailsvc.crmstore.db import read_session
 from mailsvc.crmstore.models import OutboxEvent
 from mailsvc.events.schema import cloudevent, encode
@@ -262,6 +263,16 @@ class Relay:
 
     async def _publish(self, events: list[OutboxEvent]) -> list[object]:
         """Publish all, then await all confirms together (one round trip, not one per event)."""
+        started = time.perf_counter()
+        results = await self._publish_all(events)
+        unroutable = sum(isinstance(r, PublishError) for r in results)
+        failed = sum(isinstance(r, BaseException) for r in results)
+        metrics.record_relay_batch(len(events), time.perf_counter() - started,
+                                   published=len(events) - failed, unroutable=unroutable,
+                                   unconfirmed=failed - unroutable)
+        return results
+
+    async def _publish_all(self, events: list[OutboxEvent]) -> list[object]:
         assert self._exchange is not None
         exchange = self._exchange
         confirmations = [

@@ -338,6 +338,12 @@ class Decider:
             self._held = (blocked, now)
 
     async def _parse(self, rows: Sequence[IntakeMail]) -> dict[int, Claimed]:
+        started = time.perf_counter()
+        claimed = await self._parse_rows(rows)
+        metrics.record_decide(time.perf_counter() - started)
+        return claimed
+
+    async def _parse_rows(self, rows: Sequence[IntakeMail]) -> dict[int, Claimed]:
         claimed: dict[int, Claimed] = {}
         todo: list[IntakeMail] = []
         self._current.extend(row.id for row in rows)

@@ -18,17 +18,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 import bcrypt
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailsvc import metrics
 from mailsvc.config import Settings
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.ingest.sanitize import bad_address
 from mailsvc.mail import Envelope as MailEnvelope
 from mailsvc.mail import RawMail, Role
+from mailsvc.ports import Listener, PortUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +272,12 @@ class IntakeSMTP(SMTP):
         self._refused = False
         self._auth_failures = 0
 
+    async def push(self, status: AnyStr) -> None:
+        """Every reply goes out here: count it by code (mailsvc_smtp_replies_total)."""
+        metrics.record_smtp_reply(status if isinstance(status, str) else status.decode("ascii",
+                                                                                      "replace"))
+        await super().push(status)
+
     # ------------------------------------------------------------ connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -279,6 +287,7 @@ class IntakeSMTP(SMTP):
             refusal = self._gate.enter(ip)
             if refusal is not None:
                 logger.warning("refused a connection from %s: %s", ip, refusal)
+                metrics.record_smtp_reply(refusal)
                 self._refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(refusal.encode("ascii") + b"\r\n")
@@ -513,10 +522,15 @@ def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[IntakeSMTP]:
 
 
 async def start_smtp(pipeline: Pipeline, settings: Settings) -> asyncio.Server:
+    """Listen for SMTP; ``PortUnavailable`` (one line naming the setting) when the port is taken."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port,
-        reuse_port=settings.smtp_reuse_port,
-    )
+    try:
+        server = await loop.create_server(
+            smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port,
+            reuse_port=settings.smtp_reuse_port,
+        )
+    except OSError as exc:
+        listener = Listener(settings.smtp_host, settings.smtp_port, "MAILSVC_SMTP_PORT")
+        raise PortUnavailable(listener.refusal(exc)) from None
     logger.info("SMTP intake listening on %s:%s", settings.smtp_host, settings.smtp_port)
     return server

@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import Callable
 
 import aio_pika
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from mailsvc import metrics
 from mailsvc.bootstrap import build_relay, open_services
 from mailsvc.config import Settings
 from mailsvc.crmstore.models import OutboxEvent
@@ -120,3 +122,39 @@ async def test_doctor_names_the_event_types_no_queue_is_bound_for(
         assert finding.status == "warn"
         assert "nobody.listens (1)" in finding.detail
         assert received.exchange in finding.fix
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_relay_counts_published_and_failed_events_and_times_its_batches(
+    make_settings: Callable[..., Settings],
+) -> None:
+    metrics.register()
+    before = {
+        "published": _sample("mailsvc_relay_published_events_total"),
+        "unroutable": _sample("mailsvc_relay_failed_events_total", reason="unroutable"),
+        "batches": _sample("mailsvc_relay_batch_events_count"),
+        "events": _sample("mailsvc_relay_batch_events_sum"),
+        "timed": _sample("mailsvc_relay_publish_seconds_count"),
+    }
+    async with consumer(AMQP_URL, binding="bound.*") as received:
+        settings = make_settings(amqp_url=AMQP_URL, amqp_exchange=received.exchange)
+        async with open_services(settings, migrate=False) as services:
+            async with services.sessions() as session, session.begin():
+                record_event(session, "nobody.listens", {"n": 1})
+                record_event(session, "bound.first", {"n": 2})
+                record_event(session, "bound.second", {"n": 3})
+            relay = build_relay(settings, services.sessions)
+            assert relay is not None
+            try:
+                assert await relay.publish_pending() == 2
+            finally:
+                await relay.close()
+    assert _sample("mailsvc_relay_published_events_total") == before["published"] + 2
+    assert _sample("mailsvc_relay_failed_events_total",
+                   reason="unroutable") == before["unroutable"] + 1
+    assert _sample("mailsvc_relay_batch_events_count") == before["batches"] + 1
+    assert _sample("mailsvc_relay_batch_events_sum") == before["events"] + 3
+    assert _sample("mailsvc_relay_publish_seconds_count") == before["timed"] + 1

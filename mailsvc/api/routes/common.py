@@ -32,11 +32,14 @@ def mine(model: Any, query: s.ListQuery, caller: Actor) -> list[ColumnElement[bo
     return [model.owner_id == my_id(caller)] if getattr(query, "mine", None) else []
 
 
-def add_timeline(router: APIRouter, prefix: str, target: LinkTarget, what: str) -> None:
-    """``GET {prefix}/{id}/emails``: the record's e-mails, newest first."""
+def add_timeline(router: APIRouter, prefix: str, target: LinkTarget, what: str,
+                 tag: str | None = None) -> None:
+    """``GET {prefix}/{id}/emails``: the record's e-mails, newest first (tagged ``tag`` when
+    the router has no tag of its own)."""
+    article = "an" if what[:1] in "aeiou" else "a"
 
-    @router.get(f"{prefix}/{{record_id}}/emails", summary=f"E-mail timeline of a {what}",
-                operation_id=f"timeline_{target.value}")
+    @router.get(f"{prefix}/{{record_id}}/emails", summary=f"E-mail timeline of {article} {what}",
+                operation_id=f"timeline_{target.value}", tags=[tag] if tag else None)
     async def timeline(
         record_id: PathId, session: Session, limit: Limit = 50, offset: Offset = 0,
     ) -> s.Page[s.TimelineEntry]:

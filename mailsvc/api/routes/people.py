@@ -245,6 +245,6 @@ async def restore_contact(contact_id: PathId, session: Session) -> s.ContactOut:
     return views.contact(await services.archive_contact(session, contact_id, archived=False))
 
 
-add_timeline(router, "/accounts", LinkTarget.ACCOUNT, "account")
-add_timeline(router, "/contacts", LinkTarget.CONTACT, "contact")
-add_timeline(router, "/users", LinkTarget.OWNER, "user (as owner)")
+add_timeline(router, "/accounts", LinkTarget.ACCOUNT, "account", tag="accounts")
+add_timeline(router, "/contacts", LinkTarget.CONTACT, "contact", tag="contacts")
+add_timeline(router, "/users", LinkTarget.OWNER, "user (as owner)", tag="users")
