@@ -5,8 +5,8 @@ promtool installed (Debian's prometheus package), the rules and the metric names
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
