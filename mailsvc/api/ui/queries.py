@@ -101,10 +101,11 @@ async def inbox(session: AsyncSession, f: InboxFilter) -> list[Email]:
         select(Email.id).where(Email.message_id == message_id).limit(1)
     ) is None:
         message_id = None
-    if session.get_bind().dialect.name == "postgresql":
-        # The filters' selectivity differs wildly by value (one owner's mail, or a third of all):
-        # a plan made for the values at hand, not the generic plan a prepared statement turns to
-        # after a few runs, which scans for the rare ones.
+    if f.owner and session.get_bind().dialect.name == "postgresql":
+        # How much mail an owner has differs wildly by owner: a plan made for the owner at hand,
+        # not the generic plan a prepared statement turns to after a few runs (measured: 90 and
+        # 170 ms instead of 18 and 37 at 100,000 mails). The text search keeps the generic plan,
+        # which walks the date index and stops at a full page.
         await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     statement = inbox_statement(f, message_id).offset(f.offset).limit(PAGE_SIZE + 1)
     return list(await session.scalars(statement))
