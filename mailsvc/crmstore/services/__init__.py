@@ -22,6 +22,12 @@ from mailsvc.crmstore.services.admin import (
     set_budget_target,
     update_named,
 )
+from mailsvc.crmstore.services.assignment import (
+    Assigner,
+    AssignmentPolicy,
+    configure_assignment,
+    load_assigner,
+)
 from mailsvc.crmstore.services.common import (
     BUILTIN_CHOICES,
     Actor,
@@ -110,6 +116,8 @@ from mailsvc.crmstore.services.tickets import (
 __all__ = [
     "BUILTIN_CHOICES",
     "Actor",
+    "Assigner",
+    "AssignmentPolicy",
     "DuplicateRecord",
     "Outcome",
     "PlanStepSpec",
@@ -131,6 +139,7 @@ __all__ = [
     "change_stage",
     "change_ticket_status",
     "complete_activity",
+    "configure_assignment",
     "convert_inbox_lead",
     "convert_to_deal",
     "create_account",
@@ -160,6 +169,7 @@ __all__ = [
     "find_user",
     "invoice_status",
     "link_email",
+    "load_assigner",
     "log_email_activity",
     "mark_lost",
     "mark_won",
