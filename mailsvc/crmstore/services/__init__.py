@@ -41,6 +41,12 @@ from mailsvc.crmstore.services.common import (
     normalise_email,
     update_choice,
 )
+from mailsvc.crmstore.services.deletion import (
+    delete_invoice,
+    delete_opportunity,
+    delete_order,
+    delete_quote,
+)
 from mailsvc.crmstore.services.documents import (
     cancel_invoice,
     create_invoice,
@@ -162,6 +168,10 @@ __all__ = [
     "create_user",
     "current_actor",
     "delete_activity",
+    "delete_invoice",
+    "delete_opportunity",
+    "delete_order",
+    "delete_quote",
     "delete_stage",
     "email_activity",
     "find_account_duplicate",
