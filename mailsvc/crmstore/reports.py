@@ -613,8 +613,8 @@ async def months(session: AsyncSession, year: int, owner_id: int | None = None
     of open opportunities by their close date, and the open pipeline at the month's start (from
     the monthly snapshots) with the change against the month before.
 
-    The budget is the company's: a user's view (``owner_id``) has no target rather than the
-    whole company's."""
+    The target is the company's budget; a user's view (``owner_id``) has that user's own budget,
+    and no target when the user has none (never the whole company's)."""
     await check_owner(session, owner_id)
     period = Period.year(year)
     won_month = month_of(session, Opportunity.close_date, is_date=True)
@@ -629,8 +629,10 @@ async def months(session: AsyncSession, year: int, owner_id: int | None = None
                period.contains_date(Opportunity.close_date), *_owned(Opportunity, owner_id))
         .group_by(close_month)
     )))
-    targets: dict[int, Any] = {} if owner_id is not None else dict(list(await session.execute(
-        select(BudgetMonth.month, BudgetMonth.target).join(Budget).where(Budget.year == year)
+    whose = Budget.user_id.is_(None) if owner_id is None else Budget.user_id == owner_id
+    targets: dict[int, Any] = dict(list(await session.execute(
+        select(BudgetMonth.month, BudgetMonth.target).join(Budget)
+        .where(Budget.year == year, whose)
     )))
     snapshots = await _snapshots(session, year, owner_id)
     result = []
