@@ -4,7 +4,7 @@ are unlinked, never deleted."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import date
 from typing import Any
 
@@ -13,8 +13,11 @@ import pytest
 from sqlalchemy import select
 
 from mailsvc.api.app import create_app
-from mailsvc.bootstrap import Services
+from mailsvc.bootstrap import Services, open_services
+from mailsvc.config import Settings
 from mailsvc.crmstore.models import Email, OutboxEvent
+from tests.conftest import check_event_contract
+from tests.integration.test_api_users import ROOT, client_for
 
 
 @pytest.fixture
@@ -154,3 +157,24 @@ async def test_documents_go_only_when_nothing_rests_on_them(
     ok(await client.delete(f"/quotes/{rejected['id']}"), 204)
     for path in (f"/quotes/{rejected['id']}", "/orders/4242", "/invoices/4242"):
         assert (await client.delete(path)).status_code == 404
+
+
+async def test_only_roles_that_change_sales_records_may_delete_them_and_the_actor_is_recorded(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings(api_keys=ROOT), migrate=False) as svc:
+        async with client_for(svc, ROOT) as admin:
+            keys = {}
+            for role in ("support", "sales"):
+                user = ok(await admin.post("/users", json={
+                    "email": f"{role}@corp.example", "name": role.title(), "role": role}), 201)
+                key = ok(await admin.post("/keys", json={"user_id": user["id"]}), 201)
+                keys[role] = (user["id"], key["key"])
+            opp = ok(await admin.post("/opportunities", json={"title": "Mistake"}), 201)
+        async with client_for(svc, keys["support"][1]) as support:
+            assert (await support.delete(f"/opportunities/{opp['id']}")).status_code == 403
+        async with client_for(svc, keys["sales"][1]) as sales:
+            ok(await sales.delete(f"/opportunities/{opp['id']}"), 204)
+        [deleted] = await events(svc, "opportunity.deleted")
+        assert deleted["actor"]["user_id"] == keys["sales"][0]
+        await check_event_contract(svc)

@@ -16,7 +16,7 @@ from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
 from mailsvc.crmstore import services as crm
 from mailsvc.crmstore.models import OutboxEvent, Ticket, TicketStatus, User, UserRole
-from tests.conftest import SUPPORT
+from tests.conftest import SUPPORT, check_event_contract
 from tests.integration.test_pipeline_batching import message, process
 
 
@@ -123,6 +123,7 @@ async def test_an_intake_batch_reads_the_loads_once_and_spreads_its_tickets(
         assert owners == [anna.id, bert.id, anna.id, bert.id]
         events = await ticket_events(svc)
         assert {e["assigned_by"] for e in events} == {"least_open"}
+        await check_event_contract(svc)
 
 
 async def test_two_transactions_assign_at_once_without_waiting_for_each_other(
