@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mailsvc.config import Settings
 from mailsvc.crmstore.db import Timeouts, create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
+from mailsvc.crmstore.services.assignment import AssignmentPolicy, configure_assignment
 from mailsvc.errors import ConfigError, StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.outbound.queue import configure_sessions
@@ -102,6 +103,8 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             await ensure_schema(engine, settings)
         sessions = create_session_factory(engine)
         configure_sessions(sessions, settings)  # outbound mail's policy (mailsvc/outbound)
+        configure_assignment(sessions, AssignmentPolicy(
+            mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
         relay = build_relay(settings, sessions)
         pipeline = Pipeline(sessions, settings, on_commit=relay.wake if relay else None)
         yield Services(settings, engine, sessions, pipeline, relay)

@@ -301,6 +301,11 @@ class Settings(BaseSettings):
     bcc_owner: str | None = None
     sales_owner: str | None = None
     support_owner: str | None = None
+    # New tickets without an owner: `least_open` assigns them to the support user (or a user
+    # of the ticket type's list) with the fewest open tickets; `off` leaves them unassigned.
+    ticket_assignment: Literal["least_open", "off"] = "least_open"
+    # Ticket type -> addresses of the users its new tickets go to (JSON object).
+    ticket_assignees: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     stale_contact_days: int = Field(default=14, ge=1)
     critical_contact_days: int = Field(default=30, ge=1)
 
@@ -428,6 +433,18 @@ class Settings(BaseSettings):
         for key in value:
             parse_configured_key(key)
         return value
+
+    @field_validator("ticket_assignees")
+    @classmethod
+    def _assignees(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """Types and addresses compare lower-case; each address must look like one."""
+        cleaned: dict[str, tuple[str, ...]] = {}
+        for ticket_type, addresses in value.items():
+            for address in addresses:
+                if "@" not in address.strip(" @"):
+                    raise ValueError(f"{address!r} (type {ticket_type!r}) is not an e-mail address")
+            cleaned[ticket_type.strip().lower()] = tuple(a.strip().lower() for a in addresses)
+        return cleaned
 
     @field_validator("bcc_address", "sales_address", "support_address")
     @classmethod

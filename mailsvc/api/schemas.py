@@ -1024,6 +1024,7 @@ class ChoicePatch(Patch):
 class BudgetIn(In):
     year: Annotated[int, Field(ge=2000, le=2100)]
     name: Name | None = None
+    user_id: Id | None = Field(None, description="A user's own targets; none: the company's.")
     targets: Annotated[list[Amount], Field(min_length=12, max_length=12)] | None = None
     annual_total: Amount | None = None
 
@@ -1037,6 +1038,7 @@ class BudgetOut(Out):
     id: int
     year: int
     name: str | None
+    user_id: int | None
     months: list[BudgetMonthOut]
 
 

@@ -17,6 +17,7 @@ from mailsvc.crmstore.models import (
     TicketUpdate,
 )
 from mailsvc.crmstore.outbox import record_event
+from mailsvc.crmstore.services.assignment import Assigner
 
 EMAIL_SOURCE = "e-mail"
 
@@ -25,7 +26,12 @@ async def create_ticket_from_mail(
     session: AsyncSession, *, subject: str, description: str, requester_email: str,
     requester_name: str | None, account_id: int | None = None, contact_id: int | None = None,
     owner_id: int | None = None, type: str = "question", priority: str = "normal",
+    assigner: Assigner | None = None,
 ) -> Ticket:
+    """A ticket for a new request; without an owner, ``assigner`` (the batch's) picks one."""
+    assigned = assigner.assign(type) if owner_id is None and assigner is not None else None
+    if assigned is not None:
+        owner_id = assigned.user_id
     ticket = Ticket(
         subject=subject[:500], description=description, type=type, priority=priority,
         status=TicketStatus.OPEN, account_id=account_id, contact_id=contact_id,
@@ -39,7 +45,8 @@ async def create_ticket_from_mail(
         {"id": ticket.id, "subject": ticket.subject, "type": type, "priority": priority,
          "status": str(ticket.status), "account_id": account_id, "contact_id": contact_id,
          "owner_id": owner_id, "requester_email": ticket.requester_email,
-         "requester_name": requester_name, "source": EMAIL_SOURCE},
+         "requester_name": requester_name, "source": EMAIL_SOURCE,
+         "assigned_by": assigned.rule if assigned is not None else None},
         subject=f"ticket/{ticket.id}",
     )
     return ticket

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -790,13 +791,21 @@ class Invoice(Timestamped, Base):
 
 
 class Budget(Timestamped, Base):
-    """Revenue targets of one year; its 12 months are created with it."""
+    """Revenue targets of one year, the company's (no user) or one user's; its 12 months are
+    created with it. One budget per year and user, one company budget per year."""
 
     __tablename__ = "budgets"
+    __table_args__ = (
+        UniqueConstraint("year", "user_id"),
+        # NULLs are distinct in a unique constraint: the company's budget needs its own index.
+        Index("uq_budgets_company_year", "year", unique=True,
+              postgresql_where=text("user_id IS NULL"), sqlite_where=text("user_id IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    year: Mapped[int] = mapped_column(Integer, unique=True)
+    year: Mapped[int] = mapped_column(Integer)
     name: Mapped[str | None] = mapped_column(String(200))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
 
     months: Mapped[list[BudgetMonth]] = relationship(
         cascade="all, delete-orphan", order_by="BudgetMonth.month", lazy="selectin"

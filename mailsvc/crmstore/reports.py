@@ -435,6 +435,125 @@ async def sales_kpis(session: AsyncSession, period: Period, owner_id: int | None
     return {"revenue": _money(row.revenue), "won": row.won}
 
 
+async def revenue_by_pipeline(session: AsyncSession, period: Period, owner_id: int | None = None
+                              ) -> list[dict[str, Any]]:
+    """Won revenue of the period per pipeline (the one the deal was won in); deals without a
+    pipeline come last with ``pipeline_id`` null."""
+    revenue = func.sum(Opportunity.amount)
+    rows = await session.execute(
+        select(Pipeline.id, Pipeline.name, func.count(Opportunity.id), revenue)
+        .select_from(Opportunity).outerjoin(Pipeline, Pipeline.id == Opportunity.pipeline_id)
+        .where(_won_in(period), *_credited(owner_id))
+        .group_by(Pipeline.id, Pipeline.name)
+    )
+    found = [{"pipeline_id": i, "pipeline": n, "won": c, "revenue": _money(r)}
+             for i, n, c, r in rows]
+    return sorted(found, key=lambda r: (r["pipeline_id"] is None, -r["revenue"],
+                                        r["pipeline_id"] or 0))
+
+
+def period_months(period: Period) -> list[str]:
+    """The 'YYYY-MM' keys of the months the period touches, in order."""
+    keys: list[str] = []
+    year, month = period.start.year, period.start.month
+    while datetime(year, month, 1, tzinfo=UTC) < period.end:
+        keys.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return keys
+
+
+async def cashflow(session: AsyncSession, period: Period, owner_id: int | None = None
+                   ) -> list[dict[str, Any]]:
+    """Per month of the period: what falls due (invoices not cancelled, by due date), what came
+    in (paid invoices, by paid date), and of what fell due in the month what is still unpaid."""
+    live = Invoice.status != InvoiceStatus.CANCELLED
+    is_paid = Invoice.status == InvoiceStatus.PAID
+    due_month = month_of(session, Invoice.due_date, is_date=True)
+    due: dict[str, Any] = {m: (a, o) for m, a, o in await session.execute(
+        select(due_month, func.sum(Invoice.amount), _sum_if(~is_paid, Invoice.amount))
+        .where(live, period.contains_date(Invoice.due_date), *_owned(Invoice, owner_id))
+        .group_by(due_month))}
+    paid_month = month_of(session, Invoice.paid_date, is_date=True)
+    paid: dict[str, Any] = dict(list(await session.execute(
+        select(paid_month, func.sum(Invoice.amount))
+        .where(is_paid, period.contains_date(Invoice.paid_date), *_owned(Invoice, owner_id))
+        .group_by(paid_month))))
+    months_ = []
+    for key in period_months(period):
+        due_amount, unpaid = due.get(key, (0, 0))
+        months_.append({"month": key, "due": _money(due_amount), "paid": _money(paid.get(key)),
+                        "unpaid_of_due": _money(unpaid)})
+    return months_
+
+
+async def quote_conversion(session: AsyncSession, period: Period, owner_id: int | None = None
+                           ) -> dict[str, Any]:
+    """Quote → won: of the opportunities that got a quote in the period (counted once however
+    many quotes), how many are won by now."""
+    quoted = (select(Quote.opportunity_id).where(period.contains(Quote.created_at),
+                                                 Quote.opportunity_id.is_not(None),
+                                                 *_owned(Quote, owner_id))
+              .distinct().subquery())
+    row = await _one(session, select(
+        func.count(Opportunity.id).label("quoted"),
+        _count_if(Opportunity.status == OpportunityStatus.WON).label("won"),
+    ).join(quoted, quoted.c.opportunity_id == Opportunity.id))
+    return {"quoted_opportunities": row.quoted, "won": row.won,
+            "rate": _rate(row.won, row.quoted)}
+
+
+async def deals_ending(session: AsyncSession, owner_id: int | None = None, *, today: date
+                       ) -> dict[str, Any]:
+    """Open deals whose expected close date is in the current month (``today``'s)."""
+    month = Period.month(today.year, today.month)
+    ending = and_(Opportunity.kind == OpportunityKind.DEAL,
+                  Opportunity.status == OpportunityStatus.OPEN,
+                  month.contains_date(Opportunity.close_date))
+    row = await _one(session, select(
+        func.count(Opportunity.id).label("count"),
+        func.coalesce(func.sum(Opportunity.amount), 0).label("amount"),
+        func.coalesce(func.sum(Opportunity.amount * Opportunity.probability / 100), 0)
+        .label("weighted"),
+        _count_if(Opportunity.close_date < today).label("overdue"),
+    ).where(ending, *_owned(Opportunity, owner_id)))
+    return {"month": f"{today.year:04d}-{today.month:02d}", "count": row.count,
+            "amount": _money(row.amount), "weighted": _money(row.weighted),
+            "past_close_date": row.overdue}
+
+
+# Age buckets of the last interaction: (label, at most so many days ago).
+INTERACTION_BUCKETS: tuple[tuple[str, int], ...] = (
+    ("30_days", 30), ("90_days", 90), ("365_days", 365))
+
+
+async def contacts_by_interaction(session: AsyncSession, owner_id: int | None = None, *,
+                                  now: datetime) -> dict[str, int]:
+    """Active contacts by the age of their last interaction: the newest done activity on them
+    (calls, meetings, tasks and every logged e-mail, which the intake records as a done e-mail
+    activity); bucket "older" beyond a year, "never" without any."""
+    last = (select(Activity.contact_id.label("contact_id"),
+                   func.max(func.coalesce(Activity.done_at, Activity.created_at)).label("at"))
+            .where(Activity.done.is_(True), Activity.contact_id.is_not(None))
+            .group_by(Activity.contact_id).subquery())
+    columns = [_count_if(last.c.at >= now - timedelta(days=days)).label(label)
+               for label, days in INTERACTION_BUCKETS]
+    row = await _one(session, select(
+        *columns, _count_if(last.c.at.is_(None)).label("never"),
+        func.count(Contact.id).label("total"),
+    ).select_from(Contact).outerjoin(last, last.c.contact_id == Contact.id)
+        .where(Contact.active.is_(True), *_owned(Contact, owner_id)))
+    counts = {label: int(getattr(row, label)) for label, _ in INTERACTION_BUCKETS}
+    # Cumulative in SQL (within 90 days includes within 30): made disjoint here.
+    buckets: dict[str, int] = {}
+    below = 0
+    for label, _ in INTERACTION_BUCKETS:
+        buckets[label] = counts[label] - below
+        below = counts[label]
+    buckets["older"] = int(row.total) - below - int(row.never)
+    buckets["never"] = int(row.never)
+    return buckets
+
+
 async def dashboard(
     session: AsyncSession, period: Period, owner_id: int | None = None, *,
     now: datetime, inactive_days: int = 14,
@@ -444,16 +563,22 @@ async def dashboard(
     return {
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "owner_id": owner_id,
-        "sales": await sales_kpis(session, period, owner_id),
+        "sales": {**await sales_kpis(session, period, owner_id),
+                  "revenue_by_pipeline": await revenue_by_pipeline(session, period, owner_id)},
+        "cashflow": await cashflow(session, period, owner_id),
         "inbox": await inbox_kpis(session, period, owner_id),
         "leads": await lead_kpis(session, period, owner_id),
-        "deals": await deal_kpis(session, period, owner_id, now=now,
-                                 inactive_days=inactive_days),
+        "deals": {**await deal_kpis(session, period, owner_id, now=now,
+                                    inactive_days=inactive_days),
+                  "ending_this_month": await deals_ending(session, owner_id, today=now.date())},
         "activities": await activity_kpis(session, period, owner_id, now=now),
-        "quotes": await quote_kpis(session, period, owner_id),
+        "quotes": {**await quote_kpis(session, period, owner_id),
+                   "won_conversion": await quote_conversion(session, period, owner_id)},
         "orders": await order_kpis(session, period, owner_id),
         "invoices": await invoice_kpis(session, period, owner_id, today=now.date()),
-        "contacts": await contact_kpis(session, period, owner_id),
+        "contacts": {**await contact_kpis(session, period, owner_id),
+                     "by_last_interaction": await contacts_by_interaction(session, owner_id,
+                                                                          now=now)},
         "tickets": await ticket_kpis(session, period, owner_id),
         "products": await product_kpis(session, period, owner_id),
     }
@@ -488,8 +613,8 @@ async def months(session: AsyncSession, year: int, owner_id: int | None = None
     of open opportunities by their close date, and the open pipeline at the month's start (from
     the monthly snapshots) with the change against the month before.
 
-    The budget is the company's: a user's view (``owner_id``) has no target rather than the
-    whole company's."""
+    The target is the company's budget; a user's view (``owner_id``) has that user's own budget,
+    and no target when the user has none (never the whole company's)."""
     await check_owner(session, owner_id)
     period = Period.year(year)
     won_month = month_of(session, Opportunity.close_date, is_date=True)
@@ -504,8 +629,10 @@ async def months(session: AsyncSession, year: int, owner_id: int | None = None
                period.contains_date(Opportunity.close_date), *_owned(Opportunity, owner_id))
         .group_by(close_month)
     )))
-    targets: dict[int, Any] = {} if owner_id is not None else dict(list(await session.execute(
-        select(BudgetMonth.month, BudgetMonth.target).join(Budget).where(Budget.year == year)
+    whose = Budget.user_id.is_(None) if owner_id is None else Budget.user_id == owner_id
+    targets: dict[int, Any] = dict(list(await session.execute(
+        select(BudgetMonth.month, BudgetMonth.target).join(Budget)
+        .where(Budget.year == year, whose)
     )))
     snapshots = await _snapshots(session, year, owner_id)
     result = []

@@ -100,8 +100,10 @@ async def apply_decisions(
 ) -> list[Applied]:
     """Apply each decision to its stored mail, in stages (one INSERT of links and one of
     timeline entries for the whole group)."""
+    assigner = await _assigner(session, [d for _, d in decided]) if create else None
     decisions = [
-        replace(decision, links=await _create_records(session, decision)) if create else decision
+        replace(decision, links=await _create_records(session, decision, assigner))
+        if create else decision
         for _, decision in decided
     ]
     applied: list[Applied] = []
@@ -122,7 +124,20 @@ async def apply_decisions(
     return applied
 
 
-async def _create_records(session: AsyncSession, decision: LinkDecision) -> Links:
+async def _assigner(
+    session: AsyncSession, decisions: Sequence[LinkDecision]
+) -> services.Assigner | None:
+    """The loads of the support users, read once for every new ticket of the group that has no
+    owner (none read when there is no such ticket)."""
+    if any(d.kind == "new_ticket" and d.ticket is not None and d.links.owner is None
+           for d in decisions):
+        return await services.load_assigner(session)
+    return None
+
+
+async def _create_records(
+    session: AsyncSession, decision: LinkDecision, assigner: services.Assigner | None,
+) -> Links:
     """The inbox lead or ticket the decision asks for; its id joins the links."""
     links = decision.links
     if decision.kind == "new_lead" and decision.lead is not None:
@@ -153,7 +168,7 @@ async def _create_records(session: AsyncSession, decision: LinkDecision) -> Link
             ),
             account_id=links.account,
             contact_id=links.contact, owner_id=links.owner, type=ticket_draft.type,
-            priority=ticket_draft.priority,
+            priority=ticket_draft.priority, assigner=assigner,
         )
         return replace(links, ticket=ticket.id)
     return links

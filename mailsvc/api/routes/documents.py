@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Response
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
@@ -253,3 +253,25 @@ _add_items("quote", "/quotes")
 _add_items("order", "/orders")
 _add_items("invoice", "/invoices")
 
+
+
+@router.delete("/quotes/{quote_id}", tags=["quotes"], status_code=204,
+               summary="Delete a quote no order was made from (409 otherwise)")
+async def delete_quote(quote_id: PathId, session: Session) -> Response:
+    await services.delete_quote(session, quote_id)
+    return Response(status_code=204)
+
+
+@router.delete("/orders/{order_id}", tags=["orders"], status_code=204,
+               summary="Delete an order that is not delivered and has no invoice or ticket "
+               "(409 otherwise)")
+async def delete_order(order_id: PathId, session: Session) -> Response:
+    await services.delete_order(session, order_id)
+    return Response(status_code=204)
+
+
+@router.delete("/invoices/{invoice_id}", tags=["invoices"], status_code=204,
+               summary="Delete an invoice that is not paid and no ticket concerns (409 otherwise)")
+async def delete_invoice(invoice_id: PathId, session: Session) -> Response:
+    await services.delete_invoice(session, invoice_id)
+    return Response(status_code=204)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import Field
 from sqlalchemy import func, select
 
@@ -112,6 +112,14 @@ async def update_opportunity(
     opportunity = await services.update_opportunity(session, opportunity_id,
                                                     body.model_dump(exclude_unset=True))
     return views.opportunity(opportunity, settings)
+
+
+@router.delete("/opportunities/{opportunity_id}", status_code=204,
+               summary="Delete an opportunity that is not won and has no order or invoice "
+               "(409 otherwise); its quotes go with it, its e-mails are unlinked")
+async def delete_opportunity(opportunity_id: PathId, session: Session) -> Response:
+    await services.delete_opportunity(session, opportunity_id)
+    return Response(status_code=204)
 
 
 @router.post("/opportunities/{opportunity_id}/stage", summary="Move to another stage")

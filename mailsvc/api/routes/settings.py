@@ -255,7 +255,8 @@ async def update_choice(
 
 @router.get("/budgets", tags=["budgets"])
 async def list_budgets(session: Session) -> list[s.BudgetOut]:
-    rows = await session.scalars(select(Budget).order_by(Budget.year))
+    rows = await session.scalars(select(Budget).order_by(Budget.year, Budget.user_id.is_not(None),
+                                                         Budget.user_id))
     return [s.BudgetOut.model_validate(r) for r in rows]
 
 
@@ -263,7 +264,7 @@ async def list_budgets(session: Session) -> list[s.BudgetOut]:
              summary="Create a year's budget; its 12 months are created with it")
 async def create_budget(body: s.BudgetIn, session: Session) -> s.BudgetOut:
     budget = await services.create_budget(session, body.year, body.targets, body.name,
-                                          body.annual_total)
+                                          body.annual_total, body.user_id)
     return s.BudgetOut.model_validate(budget)
 
 

@@ -22,6 +22,12 @@ from mailsvc.crmstore.services.admin import (
     set_budget_target,
     update_named,
 )
+from mailsvc.crmstore.services.assignment import (
+    Assigner,
+    AssignmentPolicy,
+    configure_assignment,
+    load_assigner,
+)
 from mailsvc.crmstore.services.common import (
     BUILTIN_CHOICES,
     Actor,
@@ -34,6 +40,12 @@ from mailsvc.crmstore.services.common import (
     normalise_company,
     normalise_email,
     update_choice,
+)
+from mailsvc.crmstore.services.deletion import (
+    delete_invoice,
+    delete_opportunity,
+    delete_order,
+    delete_quote,
 )
 from mailsvc.crmstore.services.documents import (
     cancel_invoice,
@@ -110,6 +122,8 @@ from mailsvc.crmstore.services.tickets import (
 __all__ = [
     "BUILTIN_CHOICES",
     "Actor",
+    "Assigner",
+    "AssignmentPolicy",
     "DuplicateRecord",
     "Outcome",
     "PlanStepSpec",
@@ -131,6 +145,7 @@ __all__ = [
     "change_stage",
     "change_ticket_status",
     "complete_activity",
+    "configure_assignment",
     "convert_inbox_lead",
     "convert_to_deal",
     "create_account",
@@ -153,6 +168,10 @@ __all__ = [
     "create_user",
     "current_actor",
     "delete_activity",
+    "delete_invoice",
+    "delete_opportunity",
+    "delete_order",
+    "delete_quote",
     "delete_stage",
     "email_activity",
     "find_account_duplicate",
@@ -160,6 +179,7 @@ __all__ = [
     "find_user",
     "invoice_status",
     "link_email",
+    "load_assigner",
     "log_email_activity",
     "mark_lost",
     "mark_won",

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.crmstore.models import Budget, BudgetMonth, Campaign, SalesTeam, Territory
+from mailsvc.crmstore.models import Budget, BudgetMonth, Campaign, SalesTeam, Territory, User
 from mailsvc.crmstore.outbox import record_event
 from mailsvc.crmstore.services.common import apply_changes, ensure_exists, get_or_404
 from mailsvc.errors import Conflict, RuleViolation
@@ -80,13 +80,19 @@ async def update_named(
 
 async def create_budget(
     session: AsyncSession, year: int, targets: Sequence[Decimal] | None = None,
-    name: str | None = None, annual_total: Decimal | None = None,
+    name: str | None = None, annual_total: Decimal | None = None, user_id: int | None = None,
 ) -> Budget:
-    """A year's budget with its 12 monthly targets (given, an annual total spread evenly, or 0)."""
+    """A year's budget with its 12 monthly targets (given, an annual total spread evenly, or 0):
+    the company's, or with ``user_id`` that user's own targets. One of each per year."""
     if not 2000 <= year <= 2100:
         raise RuleViolation(f"{year} is not a plausible budget year")
-    if await session.scalar(select(Budget.id).where(Budget.year == year)):
-        raise Conflict(f"a budget for {year} exists already")
+    await ensure_exists(session, User, user_id, "user")
+    existing = await session.scalar(select(Budget.id).where(
+        Budget.year == year,
+        Budget.user_id.is_(None) if user_id is None else Budget.user_id == user_id))
+    if existing:
+        whose = "the company" if user_id is None else f"user {user_id}"
+        raise Conflict(f"a budget for {year} of {whose} exists already (budget {existing})")
     if targets is not None and len(targets) != 12:
         raise RuleViolation(f"a budget has 12 monthly targets, not {len(targets)}")
     if targets is None:
@@ -95,11 +101,11 @@ async def create_budget(
         targets = [share] * 11 + [total - share * 11]
     if any(t < 0 for t in targets):
         raise RuleViolation("a revenue target cannot be negative")
-    budget = Budget(year=year, name=name,
+    budget = Budget(year=year, name=name, user_id=user_id,
                     months=[BudgetMonth(month=i + 1, target=t) for i, t in enumerate(targets)])
     session.add(budget)
     await session.flush()
-    record_event(session, "budget.created", {"id": budget.id, "year": year},
+    record_event(session, "budget.created", {"id": budget.id, "year": year, "user_id": user_id},
                  subject=f"budget/{budget.id}")
     return budget
 

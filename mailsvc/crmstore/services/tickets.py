@@ -20,6 +20,7 @@ from mailsvc.crmstore.models import (
     User,
 )
 from mailsvc.crmstore.outbox import record_event
+from mailsvc.crmstore.services.assignment import load_assigner
 from mailsvc.crmstore.services.common import (
     actor_id,
     apply_changes,
@@ -78,16 +79,22 @@ async def create_ticket(
     type: str = "question", priority: str = "normal", value_eur: Decimal | None = None,
     order_id: int | None = None, invoice_id: int | None = None,
 ) -> Ticket:
+    """Open a ticket; without an owner it is assigned automatically (``services.assignment``)."""
     if not subject.strip():
         raise RuleViolation("a ticket needs a subject")
     account_id = await _check(session, {
         "account_id": account_id, "contact_id": contact_id, "owner_id": owner_id,
         "order_id": order_id, "invoice_id": invoice_id, "value_eur": value_eur})
+    ticket_type = await check_choice(session, "ticket_type", type) or type
+    assigned = None
+    if owner_id is None:
+        assigned = (await load_assigner(session)).assign(ticket_type)
+        owner_id = assigned.user_id if assigned is not None else None
     ticket = Ticket(
         subject=subject[:500], description=description, account_id=account_id,
         contact_id=contact_id, owner_id=owner_id,
         requester_email=normalise_email(requester_email) if requester_email else None,
-        requester_name=requester_name, type=await check_choice(session, "ticket_type", type),
+        requester_name=requester_name, type=ticket_type,
         priority=await check_choice(session, "priority", priority), value_eur=value_eur,
         order_id=order_id, invoice_id=invoice_id, updates=[],
     )
@@ -96,7 +103,8 @@ async def create_ticket(
     record_event(
         session, "ticket.created",
         {"id": ticket.id, "subject": ticket.subject, "account_id": account_id,
-         "contact_id": contact_id, "owner_id": owner_id, "type": ticket.type},
+         "contact_id": contact_id, "owner_id": owner_id, "type": ticket.type,
+         "assigned_by": assigned.rule if assigned is not None else None},
         subject=f"ticket/{ticket.id}",
     )
     return ticket
