@@ -80,7 +80,10 @@ def bind_listening(listener: Listener) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for family, address in _addresses(listener):
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP said explicitly: asyncio sets TCP_NODELAY on the accepted connections
+            # only when the protocol is TCP by number; with 0, every answer whose body is a
+            # second write waits ~40 ms for the client's delayed ACK.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
