@@ -17,6 +17,7 @@ mailbox's connected state lives only while its process does.
 from __future__ import annotations
 
 import os
+import time
 from functools import cache
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +39,11 @@ def _metrics() -> Any:
             "Messages processed by the intake, by outcome (accepted, linked, lead_created, "
             "ticket_created, ticket_updated, duplicate, ignored, quarantined).",
             ["outcome"],
+        ),
+        rules=Counter(
+            "mailsvc_intake_rules",
+            "Decided messages by the linking rule that decided them (docs/linking.md).",
+            ["rule"],
         ),
         batch=Histogram(
             "mailsvc_intake_batch_messages", "Messages decided together in one transaction.",
@@ -118,6 +124,18 @@ def _metrics() -> Any:
             "other); each is followed by a reconnect.",
             ["mailbox", "kind"],
         ),
+        imap_polls=Counter(
+            "mailsvc_imap_polls",
+            "Searches of a mailbox for new mail that completed (after IDLE woke or the poll "
+            "interval passed).",
+            ["mailbox"],
+        ),
+        imap_checked=Gauge(
+            "mailsvc_imap_last_check_timestamp_seconds",
+            "When the mailbox was last searched for new mail (Unix time): time() minus this is "
+            "how far behind its mailbox mailsvc may be.",
+            ["mailbox"], multiprocess_mode="max",
+        ),
         imap_connected=Gauge(
             "mailsvc_imap_connected", "1 while the mailbox's poller is connected and logged in.",
             ["mailbox"], multiprocess_mode="livemax",
@@ -136,11 +154,14 @@ OTHER_METHOD = "other"
 UNMATCHED_ROUTE = "unmatched"
 
 
-def record_outcome(kind: str) -> None:
-    """Count one processed message by its outcome kind."""
+def record_outcome(kind: str, rule: str | None = None) -> None:
+    """Count one processed message by its outcome kind, and by its rule when one decided it."""
     if not _enabled:
         return
-    _metrics().outcomes.labels(outcome=kind).inc()
+    found = _metrics()
+    found.outcomes.labels(outcome=kind).inc()
+    if rule:
+        found.rules.labels(rule=rule).inc()
 
 
 def record_batch(size: int, seconds: float) -> None:
@@ -242,6 +263,15 @@ def record_imap_error(mailbox: str, kind: str) -> None:
     if not _enabled:
         return
     _metrics().imap_errors.labels(mailbox=mailbox, kind=kind).inc()
+
+
+def record_imap_check(mailbox: str) -> None:
+    """The mailbox was searched for new mail just now."""
+    if not _enabled:
+        return
+    found = _metrics()
+    found.imap_polls.labels(mailbox=mailbox).inc()
+    found.imap_checked.labels(mailbox=mailbox).set(time.time())
 
 
 def set_imap_connected(mailbox: str, connected: bool) -> None:

@@ -399,6 +399,7 @@ class MailboxPoller:
             if connection.renew_at is not None and time.time() >= connection.renew_at:
                 raise SessionRenewal
             uids, reported = await self._call(self._new_uids, connection, last_uid)
+            metrics.record_imap_check(self.mailbox.name)
             if not uids:
                 if not reported:
                     await self._wait_for_mail(connection)

@@ -405,7 +405,7 @@ class Pipeline:
         """Count, log and announce (to the relay) decisions that just committed."""
         metrics.record_batch(len(items), seconds)
         for item, outcome in zip(items, outcomes, strict=True):
-            metrics.record_outcome(outcome.kind)
+            metrics.record_outcome(outcome.kind, outcome.rule)
             logger.info(
                 "message %s: %s email=%s rule=%s", item.parsed.message_id if item.parsed else
                 item.key, outcome.kind, outcome.email_id or outcome.quarantine_id, outcome.rule,

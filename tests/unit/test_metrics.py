@@ -31,3 +31,31 @@ def test_without_a_multiprocess_directory_the_exposition_is_this_process(
     assert media_type.startswith("text/plain")
     assert b"# TYPE mailsvc_smtp_replies_total counter" in body
 
+
+
+def sample(body: bytes, line_start: str) -> float:
+    """The value of the exposition line that starts with ``line_start``."""
+    line = next(line for line in body.decode().splitlines() if line.startswith(line_start))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_decision_counts_its_rule_and_a_mailbox_check_its_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    monkeypatch.delenv(metrics.MULTIPROC_DIR, raising=False)
+    metrics.register()
+    before, _ = metrics.exposition()
+    ruled = 'mailsvc_intake_rules_total{rule="subject_id"}'
+    polled = 'mailsvc_imap_polls_total{mailbox="metrics-test"}'
+    start_rule = sample(before, ruled) if ruled.encode() in before else 0.0
+    metrics.record_outcome("linked", "subject_id")
+    metrics.record_outcome("duplicate")  # no rule decided it: counted by outcome only
+    started = time.time()
+    metrics.record_imap_check("metrics-test")
+    after, _ = metrics.exposition()
+    assert sample(after, ruled) == start_rule + 1
+    assert sample(after, polled) == 1
+    checked = sample(after, 'mailsvc_imap_last_check_timestamp_seconds{mailbox="metrics-test"}')
+    assert started <= checked <= time.time()
