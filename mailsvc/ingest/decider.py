@@ -72,6 +72,7 @@ class Claimed:
     intake_id: int
     item: Prepared
     attempts: int
+    accepted_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +351,7 @@ class Decider:
         for row in rows:
             cached = self._cache.get(row.id)
             if cached is not None:
-                claimed[row.id] = Claimed(row.id, cached.item, row.attempts)
+                claimed[row.id] = Claimed(row.id, cached.item, row.attempts, row.accepted_at)
             else:
                 todo.append(row)
         if self._pool is not None and len(todo) >= POOL_MIN_MAILS:
@@ -366,7 +367,7 @@ class Decider:
         else:
             items = [await self._pipeline.prepare(raw_of(row)) for row in todo]
         for row, item in zip(todo, items, strict=True):
-            claimed[row.id] = Claimed(row.id, item, row.attempts)
+            claimed[row.id] = Claimed(row.id, item, row.attempts, row.accepted_at)
         return claimed
 
     async def _apply(self, session: AsyncSession, batch: Sequence[Claimed]) -> dict[int, Outcome]:
@@ -402,9 +403,11 @@ class Decider:
     ) -> None:
         ids = [i for i in sorted(claimed) if i in outcomes]
         if ids:
+            now = utcnow()
             self._pipeline.committed(
                 [claimed[i].item for i in ids], [outcomes[i] for i in ids],
                 time.perf_counter() - started,
+                [_seconds_between(claimed[i].accepted_at, now) for i in ids],
             )
         if self._solo_until and ids and max(ids) >= self._solo_until:
             self._solo_until = 0
@@ -438,6 +441,15 @@ class Decider:
             await quarantine(session, item, typed)
             await session.delete(row)
             logger.error("intake %d quarantined after %d failed decisions", row.id, row.attempts)
+
+
+def _seconds_between(accepted_at: datetime | None, now: datetime) -> float:
+    """Seconds from acceptance to ``now`` (0 when unknown; the store keeps naive UTC on SQLite)."""
+    if accepted_at is None:
+        return 0.0
+    if accepted_at.tzinfo is None:
+        accepted_at = accepted_at.replace(tzinfo=now.tzinfo)
+    return max(0.0, (now - accepted_at).total_seconds())
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

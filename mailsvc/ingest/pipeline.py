@@ -400,15 +400,22 @@ class Pipeline:
         return outcomes
 
     def committed(
-        self, items: Sequence[Prepared], outcomes: Sequence[Outcome], seconds: float
+        self, items: Sequence[Prepared], outcomes: Sequence[Outcome], seconds: float,
+        waited: Sequence[float] | None = None,
     ) -> None:
-        """Count, log and announce (to the relay) decisions that just committed."""
+        """Count, log and announce (to the relay) decisions that just committed. The log line of
+        each mail gives its milliseconds: from acceptance to decision when ``waited`` has them
+        (seconds each mail spent accepted), else the batch's own time."""
         metrics.record_batch(len(items), seconds)
-        for item, outcome in zip(items, outcomes, strict=True):
+        for n, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
             metrics.record_outcome(outcome.kind, outcome.rule)
+            message_id = item.parsed.message_id if item.parsed else item.key
+            ms = round(1000 * (waited[n] if waited is not None else seconds))
             logger.info(
-                "message %s: %s email=%s rule=%s", item.parsed.message_id if item.parsed else
-                item.key, outcome.kind, outcome.email_id or outcome.quarantine_id, outcome.rule,
+                "message %s: %s email=%s rule=%s ms=%d", message_id, outcome.kind,
+                outcome.email_id or outcome.quarantine_id, outcome.rule, ms,
+                extra={"message_id": message_id, "outcome": outcome.kind,
+                       "rule": outcome.rule, "ms": ms},
             )
         if self._on_commit is not None:
             self._on_commit()

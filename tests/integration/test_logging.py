@@ -21,6 +21,10 @@ def test_json_logs_are_one_object_per_line(sqlite_url: str) -> None:
     for record in records:
         assert {"time", "level", "logger", "pid", "message"} <= set(record)
     assert any(r["logger"].startswith("mailsvc") for r in records)
+    [per_mail] = [r for r in records if "outcome" in r]  # one line per mail, with its fields
+    assert per_mail["outcome"] == "lead_created"  # the example, to the Smart BCC address
+    assert per_mail["rule"] and per_mail["message_id"]
+    assert isinstance(per_mail["ms"], int) and per_mail["ms"] >= 0
 
 
 @pytest.mark.parametrize(("command", "exit_code"), [("ingest", 75), ("events", 78)])
