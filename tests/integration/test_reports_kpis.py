@@ -27,8 +27,10 @@ from mailsvc.crmstore.models import (
     InvoiceStatus,
     Opportunity,
     OpportunityKind,
+    OpportunitySnapshot,
     OpportunityStatus,
     Quote,
+    SnapshotMonth,
 )
 
 PERIOD = {"date_from": "2025-01-01", "date_to": "2025-02-28"}
@@ -304,3 +306,42 @@ async def test_the_team_view_shows_each_users_own_target(
                                   params={"date_from": "2025-02-10", "date_to": "2025-03-05"}))
     assert [(r["name"], r["target"]) for r in partial] == [
         ("Ann", "6500.00"), ("Bob", None), ("Cid", "4000.00"), ("Dan", None)]
+
+
+async def test_monthly_snapshots_feed_the_month_over_month_view(
+    client: httpx.AsyncClient, services: Services,
+) -> None:
+    async with services.sessions() as session, session.begin():
+        ann = await crm.create_user(session, "ann@corp.example", "Ann")
+        bob = await crm.create_user(session, "bob@corp.example", "Bob")
+        o1 = Opportunity(title="o1", owner_id=ann.id, amount=Decimal(1000), tags=[],
+                         subscribers=[])
+        o2 = Opportunity(title="o2", owner_id=bob.id, amount=Decimal(2000), tags=[],
+                         subscribers=[])
+        session.add_all([o1, o2])
+        await session.flush()
+        for month in (date(2025, 1, 1), date(2025, 2, 1), date(2025, 3, 1)):
+            session.add(SnapshotMonth(month=month))
+        for month, opportunity, probability in ((date(2025, 1, 1), o1, 50),
+                                                (date(2025, 1, 1), o2, 20),
+                                                (date(2025, 2, 1), o1, 75)):
+            session.add(OpportunitySnapshot(
+                month=month, opportunity_id=opportunity.id, kind="deal",
+                owner_id=opportunity.owner_id, amount=opportunity.amount,
+                probability=probability))
+    view = {m["month"]: m for m in ok(await client.get("/reports/months",
+                                                       params={"year": 2025}))}
+    # January: 1000 @ 50 % + 2000 @ 20 %; February: o1 alone at 75 %; March: taken, nothing open;
+    # April: no snapshot.
+    assert [(view[m]["pipeline_at_start"], view[m]["pipeline_change"])
+            for m in ("2025-01", "2025-02", "2025-03", "2025-04")] == [
+        ({"open": 2, "amount": "3000.00", "weighted": "900.00"}, None),
+        ({"open": 1, "amount": "1000.00", "weighted": "750.00"},
+         {"open": -1, "amount": "-2000.00", "weighted": "-150.00"}),
+        ({"open": 0, "amount": "0.00", "weighted": "0.00"},
+         {"open": -1, "amount": "-1000.00", "weighted": "-750.00"}),
+        (None, None)]
+    anns = {m["month"]: m for m in ok(await client.get(
+        "/reports/months", params={"year": 2025, "owner_id": ann.id}))}
+    assert anns["2025-02"]["pipeline_change"] == {"open": 0, "amount": "0.00",
+                                                  "weighted": "250.00"}
