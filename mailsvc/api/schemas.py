@@ -524,6 +524,11 @@ class InboxLeadIn(In):
     phone: Str50 | None = None
     budget: Amount | None = None
     campaign_id: Id | None = None
+    notes: Str20000 | None = Field(None, description=(
+        "Qualification notes: the prospect's pain, wishes, criteria (carried into the "
+        "opportunity's description on conversion)."))
+    category: Literal["cold", "mql", "sql"] | None = Field(None, description=(
+        "Lead category: cold, marketing-qualified (mql), sales-qualified (sql)."))
 
 
 class InboxLeadPatch(Patch):

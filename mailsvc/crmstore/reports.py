@@ -346,6 +346,46 @@ async def contact_kpis(session: AsyncSession, period: Period, owner_id: int | No
             "top_customers": await top_customers(session, period, owner_id)}
 
 
+def _responsible() -> ColumnElement[Any]:
+    """Who an opportunity counts for: a won one for the owner credited when it was won (as its
+    revenue), any other for its owner."""
+    return case((Opportunity.status == OpportunityStatus.WON,
+                 func.coalesce(Opportunity.credited_owner_id, Opportunity.owner_id)),
+                else_=Opportunity.owner_id)
+
+
+async def won_lost_contacts(session: AsyncSession, period: Period, owner_id: int | None = None
+                            ) -> dict[str, Any]:
+    """Contacts won and lost in the period, decided by their opportunities (leads and deals).
+
+    A contact is *won* when at least one of its opportunities was won in the period (close date
+    in the period, as the revenue); ``won_amount`` is what those opportunities brought. A contact
+    is *lost* when opportunities of it were lost in the period (``lost_at``) and none was won
+    in it: a contact who bought in the same period is not lost. ``lost_amount`` is the amount of
+    those lost opportunities. Each contact counts once; opportunities without a contact count
+    for nobody. For one owner, only the opportunities that count for that owner are seen (won:
+    the credited owner, lost: the owner)."""
+    won = _won_in(period)
+    lost = and_(Opportunity.status == OpportunityStatus.LOST,
+                period.contains(Opportunity.lost_at))
+    narrowed = [] if owner_id is None else [_responsible() == owner_id]
+    per_contact = (
+        select(Opportunity.contact_id.label("contact_id"),
+               _count_if(won).label("won"), _sum_if(won, Opportunity.amount).label("won_amount"),
+               _sum_if(lost, Opportunity.amount).label("lost_amount"))
+        .where(Opportunity.contact_id.is_not(None), or_(won, lost), *narrowed)
+        .group_by(Opportunity.contact_id).subquery())
+    was_won = per_contact.c.won > 0
+    row = await _one(session, select(
+        _count_if(was_won).label("won"), _sum_if(was_won, per_contact.c.won_amount)
+        .label("won_amount"),
+        _count_if(~was_won).label("lost"), _sum_if(~was_won, per_contact.c.lost_amount)
+        .label("lost_amount"),
+    ).select_from(per_contact))
+    return {"won": int(row.won), "won_amount": _money(row.won_amount), "lost": int(row.lost),
+            "lost_amount": _money(row.lost_amount)}
+
+
 async def top_customers(session: AsyncSession, period: Period, owner_id: int | None = None,
                         limit: int = 10) -> list[dict[str, Any]]:
     revenue = func.sum(Opportunity.amount)
@@ -578,33 +618,70 @@ async def dashboard(
         "invoices": await invoice_kpis(session, period, owner_id, today=now.date()),
         "contacts": {**await contact_kpis(session, period, owner_id),
                      "by_last_interaction": await contacts_by_interaction(session, owner_id,
-                                                                          now=now)},
+                                                                          now=now),
+                     "won_and_lost": await won_lost_contacts(session, period, owner_id)},
         "tickets": await ticket_kpis(session, period, owner_id),
         "products": await product_kpis(session, period, owner_id),
     }
 
 
+def _month_index(moment: datetime) -> int:
+    return moment.year * 12 + moment.month - 1
+
+
+async def user_targets(session: AsyncSession, period: Period) -> dict[int, Decimal]:
+    """Per user with a budget: the sum of the user's monthly targets over the months the
+    period touches (a month the period covers only in part counts whole: targets are per
+    month). Users without a budget for any of those months are absent."""
+    first = _month_index(period.start)
+    last = _month_index(period.end - timedelta(microseconds=1))
+    index = Budget.year * 12 + BudgetMonth.month - 1
+    rows = await session.execute(
+        select(Budget.user_id, func.sum(BudgetMonth.target))
+        .join(BudgetMonth, BudgetMonth.budget_id == Budget.id)
+        .where(Budget.user_id.is_not(None), index >= first, index <= last)
+        .group_by(Budget.user_id))
+    return {user_id: _money(total) for user_id, total in rows if user_id is not None}
+
+
+def _attainment(revenue: Decimal, target: Decimal | None) -> float | None:
+    """Revenue as a percentage of the target; none without a target (or a zero one)."""
+    return None if not target else round(float(100 * revenue / target), 1)
+
+
 async def team(session: AsyncSession, period: Period) -> list[dict[str, Any]]:
-    """Per owner: deals won / lost in the period, deals owned (open), revenue in the period.
+    """Per user: deals won / lost in the period, deals owned (open), revenue in the period, and
+    the user's own budget target for the period with the share of it reached.
 
     Won deals (and their revenue) count for the owner credited when they were won; lost and open
-    ones for their owner."""
-    credited = case((Opportunity.status == OpportunityStatus.WON,
-                     func.coalesce(Opportunity.credited_owner_id, Opportunity.owner_id)),
-                    else_=Opportunity.owner_id)
+    ones for their owner. A user appears with an opportunity or with a budget for the period (a
+    target and nothing won yet is exactly what the view must show); ``target`` is null for a
+    user without a budget for the period."""
     won = _won_in(period)
     rows = await session.execute(
-        select(User.id, User.name,
+        select(User.id.label("id"),
                _count_if(won).label("won"),
                _count_if(and_(Opportunity.status == OpportunityStatus.LOST,
                               period.contains(Opportunity.lost_at))).label("lost"),
                _count_if(Opportunity.status == OpportunityStatus.OPEN).label("owned_open"),
                _sum_if(won, Opportunity.amount).label("revenue"))
-        .join(Opportunity, credited == User.id)
-        .group_by(User.id, User.name).order_by(User.name, User.id)
+        .join(Opportunity, _responsible() == User.id)
+        .group_by(User.id)
     )
-    return [{"owner_id": r.id, "name": r.name, "won": r.won, "lost": r.lost,
-             "owned_open": r.owned_open, "revenue": _money(r.revenue)} for r in rows]
+    figures = {r.id: {"won": r.won, "lost": r.lost, "owned_open": r.owned_open,
+                      "revenue": _money(r.revenue)} for r in rows}
+    targets = await user_targets(session, period)
+    ids = set(figures) | set(targets)
+    names = {i: n for i, n in await session.execute(
+        select(User.id, User.name).where(User.id.in_(ids)))} if ids else {}
+    nothing = {"won": 0, "lost": 0, "owned_open": 0, "revenue": _money(0)}
+    result = []
+    for user_id in sorted(ids, key=lambda i: (names[i], i)):
+        row = figures.get(user_id, nothing)
+        target = targets.get(user_id)
+        result.append({"owner_id": user_id, "name": names[user_id], **row, "target": target,
+                       "target_attainment": _attainment(row["revenue"], target)})
+    return result
 
 
 async def months(session: AsyncSession, year: int, owner_id: int | None = None

@@ -496,3 +496,29 @@ async def test_line_items_derive_the_amounts_and_feed_top_products(
     top = ok(await client.get("/reports/dashboard"))["products"]["top"]
     assert [(p["name"], p["revenue"], p["quantity"]) for p in top] == [
         ("CRM seat", "21600.00", 40.0)]
+
+
+async def test_notes_and_categories_on_leads_descriptions_on_opportunities_and_tickets(
+    client: httpx.AsyncClient,
+) -> None:
+    pain = "Spreadsheets break at 50 users; wants SSO; decides in Q3"
+    lead = ok(await client.post("/inbox-leads", json={
+        "title": "Seats for Acme", "notes": pain, "category": "mql"}), 201)
+    assert (lead["notes"], lead["category"]) == (pain, "mql")
+    problem(await client.post("/inbox-leads", json={"title": "X", "category": "hot"}), 422)
+    problem(await client.patch(f"/inbox-leads/{lead['id']}", json={"category": "warm"}), 422)
+    lead = ok(await client.patch(f"/inbox-leads/{lead['id']}", json={"category": "sql"}))
+    assert ok(await client.get(f"/inbox-leads/{lead['id']}"))["category"] == "sql"
+    converted = ok(await client.post(f"/inbox-leads/{lead['id']}/convert", json={}), 201)
+    opportunity = converted["opportunity"]
+    assert opportunity["description"] == pain
+    changed = ok(await client.patch(f"/opportunities/{opportunity['id']}",
+                                    json={"description": "Needs: SSO, 60 seats"}))
+    assert changed["description"] == "Needs: SSO, 60 seats"
+    ticket = ok(await client.post("/tickets", json={"subject": "Login fails",
+                                                    "description": "Since the update"}), 201)
+    assert ticket["description"] == "Since the update"
+    ticket = ok(await client.patch(f"/tickets/{ticket['id']}",
+                                   json={"description": "Since 2.3; only with SSO"}))
+    assert ok(await client.get(f"/tickets/{ticket['id']}"))["description"] == \
+        "Since 2.3; only with SSO"

@@ -165,6 +165,9 @@ async def test_every_dashboard_kpi(dataset: Any) -> None:
         "past_close_date": 0}
     assert kpis["contacts"].pop("by_last_interaction") == {
         "30_days": 0, "90_days": 0, "365_days": 0, "older": 0, "never": 2}
+    # No opportunity names a contact, so no contact is won or lost.
+    assert kpis["contacts"].pop("won_and_lost") == {
+        "won": 0, "won_amount": Decimal("0.00"), "lost": 0, "lost_amount": Decimal("0.00")}
     assert kpis["sales"] == {"revenue": Decimal("5000.00"), "won": 2}
     assert kpis["inbox"] == {"total": 3, "converted": 1, "conversion_rate": 33.3,
                              "archived": 1, "avg_qualification_days": 10.75}
@@ -222,9 +225,9 @@ async def test_team_and_month_views(dataset: Any) -> None:
     session, ids = dataset
     assert await reports.team(session, MARCH) == [
         {"owner_id": ids["ann"], "name": "Ann", "won": 1, "lost": 1, "owned_open": 1,
-         "revenue": Decimal("1000.00")},
+         "revenue": Decimal("1000.00"), "target": None, "target_attainment": None},
         {"owner_id": ids["bob"], "name": "Bob", "won": 1, "lost": 1, "owned_open": 2,
-         "revenue": Decimal("4000.00")}]
+         "revenue": Decimal("4000.00"), "target": None, "target_attainment": None}]
     months = {m["month"]: m for m in await reports.months(session, 2025)}
     assert len(months) == 12
     assert months["2025-03"] == {"month": "2025-03", "revenue": Decimal("5000.00"),

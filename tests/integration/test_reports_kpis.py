@@ -27,8 +27,10 @@ from mailsvc.crmstore.models import (
     InvoiceStatus,
     Opportunity,
     OpportunityKind,
+    OpportunitySnapshot,
     OpportunityStatus,
     Quote,
+    SnapshotMonth,
 )
 
 PERIOD = {"date_from": "2025-01-01", "date_to": "2025-02-28"}
@@ -200,3 +202,146 @@ async def test_active_contacts_by_last_interaction(
     assert board["contacts"]["by_last_interaction"] == {
         "30_days": 1, "90_days": 1, "365_days": 1, "older": 1, "never": 1}
     assert board["contacts"]["active"] == 5
+
+
+async def build_contacts(services: Services) -> dict[str, int]:
+    """Opportunities decided around January–February 2025 for contacts C1..C6 (see the tests for
+    what each one is meant to show)."""
+    async with services.sessions() as session, session.begin():
+        users = {n: await crm.create_user(session, f"{n}@corp.example", n.title())
+                 for n in ("ann", "bob", "cid", "dan")}
+        contacts = [Contact(last_name=f"C{n}") for n in range(1, 7)]
+        session.add_all(contacts)
+        await session.flush()
+        c1, c2, c3, c4, c5, c6 = contacts
+        ann, bob, dan = users["ann"].id, users["bob"].id, users["dan"].id
+
+        def opp(contact: Contact | None, owner: int, status: OpportunityStatus, amount: int,
+                close: date | None = None, lost: datetime | None = None,
+                credited: int | None = None, kind: OpportunityKind = DEAL) -> None:
+            session.add(Opportunity(
+                title="o", kind=kind, status=status, owner_id=owner, credited_owner_id=credited,
+                contact_id=contact.id if contact else None, amount=Decimal(amount),
+                close_date=close, lost_at=lost, probability=0 if status == LOST else 100,
+                tags=[], subscribers=[]))
+
+        # C1: won twice in the period; the first was Ann's when won, Bob owns it now.
+        opp(c1, bob, WON, 1000, date(2025, 1, 10), credited=ann)
+        opp(c1, bob, WON, 500, date(2025, 2, 1), credited=bob)
+        # C2: won and lost in the period: won (the loss does not make it a lost contact).
+        opp(c2, bob, WON, 2000, date(2025, 2, 20), credited=bob)
+        opp(c2, bob, LOST, 300, date(2025, 2, 5), lost=at(2025, 2, 5))
+        # C3: lost twice (a lead of Ann's and a deal of Bob's).
+        opp(c3, ann, LOST, 700, date(2025, 1, 12), lost=at(2025, 1, 12), kind=LEAD)
+        opp(c3, bob, LOST, 100, date(2025, 2, 2), lost=at(2025, 2, 2))
+        # C4: decided only outside the period (won in March, lost in December).
+        opp(c4, bob, WON, 900, date(2025, 3, 1), credited=bob)
+        opp(c4, bob, LOST, 50, date(2024, 12, 3), lost=at(2024, 12, 3))
+        # C5: lost in the period; won in December, which does not count for this period.
+        opp(c5, ann, LOST, 400, date(2025, 2, 10), lost=at(2025, 2, 10))
+        opp(c5, ann, WON, 600, date(2024, 12, 15), credited=ann)
+        # C6: open; and a deal won without a contact counts for no contact.
+        opp(c6, dan, OPEN, 5000, date(2025, 6, 1))
+        opp(None, bob, WON, 10000, date(2025, 1, 25), credited=bob)
+    return {n: u.id for n, u in users.items()}
+
+
+async def test_won_and_lost_contacts(client: httpx.AsyncClient, services: Services) -> None:
+    ids = await build_contacts(services)
+    board = ok(await client.get("/reports/dashboard", params=PERIOD))
+    # Won: C1 (1000 + 500), C2 (2000). Lost: C3 (700 + 100), C5 (400); C2 was won, C4 and C6
+    # were not decided in the period, the deal without a contact counts for nobody.
+    assert board["contacts"]["won_and_lost"] == {
+        "won": 2, "won_amount": "3500.00", "lost": 2, "lost_amount": "1200.00"}
+    # Ann: C1's first deal (credited to her, though Bob owns it now); C3's lead and C5 lost.
+    anns = ok(await client.get("/reports/dashboard", params={**PERIOD, "owner_id": ids["ann"]}))
+    assert anns["contacts"]["won_and_lost"] == {
+        "won": 1, "won_amount": "1000.00", "lost": 2, "lost_amount": "1100.00"}
+    # Bob: C1 (500) and C2 (2000) won, C2's loss hidden by the win; C3's deal lost.
+    bobs = ok(await client.get("/reports/dashboard", params={**PERIOD, "owner_id": ids["bob"]}))
+    assert bobs["contacts"]["won_and_lost"] == {
+        "won": 2, "won_amount": "2500.00", "lost": 1, "lost_amount": "100.00"}
+    # March alone: only C4's win.
+    march = ok(await client.get("/reports/dashboard",
+                                params={"date_from": "2025-03-01", "date_to": "2025-03-31"}))
+    assert march["contacts"]["won_and_lost"] == {
+        "won": 1, "won_amount": "900.00", "lost": 0, "lost_amount": "0.00"}
+    exported = await client.get("/reports/dashboard", params={**PERIOD, "format": "csv"})
+    figures = {r["figure"]: r["value"] for r in csv.DictReader(io.StringIO(exported.text))}
+    assert figures["contacts.won_and_lost.won_amount"] == "3500.00"
+
+
+async def test_the_team_view_shows_each_users_own_target(
+    client: httpx.AsyncClient, services: Services,
+) -> None:
+    ids = await build_contacts(services)
+
+    async def budget(body: dict[str, Any]) -> int:
+        response = await client.post("/budgets", json=body)
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
+    anns = await budget({"year": 2025, "annual_total": "12000", "user_id": ids["ann"]})
+    for month, target in ((2, "1500"), (3, "5000")):
+        ok(await client.put(f"/budgets/{anns}/months/{month}", json={"target": target}))
+    await budget({"year": 2024, "annual_total": "99000", "user_id": ids["ann"]})  # other year
+    await budget({"year": 2025, "annual_total": "24000", "user_id": ids["cid"]})
+    await budget({"year": 2025, "annual_total": "120000"})  # the company's: no user's row
+
+    team = ok(await client.get("/reports/team", params=PERIOD))
+    # Ann: January 1000 + February 1500 = 2500, won 1000 (C1's first deal) -> 40 %. Bob: no
+    # budget. Cid: a budget, nothing else (shown). Dan: an open deal, no budget.
+    assert team == [
+        {"owner_id": ids["ann"], "name": "Ann", "won": 1, "lost": 2, "owned_open": 0,
+         "revenue": "1000.00", "target": "2500.00", "target_attainment": 40.0},
+        {"owner_id": ids["bob"], "name": "Bob", "won": 3, "lost": 2, "owned_open": 0,
+         "revenue": "12500.00", "target": None, "target_attainment": None},
+        {"owner_id": ids["cid"], "name": "Cid", "won": 0, "lost": 0, "owned_open": 0,
+         "revenue": "0.00", "target": "4000.00", "target_attainment": 0.0},
+        {"owner_id": ids["dan"], "name": "Dan", "won": 0, "lost": 0, "owned_open": 1,
+         "revenue": "0.00", "target": None, "target_attainment": None},
+    ]
+    # A period touching February and March counts both months whole: 1500 + 5000.
+    partial = ok(await client.get("/reports/team",
+                                  params={"date_from": "2025-02-10", "date_to": "2025-03-05"}))
+    assert [(r["name"], r["target"]) for r in partial] == [
+        ("Ann", "6500.00"), ("Bob", None), ("Cid", "4000.00"), ("Dan", None)]
+
+
+async def test_monthly_snapshots_feed_the_month_over_month_view(
+    client: httpx.AsyncClient, services: Services,
+) -> None:
+    async with services.sessions() as session, session.begin():
+        ann = await crm.create_user(session, "ann@corp.example", "Ann")
+        bob = await crm.create_user(session, "bob@corp.example", "Bob")
+        o1 = Opportunity(title="o1", owner_id=ann.id, amount=Decimal(1000), tags=[],
+                         subscribers=[])
+        o2 = Opportunity(title="o2", owner_id=bob.id, amount=Decimal(2000), tags=[],
+                         subscribers=[])
+        session.add_all([o1, o2])
+        await session.flush()
+        for month in (date(2025, 1, 1), date(2025, 2, 1), date(2025, 3, 1)):
+            session.add(SnapshotMonth(month=month))
+        for month, opportunity, probability in ((date(2025, 1, 1), o1, 50),
+                                                (date(2025, 1, 1), o2, 20),
+                                                (date(2025, 2, 1), o1, 75)):
+            session.add(OpportunitySnapshot(
+                month=month, opportunity_id=opportunity.id, kind="deal",
+                owner_id=opportunity.owner_id, amount=opportunity.amount,
+                probability=probability))
+    view = {m["month"]: m for m in ok(await client.get("/reports/months",
+                                                       params={"year": 2025}))}
+    # January: 1000 @ 50 % + 2000 @ 20 %; February: o1 alone at 75 %; March: taken, nothing open;
+    # April: no snapshot.
+    assert [(view[m]["pipeline_at_start"], view[m]["pipeline_change"])
+            for m in ("2025-01", "2025-02", "2025-03", "2025-04")] == [
+        ({"open": 2, "amount": "3000.00", "weighted": "900.00"}, None),
+        ({"open": 1, "amount": "1000.00", "weighted": "750.00"},
+         {"open": -1, "amount": "-2000.00", "weighted": "-150.00"}),
+        ({"open": 0, "amount": "0.00", "weighted": "0.00"},
+         {"open": -1, "amount": "-1000.00", "weighted": "-750.00"}),
+        (None, None)]
+    anns = {m["month"]: m for m in ok(await client.get(
+        "/reports/months", params={"year": 2025, "owner_id": ann.id}))}
+    assert anns["2025-02"]["pipeline_change"] == {"open": 0, "amount": "0.00",
+                                                  "weighted": "250.00"}

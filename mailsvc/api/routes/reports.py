@@ -48,7 +48,8 @@ async def dashboard(
     )
 
 
-@router.get("/reports/team", summary="Won / lost / owned deals and revenue per user")
+@router.get("/reports/team", summary="Won / lost / owned deals, revenue and budget target "
+            "per user")
 async def team(
     session: Session, date_from: Annotated[s.Day | None, Query()] = None,
     date_to: Annotated[s.Day | None, Query()] = None,

@@ -69,7 +69,8 @@ async def create_inbox_lead(
     owner_id: int | None = None, company: str | None = None, street: str | None = None,
     zip: str | None = None, city: str | None = None, first_name: str | None = None,
     last_name: str | None = None, email: str | None = None, phone: str | None = None,
-    budget: Decimal | None = None, campaign_id: int | None = None,
+    budget: Decimal | None = None, campaign_id: int | None = None, notes: str | None = None,
+    category: str | None = None,
 ) -> InboxLead:
     """A lead entered by a person (API): checked, then made by ``open_inbox_lead``. It becomes the
     open lead of its address (the next mail from there goes to it) unless another lead is open
@@ -90,7 +91,20 @@ async def create_inbox_lead(
         priority=await check_choice(session, "priority", priority) or priority, owner_id=owner_id,
         company=company, street=street, zip=zip, city=city, first_name=first_name,
         last_name=last_name, phone=phone, budget=budget, campaign_id=campaign_id,
+        notes=notes, category=lead_category(category),
     )
+
+
+def lead_category(value: str | None) -> str | None:
+    """The lead category in its stored form (cold, mql, sql), whatever the case; an unknown one
+    is refused with the list, on creation and on change alike."""
+    if value is None:
+        return None
+    category = str(value).strip().lower()
+    if category not in LEAD_CATEGORIES:
+        raise RuleViolation(f"unknown lead category {value!r} (known: "
+                            f"{', '.join(LEAD_CATEGORIES)})")
+    return category
 
 
 async def open_inbox_lead(
@@ -99,7 +113,7 @@ async def open_inbox_lead(
     last_name: str | None = None, company: str | None = None, phone: str | None = None,
     owner_id: int | None = None, account_id: int | None = None, street: str | None = None,
     zip: str | None = None, city: str | None = None, budget: Decimal | None = None,
-    campaign_id: int | None = None,
+    campaign_id: int | None = None, notes: str | None = None, category: str | None = None,
 ) -> InboxLead:
     """The one way an inbox lead is made (intake and API), with one ``inbox_lead.created`` event.
 
@@ -114,7 +128,7 @@ async def open_inbox_lead(
         email=address, open_key=address if claim_address else None, first_name=first_name,
         last_name=last_name, company=company, phone=phone, owner_id=owner_id,
         account_id=account_id, street=street, zip=zip, city=city, budget=budget,
-        campaign_id=campaign_id,
+        campaign_id=campaign_id, notes=notes, category=category,
     )
     session.add(lead)
     await session.flush()
@@ -145,11 +159,7 @@ async def update_inbox_lead(
     if changes.get("budget") is not None and changes["budget"] < 0:
         raise RuleViolation("a budget cannot be negative")
     if changes.get("category") is not None:
-        category = str(changes["category"]).strip().lower()
-        if category not in LEAD_CATEGORIES:
-            raise RuleViolation(f"unknown lead category {changes['category']!r} (known: "
-                                f"{', '.join(LEAD_CATEGORIES)})")
-        changes["category"] = category
+        changes["category"] = lead_category(changes["category"])
     for required in ("title", "source", "priority", "status"):
         if required in changes and changes[required] in (None, ""):
             raise RuleViolation(f"an inbox lead needs a {required}")
