@@ -172,7 +172,10 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
         with parse_pool(jobs) as pool:
             decider = Decider(services.pipeline, parse_pool=pool)
             logger.info("decide worker running (%d parsing process(es))", jobs)
-            await decider.run(stop)
+            try:
+                await decider.run(stop)
+            finally:
+                await decider.close()
         logger.info("decide worker stopped after %d mail(s)", decider.decided)
 
 
@@ -349,11 +352,15 @@ def import_mail(
             # Starting parsing processes costs more than a small import gains from them.
             parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
             with parse_pool(parallel) as pool:
+                decider = Decider(services.pipeline, parse_pool=pool)
                 run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
                                batch_size, on_progress=lambda n: progress.advance(task, n),
-                               decider=Decider(services.pipeline, parse_pool=pool))
+                               decider=decider)
                 runs.append(run)
-                await run.run(found.messages)
+                try:
+                    await run.run(found.messages)
+                finally:
+                    await decider.close()
 
     try:
         with progress:

@@ -176,6 +176,8 @@ class Decider:
         self._pool = parse_pool
         self._jobs = max(1, getattr(parse_pool, "_max_workers", 1))
         self._cache: dict[int, Claimed] = {}  # parsed rows a step claimed and did not apply
+        # SQLite with a parse pool: the next rows, parsed in the pool while this step applies.
+        self._ahead: asyncio.Task[dict[int, Prepared]] | None = None
         self._solo_until = 0  # after a failed step: one mail at a time up to this id
         self._current: list[int] = []  # intake ids the running step holds
         self._wake = asyncio.Event()  # set when this process accepted mail: no need to poll
@@ -280,6 +282,7 @@ class Decider:
         if not rows:
             return {}
         claimed = await self._parse(rows)
+        self._parse_ahead(max(claimed))
         started = time.perf_counter()
         async with self._sessions() as session, session.begin():  # BEGIN IMMEDIATE
             top = max(claimed)
@@ -348,27 +351,71 @@ class Decider:
         claimed: dict[int, Claimed] = {}
         todo: list[IntakeMail] = []
         self._current.extend(row.id for row in rows)
+        ahead = await self._take_ahead()
         for row in rows:
             cached = self._cache.get(row.id)
             if cached is not None:
                 claimed[row.id] = Claimed(row.id, cached.item, row.attempts, row.accepted_at)
+            elif row.id in ahead:
+                claimed[row.id] = Claimed(row.id, ahead[row.id], row.attempts, row.accepted_at)
             else:
                 todo.append(row)
         if self._pool is not None and len(todo) >= POOL_MIN_MAILS:
-            loop = asyncio.get_running_loop()
-            options = self._pipeline.options
-            raws = [raw_of(row) for row in todo]
-            size = -(-len(raws) // self._jobs)  # one chunk per parsing process
-            chunks = await asyncio.gather(*(
-                loop.run_in_executor(self._pool, prepare_items, raws[i:i + size], options)
-                for i in range(0, len(raws), size)
-            ))
-            items = [item for chunk in chunks for item in chunk]
+            items = await self._parse_in_pool([raw_of(row) for row in todo])
         else:
             items = [await self._pipeline.prepare(raw_of(row)) for row in todo]
         for row, item in zip(todo, items, strict=True):
             claimed[row.id] = Claimed(row.id, item, row.attempts, row.accepted_at)
         return claimed
+
+    def _parse_ahead(self, top: int) -> None:
+        """With a parse pool on SQLite: read the rows after ``top`` and parse them in the pool
+        while this step applies (parsing is pure: what it gives does not depend on the store).
+        The next step takes what is still pending; the rest is parsed again."""
+        if self._pool is None or self._postgres or self._ahead is not None:
+            return
+        self._ahead = asyncio.create_task(self._read_and_parse(top), name="decide-parse-ahead")
+
+    async def _read_and_parse(self, top: int) -> dict[int, Prepared]:
+        async with read_session(self._sessions) as session:
+            rows = list(await session.scalars(
+                select(IntakeMail).where(IntakeMail.id > top).order_by(IntakeMail.id)
+                .limit(self._batch)
+            ))
+        if len(rows) < POOL_MIN_MAILS or self._pool is None:
+            return {}
+        return dict(zip([row.id for row in rows],
+                        await self._parse_in_pool([raw_of(row) for row in rows]), strict=True))
+
+    async def _take_ahead(self) -> dict[int, Prepared]:
+        """What the last step parsed ahead ({} when nothing, or when that failed)."""
+        task, self._ahead = self._ahead, None
+        if task is None:
+            return {}
+        try:
+            return await task
+        except Exception as exc:  # a parse or read error here is met again, in its own step
+            logger.debug("parsing ahead failed: %r", exc)
+            return {}
+
+    async def _parse_in_pool(self, raws: Sequence[RawMail]) -> list[Prepared]:
+        assert self._pool is not None
+        loop = asyncio.get_running_loop()
+        options = self._pipeline.options
+        size = -(-len(raws) // self._jobs)  # one chunk per parsing process
+        chunks = await asyncio.gather(*(
+            loop.run_in_executor(self._pool, prepare_items, raws[i:i + size], options)
+            for i in range(0, len(raws), size)
+        ))
+        return [item for chunk in chunks for item in chunk]
+
+    async def close(self) -> None:
+        """Drop a parse-ahead still running (its rows stay in the intake)."""
+        task, self._ahead = self._ahead, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
     async def _apply(self, session: AsyncSession, batch: Sequence[Claimed]) -> dict[int, Outcome]:
         """Decide and store the batch in the caller's transaction; delete the decided rows."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailsvc.ingest.accept import Accepted
 from mailsvc.ingest.decider import Decider
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.mail import Envelope, RawMail
@@ -139,8 +140,12 @@ class Importer:
     unreadable: list[str] = field(default_factory=list)
 
     async def run(self, messages: Iterable[MessageRef]) -> Counter[str]:
-        """Raises StoreUnavailable when a batch cannot be committed; counts hold what was."""
+        """Raises StoreUnavailable when a batch cannot be committed; counts hold what was.
+
+        Each batch is accepted before the one before it is decided, so the decider can parse the
+        next batch (in its parse processes) while it applies the current one."""
         batch: list[RawMail] = []
+        waiting: list[Accepted] = []  # accepted, not decided yet
         for ref in messages:
             try:
                 data = ref.load()
@@ -152,16 +157,22 @@ class Importer:
                 continue
             batch.append(RawMail(data, self.envelope))
             if len(batch) >= self.batch_size:
-                await self._commit(batch)
-                batch = []
+                accepted = await self.pipeline.accept_many(batch)
+                await self._decide(waiting)
+                waiting, batch = accepted, []
         if batch:
-            await self._commit(batch)
+            accepted = await self.pipeline.accept_many(batch)
+            await self._decide(waiting)
+            waiting = accepted
+        await self._decide(waiting)
         return self.counts
 
-    async def _commit(self, batch: list[RawMail]) -> None:
-        outcomes = await self.pipeline.accept_and_decide(batch, self.decider)
+    async def _decide(self, accepted: list[Accepted]) -> None:
+        if not accepted:
+            return
+        outcomes = await self.pipeline.decide_accepted(accepted, self.decider)
         self.counts.update(outcome.kind for outcome in outcomes)
-        self._advance(len(batch))
+        self._advance(len(accepted))
 
     def _advance(self, n: int) -> None:
         if self.on_progress is not None:

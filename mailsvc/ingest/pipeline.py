@@ -311,7 +311,13 @@ class Pipeline:
     ) -> list[Outcome]:
         """Accept the mails in one transaction, then decide them here (with what was accepted
         before them): the staged path for ``mailsvc ingest`` and ``mailsvc import``."""
-        accepted = await self.accept_many(raws)
+        return await self.decide_accepted(await self.accept_many(raws), decider)
+
+    async def decide_accepted(
+        self, accepted: Sequence[Accepted], decider: Decider | None = None
+    ) -> list[Outcome]:
+        """The outcomes of mails accepted before: decided here (with what was accepted before
+        them) unless another process did; duplicates as they were answered."""
         keys = {
             a.outcome.intake_id: a.key for a in accepted
             if a.outcome.kind == "accepted" and a.outcome.intake_id is not None
