@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy import select, text
 
@@ -167,6 +168,16 @@ async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Serv
         finally:
             await svc.pipeline.stop()
         await check_event_contract(svc)
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the REST API of ``services`` (no keys set: open access)."""
+    from mailsvc.api.app import create_app
+
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as c:
+        yield c
 
 
 async def check_event_contract(svc: Services) -> None:

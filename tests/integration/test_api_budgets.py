@@ -3,28 +3,14 @@ per user and year; a user's month view compares with the user's own targets."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
-from mailsvc.api.app import create_app
 from mailsvc.bootstrap import Services
 from mailsvc.crmstore.models import OutboxEvent
-
-
-@pytest.fixture
-async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as c:
-        yield c
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
+from tests.support.api import ok
 
 
 async def test_company_and_user_budgets_and_the_month_view_of_each(

@@ -4,32 +4,19 @@ are unlinked, never deleted."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
-from mailsvc.api.app import create_app
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
 from mailsvc.crmstore.models import Email, OutboxEvent
 from tests.conftest import check_event_contract
 from tests.integration.test_api_users import ROOT, client_for
-
-
-@pytest.fixture
-async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as c:
-        yield c
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
+from tests.support.api import ok
 
 
 def conflict(response: httpx.Response, *words: str) -> None:

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
-from mailsvc.api.app import create_app
 from mailsvc.bootstrap import Services
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import OutboxEvent
-
-
-@pytest.fixture
-async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as c:
-        yield c
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
+from tests.support.api import ok
 
 
 def problem(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:

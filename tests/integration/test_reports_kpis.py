@@ -7,15 +7,12 @@ from __future__ import annotations
 import calendar
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 
-from mailsvc.api.app import create_app
 from mailsvc.bootstrap import Services
 from mailsvc.crmstore import services as crm
 from mailsvc.crmstore.base import utcnow
@@ -32,22 +29,13 @@ from mailsvc.crmstore.models import (
     Quote,
     SnapshotMonth,
 )
+from tests.support.api import ok
 
 PERIOD = {"date_from": "2025-01-01", "date_to": "2025-02-28"}
 DEAL, LEAD = OpportunityKind.DEAL, OpportunityKind.LEAD
 WON, LOST, OPEN = OpportunityStatus.WON, OpportunityStatus.LOST, OpportunityStatus.OPEN
 
 
-@pytest.fixture
-async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as c:
-        yield c
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def at(year: int, month: int, day: int) -> datetime:

@@ -3,33 +3,20 @@ PostgreSQL: through the API, in an intake batch (one load query), and concurrent
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mailsvc.api.app import create_app
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
 from mailsvc.crmstore import services as crm
 from mailsvc.crmstore.models import OutboxEvent, Ticket, TicketStatus, User, UserRole
 from tests.conftest import SUPPORT, check_event_contract
 from tests.integration.test_pipeline_batching import message, process
-
-
-@pytest.fixture
-async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test/api/v1") as c:
-        yield c
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
+from tests.support.api import ok
 
 
 async def user(client: httpx.AsyncClient, name: str, role: str = "support") -> int:
