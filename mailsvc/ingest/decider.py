@@ -281,7 +281,7 @@ class Decider:
             ))
         if not rows:
             return {}
-        claimed = await self._parse(rows)
+        claimed = await self._parse(rows, await self._take_ahead())
         self._parse_ahead(max(claimed))
         started = time.perf_counter()
         async with self._sessions() as session, session.begin():  # BEGIN IMMEDIATE
@@ -341,17 +341,20 @@ class Decider:
             await end_stalled_transactions(session, self._stalled_after)
             self._held = (blocked, now)
 
-    async def _parse(self, rows: Sequence[IntakeMail]) -> dict[int, Claimed]:
+    async def _parse(
+        self, rows: Sequence[IntakeMail], ahead: Mapping[int, Prepared] | None = None
+    ) -> dict[int, Claimed]:
         started = time.perf_counter()
-        claimed = await self._parse_rows(rows)
+        claimed = await self._parse_rows(rows, ahead or {})
         metrics.record_decide(time.perf_counter() - started)
         return claimed
 
-    async def _parse_rows(self, rows: Sequence[IntakeMail]) -> dict[int, Claimed]:
+    async def _parse_rows(
+        self, rows: Sequence[IntakeMail], ahead: Mapping[int, Prepared]
+    ) -> dict[int, Claimed]:
         claimed: dict[int, Claimed] = {}
         todo: list[IntakeMail] = []
         self._current.extend(row.id for row in rows)
-        ahead = await self._take_ahead()
         for row in rows:
             cached = self._cache.get(row.id)
             if cached is not None:
@@ -491,12 +494,8 @@ class Decider:
 
 
 def _seconds_between(accepted_at: datetime | None, now: datetime) -> float:
-    """Seconds from acceptance to ``now`` (0 when unknown; the store keeps naive UTC on SQLite)."""
-    if accepted_at is None:
-        return 0.0
-    if accepted_at.tzinfo is None:
-        accepted_at = accepted_at.replace(tzinfo=now.tzinfo)
-    return max(0.0, (now - accepted_at).total_seconds())
+    """Seconds from acceptance to ``now`` (0 when unknown)."""
+    return 0.0 if accepted_at is None else max(0.0, (now - accepted_at).total_seconds())
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
