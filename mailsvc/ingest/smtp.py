@@ -28,6 +28,7 @@ from mailsvc.config import Settings
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.ingest.sanitize import bad_address
+from mailsvc.ingest.smtpdata import DataLimits, DataReader, read_data
 from mailsvc.mail import Envelope as MailEnvelope
 from mailsvc.mail import RawMail, Role
 from mailsvc.ports import Listener, PortUnavailable
@@ -47,7 +48,6 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, please try again later"
 TOO_MANY_FROM_YOU = "421 4.7.0 Too many connections from your address, please try again later"
 BUSY = "451 4.3.2 Too many messages in progress, please try again later"
 DATA_TIMEOUT = "421 4.4.2 Message not completed in time, closing connection"
-TOO_MUCH_DATA = "552 5.3.4 Message too big"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_TOO_MANY = "421 4.7.0 Too many failed authentication attempts, closing connection"
@@ -158,6 +158,11 @@ class SmtpLimits:
     max_header_bytes: int
     idle_timeout: float
     data_timeout: float
+
+    def data(self, max_size: int | None) -> DataLimits:
+        """The limits of one DATA section."""
+        return DataLimits(self.max_line_bytes, self.max_header_count, self.max_header_bytes,
+                          max_size)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpLimits:
@@ -364,24 +369,19 @@ class IntakeSMTP(SMTP):
 
     async def _data(self) -> None:
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        reader = DataReader(self._gate.limits, self.data_size_limit)
+        reader = DataReader(self._gate.limits.data(self.data_size_limit))
         try:
             async with asyncio.timeout(self._gate.limits.data_timeout):
-                while self.transport is not None and not reader.done:
-                    try:
-                        line = await self._reader.readuntil(b"\n")
-                    except asyncio.LimitOverrunError as exc:
-                        line = await self._reader.read(exc.consumed)
-                    if reader.feed(line):
-                        self._reset_timeout()  # data keeps coming: the connection is not idle
+                # The idle timer is reset while data keeps coming: the connection is not idle.
+                await read_data(self._reader, reader, self._reset_timeout)
+        except asyncio.IncompleteReadError:
+            return  # the connection is gone
         except TimeoutError:
             logger.warning("%s: DATA not completed in time", self._peer())
             await self.push(DATA_TIMEOUT)
             if self.transport is not None:
                 self.transport.close()
             return
-        if not reader.done:
-            return  # the connection is gone
         if reader.problem is not None:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(reader.problem)
@@ -399,97 +399,6 @@ class IntakeSMTP(SMTP):
             self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
-
-
-class DataReader:
-    """The DATA section line by line: dot-unstuffing, the end marker, the limits.
-
-    Lines end at LF, so mail with bare LF line ends is read as lines, not as one over-long line
-    (clients such as smtplib send such bytes unchanged). Only ``.`` CRLF after a CRLF ends the
-    data; a dot line after a bare LF stays part of the message (no SMTP smuggling).
-    """
-
-    __slots__ = (
-        "_after_crlf",
-        "_buffer",
-        "_continues",
-        "_header",
-        "_header_bytes",
-        "_header_count",
-        "_limits",
-        "_max_size",
-        "_since_reset",
-        "_size",
-        "done",
-        "problem",
-    )
-
-    RESET_EVERY = 64 * 1024
-
-    def __init__(self, limits: SmtpLimits, max_size: int | None) -> None:
-        self._limits = limits
-        self._max_size = max_size
-        self._buffer = bytearray()
-        self._size = 0
-        self._after_crlf = True  # the start of DATA counts as after CRLF
-        self._continues = False  # the line read is the tail of an over-long line
-        self._header = True
-        self._header_count = 0
-        self._header_bytes = 0
-        self._since_reset = 0
-        self.done = False
-        self.problem: str | None = None
-
-    def feed(self, line: bytes) -> bool:
-        """Take one line (or a piece of an over-long one); True when the idle timer is due."""
-        complete = line.endswith(b"\n")
-        fresh = not self._continues
-        self._continues = not complete
-        if fresh and complete and line == b".\r\n" and self._after_crlf:
-            self.done = True
-            return False
-        if complete:
-            self._after_crlf = line.endswith(b"\r\n")
-        if fresh and line.startswith(b"."):
-            line = line[1:]
-        self._check(line, fresh, complete)
-        if self.problem is None:
-            self._buffer += line
-        self._since_reset += len(line)
-        if self._since_reset >= self.RESET_EVERY:
-            self._since_reset = 0
-            return True
-        return False
-
-    def _check(self, line: bytes, fresh: bool, complete: bool) -> None:
-        limits = self._limits
-        self._size += len(line)
-        if not complete or len(line) > limits.max_line_bytes:
-            self._fail(f"500 5.5.2 Line longer than {limits.max_line_bytes} bytes")
-        if self._max_size and self._size > self._max_size:
-            self._fail(TOO_MUCH_DATA)
-        if not self._header:
-            return
-        if fresh and line in (b"\r\n", b"\n"):
-            self._header = False
-            return
-        self._header_bytes += len(line)
-        if fresh and line[:1] not in (b" ", b"\t"):
-            self._header_count += 1
-        if self._header_count > limits.max_header_count:
-            self._fail(f"552 5.3.4 Too many header fields (more than {limits.max_header_count})")
-        if self._header_bytes > limits.max_header_bytes:
-            self._fail(f"552 5.3.4 Header section larger than {limits.max_header_bytes} bytes")
-
-    def _fail(self, reply: str) -> None:
-        if self.problem is None:
-            self.problem = reply
-            self._buffer = bytearray()  # nothing of it is kept: free the memory now
-
-    def content(self) -> bytes:
-        data = bytes(self._buffer)
-        self._buffer = bytearray()
-        return data
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mailsvc.crmstore.models import Email
 from mailsvc.ingest.parse import MimeLimitExceeded, ParseLimits, mime_shape, parse_mail
 from mailsvc.ingest.sanitize import bad_address, clean_json, clean_line, clean_text, fit_row
-from mailsvc.ingest.smtp import DataReader, SmtpLimits
+from mailsvc.ingest.smtpdata import DataLimits, DataReader
 
-LIMITS = SmtpLimits(
-    max_connections=10, max_connections_per_ip=10, max_concurrent_data=1, data_slot_wait=0,
-    max_line_bytes=100, max_header_count=5, max_header_bytes=300, idle_timeout=1,
-    data_timeout=1,
-)
+LIMITS = DataLimits(max_line_bytes=100, max_header_count=5, max_header_bytes=300)
 
 
 def read(*lines: bytes, max_size: int | None = None) -> DataReader:
-    reader = DataReader(LIMITS, max_size)
+    reader = DataReader(dataclasses.replace(LIMITS, max_size=max_size))
     for line in lines:
         assert not reader.done, "data after the end marker"
         reader.feed(line)
