@@ -7,8 +7,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailsvc.errors import ParseError
+from mailsvc.ingest import parse
 from mailsvc.ingest.parse import MAX_MESSAGE_ID, mail_key, parse_mail
 from tests.conftest import CORPUS, corpus_messages
 
@@ -53,3 +56,42 @@ def test_line_ends_do_not_change_the_key() -> None:
     lf = b"From: a@example.com\nSubject: no id\n\nline one\nline two\n"
     crlf, cr = lf.replace(b"\n", b"\r\n"), lf.replace(b"\n", b"\r")
     assert mail_key(lf) == mail_key(crlf) == mail_key(cr)
+
+
+def _full_reading(data: bytes) -> str | None:
+    """The Message-ID as the full header reading finds it (the plain shortcut switched off)."""
+    original = parse._plain_message_id
+    parse._plain_message_id = lambda head: parse._NOT_PLAIN
+    try:
+        return parse._header_message_id(data)
+    finally:
+        parse._plain_message_id = original
+
+
+def test_the_plain_header_shortcut_agrees_with_the_full_reading_on_the_corpus() -> None:
+    taken = 0
+    for path in corpus_messages():
+        data = path.read_bytes()
+        plain = parse._plain_message_id(data[:parse._HEAD_PREFIX])
+        if plain is not parse._NOT_PLAIN:
+            taken += 1
+            assert plain == _full_reading(data), path
+    assert taken > 50  # the shortcut is taken at all
+
+
+HEADER_LINES = st.sampled_from([
+    b"Message-ID: <a@Example.COM>", b"message-id:<b@x.example>", b"MESSAGE-ID:   <c@y>  ",
+    b"Message-ID: <d@z.example>\r\n <e@z.example>", b"Message-Id: no-brackets@host",
+    b"Message-ID: <>", b"Message-ID: <f@g> (comment)", b"Subject: hello", b"From: a@b.example",
+    b"X-Folded: one\r\n\ttwo", b" continuation", b"Message-ID : <h@i>", b"Bad line",
+    b"Subject: caf\xc3\xa9", b"Message-ID: <j@k>\x00", b"",
+])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(HEADER_LINES, min_size=1, max_size=8), st.sampled_from([b"\r\n", b"\n"]))
+def test_the_shortcut_agrees_on_generated_headers(lines: list[bytes], end: bytes) -> None:
+    data = end.join(lines) + end + end + b"body" + end
+    plain = parse._plain_message_id(data)
+    if plain is not parse._NOT_PLAIN:
+        assert plain == _full_reading(data)
