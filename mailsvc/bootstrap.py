@@ -12,9 +12,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailsvc.config import Settings
-from mailsvc.crmstore.db import Timeouts, create_engine, create_session_factory
+from mailsvc.crmstore.db import create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.crmstore.services.assignment import AssignmentPolicy, configure_assignment
+from mailsvc.crmstore.timeouts import Timeouts
 from mailsvc.errors import ConfigError, StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.outbound.queue import configure_sessions
@@ -107,6 +108,9 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
             mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
         relay = build_relay(settings, sessions)
         pipeline = Pipeline(sessions, settings, on_commit=relay.wake if relay else None)
-        yield Services(settings, engine, sessions, pipeline, relay)
+        try:
+            yield Services(settings, engine, sessions, pipeline, relay)
+        finally:
+            await pipeline.close()
     finally:
         await engine.dispose()

@@ -17,7 +17,6 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import event, text
@@ -30,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from mailsvc.crmstore.timeouts import Timeouts, postgres_connect_args
+
 logger = logging.getLogger(__name__)
 
 # Execution option: how a SQLite transaction begins. IMMEDIATE (the default) is right for anything
@@ -39,26 +40,6 @@ READ_ONLY: dict[str, Any] = {SQLITE_BEGIN: "DEFERRED"}
 
 # SQLSTATEs after which the same transaction may simply be tried again.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Bounds on every database wait, in seconds (0 = no bound). Defaults: README, Configuration."""
-
-    statement: float = 10.0  # server: one statement (statement_timeout)
-    lock: float = 5.0  # server: waiting for a row or table lock (lock_timeout)
-    idle_in_transaction: float = 60.0  # server: a transaction left open by a vanished client
-    command: float = 12.0  # client: one command's answer (the only bound if the server is away)
-    connect: float = 5.0  # client: opening a connection
-    pool: float = 10.0  # client: waiting for a free pooled connection
-    keepalive_idle: int = 30  # TCP keepalive, both ends: first probe after this idle time
-    keepalive_interval: int = 10  # between probes
-    keepalive_count: int = 3  # unanswered probes before the connection counts as dead
-    sqlite_busy: float = 10.0  # SQLite: waiting for another writer's lock
-
-    def for_migrations(self) -> Timeouts:
-        """Schema changes may legitimately run long and wait for another migrator's lock."""
-        return replace(self, statement=0.0, command=0.0, lock=600.0)
 
 
 def create_engine(
@@ -85,25 +66,6 @@ def create_engine(
     return engine
 
 
-def postgres_connect_args(timeouts: Timeouts) -> dict[str, Any]:
-    """asyncpg ``connect()`` arguments: client timeouts and the server-side session settings."""
-    return {
-        "timeout": timeouts.connect or None,
-        "command_timeout": timeouts.command or None,
-        "server_settings": {
-            "statement_timeout": _ms(timeouts.statement),
-            "lock_timeout": _ms(timeouts.lock),
-            "idle_in_transaction_session_timeout": _ms(timeouts.idle_in_transaction),
-            "tcp_keepalives_idle": str(timeouts.keepalive_idle),
-            "tcp_keepalives_interval": str(timeouts.keepalive_interval),
-            "tcp_keepalives_count": str(timeouts.keepalive_count),
-            "application_name": APPLICATION_NAME,
-        },
-    }
-
-
-APPLICATION_NAME = "mailsvc"
-
 # Our own transactions whose client went silent in the middle of a request: the server waits
 # for the rest of the message ("active", ClientRead), where neither statement_timeout nor
 # idle_in_transaction_session_timeout applies, and keeps the transaction's locks. TCP keepalive
@@ -129,10 +91,6 @@ async def end_stalled_transactions(session: AsyncSession, seconds: float) -> lis
         logger.warning("ended stalled database session %d (silent client for over %ss)",
                        pid, seconds)
     return ended
-
-
-def _ms(seconds: float) -> str:
-    return str(round(seconds * 1000))
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -208,6 +166,19 @@ def _tune_sqlite(engine: AsyncEngine, timeouts: Timeouts) -> None:
     def _on_begin(connection: Any) -> None:
         mode = connection.get_execution_options().get(SQLITE_BEGIN, "IMMEDIATE")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The driver's own connection (asyncpg's), lent from the engine's pool for work that needs
+    no SQLAlchemy (``intake_writer``). After an error it is thrown away, not pooled again."""
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        try:
+            yield raw.driver_connection
+        except BaseException:
+            await connection.invalidate()
+            raise
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

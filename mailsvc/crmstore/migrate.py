@@ -19,7 +19,8 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from mailsvc.crmstore.db import Timeouts, create_engine
+from mailsvc.crmstore.db import create_engine
+from mailsvc.crmstore.timeouts import Timeouts
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key shared by every mailsvc process migrating a database ("mailsvc").

@@ -18,9 +18,6 @@ from email.policy import compat32
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import mailparser
-from mailparser.utils import as_string_safe, get_addresses
-
 from mailsvc.errors import ParseError
 from mailsvc.linking.references import normalise_message_id, parse_message_ids
 from mailsvc.mail import Address, Attachment, ParsedMail
@@ -304,6 +301,8 @@ def _looks_binary(head: bytes) -> bool:
 
 def _load(data: bytes, notes: list[str]) -> tuple[Any, Message]:
     """Parse with mail-parser; fall back to the bare stdlib parser if mail-parser fails."""
+    import mailparser  # here, not above: accepting (``mail_key``) must not load it
+
     try:
         parser = mailparser.parse_from_bytes(data)
     except Exception as exc:
@@ -530,6 +529,8 @@ def _flatten(message: Message) -> bytes:
     try:
         return message.as_bytes(policy=_FLAT_POLICY)
     except Exception:
+        from mailparser.utils import as_string_safe
+
         return _to_bytes(str(as_string_safe(message)))
 
 
@@ -692,6 +693,8 @@ def _addresses(values: Iterable[str], fallback: str | None) -> tuple[Address, ..
 
 def _parse_addresses(value: str, fallback: str | None) -> list[Address]:
     """mail-parser's careful address parser; if it finds nothing, a cautious recovery."""
+    from mailparser.utils import get_addresses
+
     try:
         pairs: list[tuple[str, str]] = get_addresses(value, decode_names=False)
     except Exception:

@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
@@ -34,7 +35,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
 from mailsvc.config import Settings
-from mailsvc.crmstore.db import is_retryable, read_session
+from mailsvc.crmstore.db import driver_connection, is_retryable, read_session
+from mailsvc.crmstore.intake_writer import (
+    IntakeUnavailable,
+    IntakeWriter,
+    PostgresIntake,
+    SqliteIntake,
+    sqlite_path,
+)
 from mailsvc.crmstore.models import IntakeMail, QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
 from mailsvc.ingest.accept import Accepted, accept_mails
@@ -135,6 +143,15 @@ class _Pending:
     future: asyncio.Future[Accepted]
 
 
+def intake_writer(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> IntakeWriter:
+    """SQLite: a connection and thread of its own; PostgreSQL: connections of the pool."""
+    if settings.is_sqlite:
+        return SqliteIntake(sqlite_path(settings.database_url),
+                            settings.sqlite_busy_timeout_seconds)
+    engine = sessions.kw["bind"]
+    return PostgresIntake(partial(driver_connection, engine))
+
+
 class Pipeline:
     """Accepts mail from every adapter in groups, and decides it (here or in decide workers)."""
 
@@ -169,6 +186,7 @@ class Pipeline:
         # Adapters waiting for a decision: intake id -> (dedup key, futures).
         self._waiters: dict[int, tuple[str, list[asyncio.Future[Outcome]]]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._intake: IntakeWriter | None = None
 
     @property
     def settings(self) -> Settings:
@@ -177,6 +195,19 @@ class Pipeline:
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         return self._sessions
+
+    @property
+    def intake(self) -> IntakeWriter:
+        """What writes accepted mail (made on first use; ``close`` releases it)."""
+        if self._intake is None:
+            self._intake = intake_writer(self._sessions, self._settings)
+        return self._intake
+
+    async def close(self) -> None:
+        """Release the intake writer's connection and thread."""
+        if self._intake is not None:
+            await self._intake.close()
+            self._intake = None
 
     @property
     def decider(self) -> Decider:
@@ -242,9 +273,11 @@ class Pipeline:
     async def accept_many(self, raws: Sequence[RawMail]) -> list[Accepted]:
         """Accept mails in one transaction of the caller's (no queue, no group commit)."""
         try:
-            async with self._sessions() as session, session.begin():
-                return await accept_mails(session, raws)
-        except SQLAlchemyError as exc:
+            return await accept_mails(self.intake, raws)
+        except IntakeUnavailable as exc:
+            logger.error("accept failed for %d message(s): %s", len(raws), exc)
+            raise StoreUnavailable(f"accept failed: {exc}") from exc
+        except SQLAlchemyError as exc:  # no pooled connection to lend
             logger.error("accept failed for %d message(s): %s", len(raws), exc)
             raise StoreUnavailable(f"accept failed: {type(exc).__name__}") from exc
         except OSError as exc:

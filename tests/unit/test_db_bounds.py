@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from mailsvc.bootstrap import database_timeouts
 from mailsvc.config import load_settings
-from mailsvc.crmstore.db import Timeouts, is_retryable, is_timeout, postgres_connect_args
+from mailsvc.crmstore.db import is_retryable, is_timeout
+from mailsvc.crmstore.timeouts import Timeouts, postgres_connect_args
 
 
 def test_every_postgres_connection_gets_server_and_client_bounds() -> None:

@@ -1,0 +1,239 @@
+"""Accepted mail written to the ``intake`` table with the database driver itself.
+
+Accepting is the hot path of the SMTP intake, and all that `mailsvc ingest` does when a decide
+worker is running: per group of mails, look up which dedup keys are known (accepted, stored or
+quarantined) and insert the others. Through SQLAlchemy's async layer that costs a dozen driver
+round trips (on SQLite each one a hop to aiosqlite's thread) and statement compilation per group;
+here it is two statements in one transaction, on SQLite in one hop to the writer's own thread.
+Nothing here imports SQLAlchemy, so a piped mail is accepted by a process that loads neither the
+ORM nor the mail parser. The tables and columns are the models' (``IntakeMail``, ``Email``,
+``QuarantinedMail``); the tests accept through here and read back through the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Where = Literal["intake", "email", "quarantine"]
+_TABLES: tuple[tuple[Where, str], ...] = (
+    ("intake", "intake"), ("email", "emails"), ("quarantine", "quarantine"),
+)
+_COLUMNS = ("dedup_key", "raw", "mail_from", "rcpt_tos", "role", "source", "envelope_extra",
+            "accepted_at", "attempts")
+
+
+class IntakeUnavailable(Exception):
+    """The database did not take the group (unreachable, locked beyond the busy timeout, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRow:
+    """One accepted mail as the ``intake`` table keeps it (values already cleaned)."""
+
+    dedup_key: str
+    raw: bytes
+    mail_from: str | None
+    rcpt_tos: list[str]
+    role: str
+    source: str
+    envelope_extra: dict[str, Any]
+    accepted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What became of one row: ``new`` (inserted now, ``where`` is intake) or a duplicate of a
+    mail already in ``where`` (None: accepted meanwhile by another process, id unknown)."""
+
+    new: bool
+    where: Where | None
+    id: int | None
+
+
+def settle(rows: Sequence[IntakeRow], known: dict[str, tuple[Where, int]],
+           inserted: dict[str, int]) -> list[Written]:
+    """Each row's result, in order: known before, inserted now, or a repeat of either."""
+    results: list[Written] = []
+    seen: set[str] = set()
+    for row in rows:
+        key = row.dedup_key
+        if key in known:
+            where, row_id = known[key]
+            results.append(Written(False, where, row_id))
+        elif key in inserted and key not in seen:
+            results.append(Written(True, "intake", inserted[key]))
+        else:  # earlier in this group, or accepted meanwhile by another process
+            results.append(Written(False, "intake" if key in inserted else None,
+                                   inserted.get(key)))
+        seen.add(key)
+    return results
+
+
+def _fresh(rows: Sequence[IntakeRow], known: dict[str, tuple[Where, int]]) -> list[IntakeRow]:
+    """The rows to insert: unknown keys, each once."""
+    chosen: dict[str, IntakeRow] = {}
+    for row in rows:
+        if row.dedup_key not in known:
+            chosen.setdefault(row.dedup_key, row)
+    return list(chosen.values())
+
+
+# ---------------------------------------------------------------- SQLite
+
+class SqliteIntake:
+    """Writes on one connection of its own, in one thread of its own (sqlite3 connections stay
+    in their thread); each group is one ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
+
+    def __init__(self, path: str | None, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_ms = round(busy_timeout * 1000)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-writer")
+        self._connection: sqlite3.Connection | None = None
+
+    async def write(self, rows: Sequence[IntakeRow]) -> list[Written]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._write, list(rows))
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._path is None:
+            raise sqlite3.OperationalError(
+                "an in-memory SQLite database cannot take mail: name a file in the URL")
+        if self._connection is None:
+            connection = sqlite3.connect(self._path, isolation_level=None,
+                                         timeout=self._busy_ms / 1000)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            self._connection = connection
+        return self._connection
+
+    def _write(self, rows: list[IntakeRow]) -> list[Written]:
+        try:
+            connection = self._connect()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                known = self._known(connection, sorted({row.dedup_key for row in rows}))
+                fresh = _fresh(rows, known)
+                inserted = self._insert(connection, fresh) if fresh else {}
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self._close()  # a new connection next time: this one's state is unknown
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return settle(rows, known, inserted)
+
+    @staticmethod
+    def _known(connection: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[Where, int]]:
+        known: dict[str, tuple[Where, int]] = {}
+        for start in range(0, len(keys), 500):  # bound the parameters of one statement
+            chunk = keys[start:start + 500]
+            marks = ", ".join(f"?{i + 1}" for i in range(len(chunk)))
+            sql = " UNION ALL ".join(
+                f"SELECT dedup_key, '{where}', id FROM {table} WHERE dedup_key IN ({marks})"
+                for where, table in _TABLES)
+            for key, where, row_id in connection.execute(sql, chunk):
+                known.setdefault(key, (where, row_id))
+        return known
+
+    @staticmethod
+    def _insert(connection: sqlite3.Connection, rows: list[IntakeRow]) -> dict[str, int]:
+        inserted: dict[str, int] = {}
+        columns = ", ".join(_COLUMNS)
+        for start in range(0, len(rows), 200):
+            chunk = rows[start:start + 200]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, 0)"] * len(chunk))
+            parameters: list[Any] = []
+            for row in chunk:
+                parameters += [
+                    row.dedup_key, row.raw, row.mail_from, json.dumps(row.rcpt_tos), row.role,
+                    row.source, json.dumps(row.envelope_extra), _sqlite_time(row.accepted_at),
+                ]
+            cursor = connection.execute(
+                f"INSERT INTO intake ({columns}) VALUES {values} "
+                "ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key", parameters)
+            inserted.update((key, row_id) for row_id, key in cursor.fetchall())
+        return inserted
+
+
+def _sqlite_time(value: datetime) -> str:
+    """As SQLAlchemy's DateTime stores it on SQLite: naive UTC, microseconds."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def sqlite_path(database_url: str) -> str | None:
+    """The file of a ``sqlite+aiosqlite:///path`` URL (None for an in-memory database)."""
+    path = database_url.partition(":///")[2].partition("?")[0]
+    return None if path in ("", ":memory:") else path
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+# Lends an asyncpg connection (asyncpg ships no type information).
+Connect = Callable[[], AbstractAsyncContextManager[Any]]
+
+_PG_KNOWN = " UNION ALL ".join(
+    f"SELECT dedup_key, '{where}', id FROM {table} WHERE dedup_key = ANY($1::text[])"
+    for where, table in _TABLES)
+_PG_INSERT = (
+    f"INSERT INTO intake ({', '.join(_COLUMNS)}) "
+    "SELECT k, r, f, t::jsonb, o, s, e::jsonb, a, 0 FROM unnest("
+    "$1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
+    "$8::timestamptz[]) AS u(k, r, f, t, o, s, e, a) "
+    "ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key"
+)
+
+
+class PostgresIntake:
+    """Writes on a connection ``connect`` lends (the service's pool, or one of its own)."""
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+
+    async def write(self, rows: Sequence[IntakeRow]) -> list[Written]:
+        import asyncpg  # type: ignore[import-untyped]  # only PostgreSQL users load it
+
+        try:
+            async with self._connect() as connection, connection.transaction():
+                keys = sorted({row.dedup_key for row in rows})
+                known: dict[str, tuple[Where, int]] = {}
+                for key, where, row_id in await connection.fetch(_PG_KNOWN, keys):
+                    known.setdefault(key, (where, row_id))
+                fresh = _fresh(rows, known)
+                inserted: dict[str, int] = {}
+                if fresh:
+                    columns = list(zip(*(
+                        (r.dedup_key, r.raw, r.mail_from, json.dumps(r.rcpt_tos), r.role,
+                         r.source, json.dumps(r.envelope_extra), r.accepted_at)
+                        for r in fresh), strict=True))
+                    inserted = {key: row_id for row_id, key in
+                                await connection.fetch(_PG_INSERT, *map(list, columns))}
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return settle(rows, known, inserted)
+
+    async def close(self) -> None:
+        return None
+
+
+IntakeWriter = SqliteIntake | PostgresIntake
