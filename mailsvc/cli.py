@@ -168,6 +168,9 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
     from mailsvc.ingest.decider import Decider, parse_pool
 
     jobs = settings.effective_decide_jobs
+    if settings.decide_nice:
+        # Accepting answers SMTP clients while they wait; deciding catches up from the store.
+        os.nice(settings.decide_nice)  # before the parse pool starts: it inherits the priority
     async with open_services(settings, migrate=migrate) as services:
         with parse_pool(jobs) as pool:
             decider = Decider(services.pipeline, parse_pool=pool)

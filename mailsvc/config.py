@@ -294,6 +294,9 @@ class Settings(BaseSettings):
     # Processes parsing for each decide worker (unset: one per core on SQLite, where one worker
     # claims; 1 = parse in the worker itself, the default on PostgreSQL with a worker per core).
     decide_jobs: int | None = Field(default=None, ge=1, le=256)
+    # Scheduling priority (nice) of decide worker processes: under load the CPU goes to
+    # accepting first (SMTP clients wait for the 250), deciding catches up. 0 = as the service.
+    decide_nice: int = Field(default=10, ge=0, le=19)
 
     default_owner_email: str | None = None
     # The user (by e-mail address) who owns what arrives on each intake address when no record,

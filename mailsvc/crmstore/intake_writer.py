@@ -58,6 +58,51 @@ class Written:
     id: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A decided mail as the store keeps it: an e-mail (with its first link of each kind, in
+    link order) or a quarantine entry."""
+
+    outcome: str
+    email_id: int | None = None
+    message_id: str | None = None
+    rule: str | None = None
+    notes: tuple[str, ...] = ()
+    automatic: bool = False
+    links: dict[str, int] | None = None
+    quarantine_id: int | None = None
+    reason: str | None = None
+
+
+def _decisions(emails: Sequence[Sequence[Any]], links: Sequence[Sequence[Any]],
+               quarantined: Sequence[Sequence[Any]]) -> dict[str, Decision]:
+    """Decisions by dedup key from the rows of ``_DECIDED_SQL``' three queries."""
+    by_email: dict[int, dict[str, int]] = {}
+    for email_id, target, target_id in links:
+        by_email.setdefault(email_id, {}).setdefault(str(target), target_id)
+    found = {
+        key: Decision(str(outcome), email_id=email_id, message_id=message_id, rule=rule,
+                      notes=tuple(_json(notes) or ()), automatic=bool(automatic),
+                      links=by_email.get(email_id, {}))
+        for email_id, key, message_id, outcome, rule, notes, automatic in emails
+    }
+    for key, quarantine_id, reason in quarantined:
+        found.setdefault(key, Decision("quarantined", quarantine_id=quarantine_id,
+                                       reason=str(reason)))
+    return found
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+_EMAILS = ("SELECT id, dedup_key, message_id, outcome, rule, notes, automatic FROM emails "
+           "WHERE dedup_key IN ({keys})")
+_LINKS = ("SELECT email_id, target_type, target_id FROM email_links WHERE email_id IN "
+          "(SELECT id FROM emails WHERE dedup_key IN ({keys})) ORDER BY id")
+_QUARANTINED = "SELECT dedup_key, id, reason FROM quarantine WHERE dedup_key IN ({keys})"
+
+
 def settle(rows: Sequence[IntakeRow], known: dict[str, tuple[Where, int]],
            inserted: dict[str, int]) -> list[Written]:
     """Each row's result, in order: known before, inserted now, or a repeat of either."""
@@ -106,6 +151,26 @@ class SqliteIntake:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
+
+    async def decisions(self, keys: Sequence[str]) -> dict[str, Decision]:
+        """How the mails with these dedup keys were decided (keys not decided yet are left out)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._decisions, list(keys))
+
+    def _decisions(self, keys: list[str]) -> dict[str, Decision]:
+        found: dict[str, Decision] = {}
+        try:
+            connection = self._connect()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ", ".join(f"?{i + 1}" for i in range(len(chunk)))
+                found.update(_decisions(*(
+                    connection.execute(sql.format(keys=marks), chunk).fetchall()
+                    for sql in (_EMAILS, _LINKS, _QUARANTINED))))
+        except sqlite3.Error as exc:
+            self._close()
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return found
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -231,6 +296,19 @@ class PostgresIntake:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return settle(rows, known, inserted)
+
+    async def decisions(self, keys: Sequence[str]) -> dict[str, Decision]:
+        """How the mails with these dedup keys were decided (keys not decided yet are left out)."""
+        import asyncpg
+
+        try:
+            async with self._connect() as connection:
+                results = [await connection.fetch(sql.format(keys="SELECT unnest($1::text[])"),
+                                                  list(keys))
+                           for sql in (_EMAILS, _LINKS, _QUARANTINED)]
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return _decisions(*results)
 
     async def close(self) -> None:
         return None

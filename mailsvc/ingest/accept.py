@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mailsvc.crmstore.intake_writer import IntakeRow, IntakeWriter, Written
-from mailsvc.ingest.outcome import Outcome
+from mailsvc.crmstore.intake_writer import Decision, IntakeRow, IntakeWriter, Written
+from mailsvc.ingest.outcome import Outcome, OutcomeKind, stored_reason
 from mailsvc.ingest.parse import mail_key
 from mailsvc.ingest.sanitize import clean_json, clean_text
 from mailsvc.mail import Envelope, RawMail, Role
@@ -22,7 +22,8 @@ from mailsvc.mail import Envelope, RawMail, Role
 if TYPE_CHECKING:
     from mailsvc.crmstore.models import IntakeMail
 
-__all__ = ["Accepted", "accept_mails", "envelope_extra", "intake_row", "mail_key", "raw_of"]
+__all__ = ["Accepted", "accept_mails", "envelope_extra", "intake_row", "mail_key", "raw_of",
+           "stored_outcomes"]
 
 # The Envelope fields with columns of their own; any other field goes to envelope_extra.
 _ENVELOPE_COLUMNS = {"mail_from": "mail_from", "rcpt_tos": "rcpt_tos", "role": "role",
@@ -115,3 +116,22 @@ async def accept_mails(writer: IntakeWriter, raws: Sequence[RawMail]) -> list[Ac
     written = await writer.write([intake_row(raw, key) for raw, key in zip(raws, keys,
                                                                              strict=True)])
     return [Accepted(key, _outcome(w)) for key, w in zip(keys, written, strict=True)]
+
+
+def outcome_of(decision: Decision) -> Outcome:
+    """The outcome a decided mail had, as read back from the store."""
+    if decision.quarantine_id is not None:
+        return Outcome("quarantined", quarantine_id=decision.quarantine_id,
+                       reason=stored_reason(decision.reason or ""))
+    kind: OutcomeKind = decision.outcome  # type: ignore[assignment]
+    return Outcome(kind, email_id=decision.email_id, message_id=decision.message_id,
+                   rule=decision.rule, links=dict(decision.links or {}), notes=decision.notes,
+                   automatic=decision.automatic)
+
+
+async def stored_outcomes(writer: IntakeWriter, keys: Sequence[str]) -> dict[str, Outcome]:
+    """The outcomes of decided mails, read back from the store by dedup key."""
+    if not keys:
+        return {}
+    return {key: outcome_of(d) for key, d in (await writer.decisions(keys)).items()}
+

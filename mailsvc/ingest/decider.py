@@ -42,10 +42,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailsvc import metrics
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.db import end_stalled_transactions, read_session
-from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, QuarantinedMail
+from mailsvc.crmstore.models import IntakeMail
 from mailsvc.errors import StoreUnavailable
-from mailsvc.ingest.accept import raw_of
-from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason, stored_reason
+from mailsvc.ingest.accept import raw_of, stored_outcomes
+from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason
 from mailsvc.ingest.pipeline import PrepareOptions, prepare_item, store_unavailable
 from mailsvc.ingest.store import Prepared, quarantine
 from mailsvc.mail import RawMail
@@ -102,36 +102,6 @@ async def backlog(session: AsyncSession) -> Backlog:
 
         oldest = oldest.replace(tzinfo=UTC)
     return Backlog(int(count or 0), oldest)
-
-
-async def stored_outcomes(session: AsyncSession, keys: Sequence[str]) -> dict[str, Outcome]:
-    """The outcomes of decided mails, read back from the store by dedup key."""
-    if not keys:
-        return {}
-    found: dict[str, Outcome] = {}
-    rows = list(await session.execute(
-        select(Email.id, Email.dedup_key, Email.message_id, Email.outcome, Email.rule,
-               Email.notes, Email.automatic).where(Email.dedup_key.in_(keys))
-    ))
-    links: dict[int, dict[str, int | None]] = {row.id: {} for row in rows}
-    if rows:
-        for email_id, target, target_id in await session.execute(
-            select(EmailLink.email_id, EmailLink.target_type, EmailLink.target_id)
-            .where(EmailLink.email_id.in_(list(links))).order_by(EmailLink.id)
-        ):
-            links[email_id].setdefault(str(target), target_id)
-    for row in rows:
-        found[row.dedup_key] = Outcome(
-            row.outcome, email_id=row.id, message_id=row.message_id, rule=row.rule,
-            links=links[row.id], notes=tuple(row.notes or ()), automatic=row.automatic,
-        )
-    for key, quarantine_id, reason in await session.execute(
-        select(QuarantinedMail.dedup_key, QuarantinedMail.id, QuarantinedMail.reason)
-        .where(QuarantinedMail.dedup_key.in_(keys))
-    ):
-        found.setdefault(key, Outcome("quarantined", quarantine_id=quarantine_id,
-                                      reason=stored_reason(reason)))
-    return found
 
 
 def prepare_items(raws: Sequence[RawMail], options: PrepareOptions) -> list[Prepared]:
@@ -236,14 +206,9 @@ class Decider:
                 if intake_id in done:
                     results[intake_id] = done[intake_id]
                     del pending[intake_id]
-            if pending and not done:
-                async with read_session(self._sessions) as session:
-                    present = set(await session.scalars(
-                        select(IntakeMail.id).where(IntakeMail.id.in_(list(pending)))
-                    ))
-                    gone = {i: k for i, k in pending.items() if i not in present}
-                    found = await stored_outcomes(session, list(gone.values()))
-                for intake_id, key in gone.items():
+            if pending and not done:  # decided by another process?
+                found = await stored_outcomes(self._pipeline.intake, list(pending.values()))
+                for intake_id, key in list(pending.items()):
                     if key in found:
                         results[intake_id] = found[key]
                         del pending[intake_id]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
 from mailsvc.config import Settings
-from mailsvc.crmstore.db import driver_connection, is_retryable, read_session
+from mailsvc.crmstore.db import driver_connection, is_retryable
 from mailsvc.crmstore.intake_writer import (
     IntakeUnavailable,
     IntakeWriter,
@@ -43,9 +43,9 @@ from mailsvc.crmstore.intake_writer import (
     SqliteIntake,
     sqlite_path,
 )
-from mailsvc.crmstore.models import IntakeMail, QuarantinedMail
+from mailsvc.crmstore.models import QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
-from mailsvc.ingest.accept import Accepted, accept_mails
+from mailsvc.ingest.accept import Accepted, accept_mails, stored_outcomes
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import (
@@ -380,24 +380,17 @@ class Pipeline:
                     future.set_result(outcome)
 
     async def _watch(self) -> None:
-        """Resolve waiters whose mail another process decided: their intake row is gone."""
-        from mailsvc.ingest.decider import stored_outcomes
-
+        """Resolve waiters whose mail another process decided: its e-mail or quarantine entry
+        is there (written in the transaction that removed it from the intake)."""
         while self._waiters:
             await asyncio.sleep(self._settings.decide_poll_ms / 1000)
-            ids = list(self._waiters)
+            waiting = {i: key for i, (key, _) in self._waiters.items()}
             try:
-                async with read_session(self._sessions) as session:
-                    present = set(await session.scalars(
-                        select(IntakeMail.id).where(IntakeMail.id.in_(ids))
-                    ))
-                    gone = {i: self._waiters[i][0] for i in ids
-                            if i not in present and i in self._waiters}
-                    found = await stored_outcomes(session, list(gone.values())) if gone else {}
-            except (SQLAlchemyError, OSError) as exc:
-                logger.warning("watching for decisions failed: %r", exc)
+                found = await stored_outcomes(self.intake, list(waiting.values()))
+            except IntakeUnavailable as exc:
+                logger.warning("watching for decisions failed: %s", exc)
                 continue
-            self._resolve({i: found[key] for i, key in gone.items() if key in found})
+            self._resolve({i: found[key] for i, key in waiting.items() if key in found})
 
     # ------------------------------------------------------------------ decide
 
