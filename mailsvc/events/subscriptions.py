@@ -61,6 +61,8 @@ async def create_webhook(
     session.add(hook)
     await session.flush()
     record_event(session, "webhook.created", _about(hook), subject=f"webhook/{hook.id}")
+    await session.flush()
+    hook.start_seq = await last_seq(session)  # from the next event on, not its own creation
     return Created(hook, secret)
 
 
@@ -93,7 +95,6 @@ async def update_webhook(
         hook.consecutive_failures = 0
         hook.failing_since = None
         hook.paused_until = None
-        hook.start_seq = await last_seq(session)
         await session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.webhook_id == hook.id,
@@ -110,6 +111,9 @@ async def update_webhook(
         record_event(session, "webhook.updated",
                      {**_about(hook), "enabled": hook.enabled, "changed": changed},
                      subject=f"webhook/{hook.id}")
+    if enabled is True and "enabled" in changed:
+        await session.flush()
+        hook.start_seq = await last_seq(session)  # from the next event on
     return hook
 
 
