@@ -43,7 +43,7 @@ def receiver(statuses: list[int] | None = None, path: str = "/hook") -> Iterator
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the dispatcher's client uses it
 
-        def do_POST(self) -> None:  # noqa: N802 (the http.server interface)
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             status = state.answer(Received(
@@ -52,7 +52,7 @@ def receiver(statuses: list[int] | None = None, path: str = "/hook") -> Iterator
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
