@@ -1,9 +1,9 @@
-"""Wires the real parts together (engine, pipeline, relay) from one Settings object."""
+"""Wires the real parts together (engine, pipeline, relay, webhooks) from one Settings object."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from mailsvc.outbound.queue import configure_sessions
 
 if TYPE_CHECKING:
     from mailsvc.events.relay import Relay
+    from mailsvc.events.webhooks import WebhookDispatcher
     from mailsvc.ingest.imap import MailboxPoller
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class Services:
     relay: Relay | None
     # The IMAP pollers `mailsvc serve` runs, so /readyz can tell how each mailbox is doing.
     mailboxes: list[MailboxPoller] = field(default_factory=list)
+    # Told after each commit that wrote events (the relay; the webhook dispatcher once started).
+    wakers: list[Callable[[], None]] = field(default_factory=list)
 
 
 async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
@@ -96,6 +99,17 @@ def build_relay(settings: Settings, sessions: async_sessionmaker[AsyncSession]) 
     )
 
 
+def build_webhooks(services: Services) -> WebhookDispatcher:
+    """The webhook dispatcher (docs/events.md#webhooks): it runs with or without a broker, so
+    every process that relays starts one; imported only here, so short commands never load the
+    HTTP client."""
+    from mailsvc.events.webhooks import WebhookDispatcher
+
+    dispatcher = WebhookDispatcher(services.sessions, services.settings)
+    services.wakers.append(dispatcher.wake)
+    return dispatcher
+
+
 @asynccontextmanager
 async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
     engine = create_engine(settings.database_url, database_timeouts(settings))
@@ -107,9 +121,15 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
         configure_assignment(sessions, AssignmentPolicy(
             mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
         relay = build_relay(settings, sessions)
-        pipeline = Pipeline(sessions, settings, on_commit=relay.wake if relay else None)
+        wakers: list[Callable[[], None]] = [relay.wake] if relay else []
+
+        def wake_all() -> None:
+            for wake in wakers:
+                wake()
+
+        pipeline = Pipeline(sessions, settings, on_commit=wake_all)
         try:
-            yield Services(settings, engine, sessions, pipeline, relay)
+            yield Services(settings, engine, sessions, pipeline, relay, wakers=wakers)
         finally:
             await pipeline.close()
     finally:

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mailsvc.bootstrap import Services, open_services
+from mailsvc.bootstrap import Services, build_webhooks, open_services
 from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
@@ -103,7 +103,7 @@ def serve(
         exit_with_parent()
         plan = plan_worker(settings, worker_index)
         _run(_serve(worker_settings(settings, plan), relay=plan.relay,
-                    decide_here=decide_workers == 0))
+                    webhooks=plan.index == 0, decide_here=decide_workers == 0))
         _exit_now(EX_OK)
     count = workers or settings.workers
     single = count == 1 and decide_workers == 0
@@ -193,7 +193,8 @@ async def _migrate(settings: Settings) -> None:
         await engine.dispose()
 
 
-async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = False) -> None:
+async def _serve(settings: Settings, *, relay: bool = True, webhooks: bool = True,
+                 decide_here: bool = False) -> None:
     from mailsvc.crmstore.privacy import retention_loop
     from mailsvc.ingest.imap import build_pollers
     from mailsvc.ingest.smtp import start_smtp
@@ -223,6 +224,8 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
             tasks.append(asyncio.create_task(services.relay.run(), name="relay"))
         elif services.relay is None:
             logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
+        if webhooks:  # with or without a broker (docs/events.md#webhooks)
+            tasks.append(asyncio.create_task(build_webhooks(services).run(), name="webhooks"))
         if settings.api_enabled:
             tasks.append(asyncio.create_task(_serve_api(services, api_sockets), name="api"))
         if settings.retention_days is not None:
@@ -576,17 +579,29 @@ def status(
 
 
 @app.command()
-def relay() -> None:
-    """Run only the event relay (outbox -> RabbitMQ) until SIGTERM or Ctrl-C."""
+def relay(
+    webhooks: Annotated[bool, typer.Option(
+        help="Also deliver webhooks (one process among those on a database is enough).")] = True,
+) -> None:
+    """Run only the event relay (outbox -> RabbitMQ) and the webhook dispatcher (outbox -> HTTP)
+    until SIGTERM or Ctrl-C."""
     settings = _settings()
-    if settings.amqp_url is None:
-        err.print("[red]MAILSVC_AMQP_URL is not set[/red]")
+    if settings.amqp_url is None and not webhooks:
+        err.print("[red]MAILSVC_AMQP_URL is not set (and --no-webhooks): nothing to do[/red]")
         raise typer.Exit(EX_CONFIG)
 
     async def go() -> None:
         async with open_services(settings) as services:
-            assert services.relay is not None
-            await _until_stopped(services.relay.run())
+            work = [build_webhooks(services).run()] if webhooks else []
+            if services.relay is not None:
+                work.append(services.relay.run())
+            else:
+                logger.info("no MAILSVC_AMQP_URL: only webhooks are delivered")
+
+            async def all_of() -> None:
+                await asyncio.gather(*work)
+
+            await _until_stopped(all_of())
 
     _run(go())
 

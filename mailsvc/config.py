@@ -336,6 +336,25 @@ class Settings(BaseSettings):
     relay_publish_timeout_seconds: float = Field(default=10.0, gt=0)
     relay_reconnect_max_seconds: float = Field(default=5.0, gt=0)
     relay_unroutable_retry_seconds: float = Field(default=30.0, gt=0)
+    # --- webhooks (docs/events.md#webhooks): the outbox delivered over HTTP, beside the relay ---
+    # Deliver to loopback, private, link-local and other non-public addresses (SSRF guard; off:
+    # only public addresses, checked at every connection, so DNS cannot point a receiver inward).
+    webhook_allow_private: bool = False
+    # One request's whole time (connect, send, answer) before it counts as a failed attempt.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Attempts of one delivery before it fails for good.
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
+    # The first retry's delay; each further one doubles it, up to webhook_retry_max_seconds.
+    webhook_retry_initial_seconds: float = Field(default=30.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=21600.0, gt=0)
+    # A subscription is disabled after this many deliveries in a row failed for good, or when
+    # every attempt has failed for webhook_disable_after_hours.
+    webhook_disable_after_failures: int = Field(default=5, ge=1)
+    webhook_disable_after_hours: float = Field(default=24.0, gt=0)
+    # How often the dispatcher looks for new events and due retries when nothing woke it.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    # Requests in flight at once (each subscription gets its events one at a time, in order).
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
     # --- outbound mail (docs/outbound.md) ---
     # The relay replies and acknowledgements go out through: smtp://[user:pass@]host[:port]
     # [?starttls=required|opportunistic|none], or smtps://...; unset: the API refuses to send.

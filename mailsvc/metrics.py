@@ -113,6 +113,21 @@ def _metrics() -> Any:
             "Relay publish stage: time to publish one batch and receive the broker's confirms.",
             buckets=STAGE_BUCKETS,
         ),
+        webhook_attempts=Counter(
+            "mailsvc_webhook_attempts",
+            "Webhook requests by outcome (delivered: 2xx; retry: it will be tried again; failed: "
+            "the delivery failed for good).",
+            ["outcome"],
+        ),
+        webhook_seconds=Histogram(
+            "mailsvc_webhook_request_seconds",
+            "Time of one webhook request, until the receiver's answer or the error.",
+            buckets=STAGE_BUCKETS,
+        ),
+        webhooks_disabled=Counter(
+            "mailsvc_webhooks_disabled",
+            "Webhook subscriptions disabled automatically after repeated failure.",
+        ),
         fallbacks=Counter(
             "mailsvc_intake_fallbacks",
             "Groups redone mail by mail after the fast path failed (a concurrent writer, an odd "
@@ -197,6 +212,21 @@ def record_relay_batch(size: int, seconds: float, published: int, unroutable: in
         found.relay_failed.labels(reason="unroutable").inc(unroutable)
     if unconfirmed:
         found.relay_failed.labels(reason="unconfirmed").inc(unconfirmed)
+
+
+def record_webhook_attempt(outcome: str, seconds: float) -> None:
+    """One webhook request: ``delivered``, ``retry`` or ``failed``."""
+    if not _enabled:
+        return
+    found = _metrics()
+    found.webhook_attempts.labels(outcome=outcome).inc()
+    found.webhook_seconds.observe(seconds)
+
+
+def record_webhook_disabled() -> None:
+    if not _enabled:
+        return
+    _metrics().webhooks_disabled.inc()
 
 
 @cache

@@ -39,6 +39,7 @@ TAGS: list[dict[str, str]] = [
     {"name": "settings", "description": "Lists, territories, teams, campaigns, loss reasons."},
     {"name": "reports", "description": "Dashboard figures."},
     {"name": "privacy", "description": "Erasure of personal data and its audit trail."},
+    {"name": "webhooks", "description": "Events POSTed to your URLs, signed; the delivery log."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 

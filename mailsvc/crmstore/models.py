@@ -867,5 +867,6 @@ class LineItem(Base):
     net: Mapped[Decimal] = mapped_column(Money)
 
 
-# Outbound mail's tables live in their own module; imported here so they register with the rest.
-from mailsvc.crmstore import outbound_models  # noqa: E402, F401
+# Outbound mail's and webhooks' tables live in their own modules; imported here so they register
+# with the rest.
+from mailsvc.crmstore import outbound_models, webhook_models  # noqa: E402, F401

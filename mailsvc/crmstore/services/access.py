@@ -19,14 +19,15 @@ from mailsvc.errors import Conflict, RuleViolation
 KEY_PREFIX = "msk_"
 
 # What each role may change (POST, PUT, PATCH, DELETE), by the first path segment under
-# /api/v1. Every role may read everything except the keys; admins may change everything.
+# /api/v1. Every role may read everything except the keys and the webhooks (their URLs and delivery
+# log); admins may change everything.
 WRITABLE: dict[str, frozenset[str]] = {
     UserRole.SALES: frozenset({
         "accounts", "contacts", "inbox-leads", "opportunities", "activities", "quotes",
         "orders", "invoices", "emails", "tags", "products"}),
     UserRole.SUPPORT: frozenset({"tickets", "activities", "contacts", "accounts", "emails"}),
 }
-ADMIN_ONLY_READS = frozenset({"keys"})
+ADMIN_ONLY_READS = frozenset({"keys", "webhooks"})
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
