@@ -1,5 +1,5 @@
 """Entry point for ``python -m mailsvc``."""
 
-from mailsvc.cli import main
+from mailsvc.entry import main
 
 main()

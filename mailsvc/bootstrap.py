@@ -15,8 +15,8 @@ from mailsvc.config import Settings
 from mailsvc.crmstore.db import create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.crmstore.services.assignment import AssignmentPolicy, configure_assignment
-from mailsvc.crmstore.timeouts import Timeouts
 from mailsvc.errors import ConfigError, StoreUnavailable
+from mailsvc.ingest.handover import database_timeouts
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.outbound.queue import configure_sessions
 
@@ -68,20 +68,6 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
-def database_timeouts(settings: Settings) -> Timeouts:
-    """The bounds on every database wait, from the settings (docs/reliability.md)."""
-    return Timeouts(
-        statement=settings.db_statement_timeout_seconds,
-        lock=settings.db_lock_timeout_seconds,
-        idle_in_transaction=settings.db_idle_in_transaction_timeout_seconds,
-        command=settings.db_command_timeout_seconds,
-        connect=settings.db_connect_timeout_seconds,
-        pool=settings.db_pool_timeout_seconds,
-        keepalive_idle=settings.db_tcp_keepalive_seconds,
-        sqlite_busy=settings.sqlite_busy_timeout_seconds,
-    )
-
-
 def build_relay(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Relay | None:
     if settings.amqp_url is None:
         return None
@@ -111,8 +97,12 @@ def build_webhooks(services: Services) -> WebhookDispatcher:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
-    engine = create_engine(settings.database_url, database_timeouts(settings))
+async def open_services(
+    settings: Settings, *, migrate: bool = True, application_name: str | None = None
+) -> AsyncIterator[Services]:
+    """The wired service; ``application_name`` names its PostgreSQL sessions (default
+    ``mailsvc``; decide workers: ``mailsvc-decide``)."""
+    engine = create_engine(settings.database_url, database_timeouts(settings), application_name)
     try:
         if migrate:
             await ensure_schema(engine, settings)

@@ -171,7 +171,10 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
     if settings.decide_nice:
         # Accepting answers SMTP clients while they wait; deciding catches up from the store.
         os.nice(settings.decide_nice)  # before the parse pool starts: it inherits the priority
-    async with open_services(settings, migrate=migrate) as services:
+    from mailsvc.crmstore.intake_writer import DECIDE_APPLICATION
+
+    async with open_services(settings, migrate=migrate,
+                             application_name=DECIDE_APPLICATION) as services:
         with parse_pool(jobs) as pool:
             decider = Decider(services.pipeline, parse_pool=pool)
             logger.info("decide worker running (%d parsing process(es))", jobs)
@@ -279,31 +282,36 @@ def ingest(
     66 a file is missing, 75 try again later: the store is unavailable or the configuration is
     wrong (an MTA defers the mail instead of bouncing it while the settings get fixed).
     """
-    from mailsvc import metrics
+    from mailsvc.ingest.handover import InputError, read_inputs
 
-    metrics.disable()  # one process per mail: nobody scrapes it
     settings = _settings(config_exit=EX_TEMPFAIL)
     role, address = _role_for(settings, to)
-    raws: list[RawMail] = []
-    for name in files:
-        try:
-            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        except OSError as exc:
-            err.print(f"[red]cannot read {name}: {exc.strerror}[/red]")
-            raise typer.Exit(EX_NOINPUT) from None
-        envelope = Envelope(sender, (address,), role, "stdin" if name == "-" else "file")
-        raws.append(RawMail(data, envelope))
+    try:
+        raws = read_inputs(files, address, role, sender)
+    except InputError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EX_NOINPUT) from None
+    from mailsvc.entry import ingest_mails
+
+    raise typer.Exit(ingest_mails(settings, raws))
+
+
+def ingest_inline(settings: Settings, raws: list[RawMail]) -> int:
+    """Accept and decide the mails in this process; print the outcomes; the exit status.
+    (`mailsvc ingest` beside a running decide worker only accepts: ``ingest/handover.py``.)"""
+    from mailsvc import metrics
+    from mailsvc.ingest.handover import print_outcomes
+
+    metrics.disable()  # one process per mail: nobody scrapes it
+    configure_logging(settings.log_level, settings.log_format)
     try:
         outcomes = _run(_ingest(settings, raws), config_exit=EX_TEMPFAIL)
-    except typer.Exit:
-        raise
+    except typer.Exit as exc:
+        return int(exc.exit_code)
     except Exception as exc:  # never die with a traceback: an MTA would bounce the mail
         err.print(f"[red]temporary failure: {exc!r}[/red]")
-        raise typer.Exit(EX_TEMPFAIL) from None
-    for outcome in outcomes:
-        sys.stdout.write(json.dumps(outcome.to_json(), ensure_ascii=False) + "\n")
-    if any(o.mail_at_fault for o in outcomes):
-        raise typer.Exit(EX_DATAERR)
+        return EX_TEMPFAIL
+    return print_outcomes(outcomes)
 
 
 async def _ingest(settings: Settings, raws: list[RawMail]) -> list[Outcome]:

@@ -297,6 +297,9 @@ class Settings(BaseSettings):
     # Scheduling priority (nice) of decide worker processes: under load the CPU goes to
     # accepting first (SMTP clients wait for the 250), deciding catches up. 0 = as the service.
     decide_nice: int = Field(default=10, ge=0, le=19)
+    # `mailsvc ingest` beside a running decide worker: how long it waits for the decision to
+    # print it (a mail not decided by then is printed as accepted; it is decided soon after).
+    ingest_wait_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     default_owner_email: str | None = None
     # The user (by e-mail address) who owns what arrives on each intake address when no record,

@@ -43,7 +43,8 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, de
 
 
 def create_engine(
-    database_url: str, timeouts: Timeouts | None = None, **kwargs: Any
+    database_url: str, timeouts: Timeouts | None = None, application_name: str | None = None,
+    **kwargs: Any,
 ) -> AsyncEngine:
     """An engine for the URL with every wait bounded by ``timeouts`` (defaults if not given).
 
@@ -59,7 +60,8 @@ def create_engine(
         kwargs.setdefault("max_overflow", 10)
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_timeout", timeouts.pool or None)
-    connect_args = postgres_connect_args(timeouts)
+    connect_args = (postgres_connect_args(timeouts, application_name) if application_name
+                    else postgres_connect_args(timeouts))
     connect_args.update(kwargs.pop("connect_args", {}))
     engine = create_async_engine(database_url, connect_args=connect_args, **kwargs)
     _tune_postgres(engine, timeouts)

@@ -13,9 +13,12 @@ ORM nor the mail parser. The tables and columns are the models' (``IntakeMail``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -23,6 +26,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 Where = Literal["intake", "email", "quarantine"]
+# The application name decide worker processes connect to PostgreSQL with: while one is connected,
+# `mailsvc ingest` only accepts and lets it decide.
+DECIDE_APPLICATION = "mailsvc-decide"
+_REVISION = "SELECT version_num FROM alembic_version"
+_DECIDERS = ("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+             "AND application_name = $1)")
 _TABLES: tuple[tuple[Where, str], ...] = (
     ("intake", "intake"), ("email", "emails"), ("quarantine", "quarantine"),
 )
@@ -172,6 +181,25 @@ class SqliteIntake:
             raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return found
 
+    async def revision(self) -> str | None:
+        """The schema revision in ``alembic_version`` (None: not there)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._revision)
+
+    def _revision(self) -> str | None:
+        try:
+            row = self._connect().execute(_REVISION).fetchone()
+        except sqlite3.OperationalError:
+            return None  # no such table: an empty database
+        except sqlite3.Error as exc:
+            self._close()
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return str(row[0]) if row else None
+
+    async def deciders_running(self) -> bool:
+        """Whether a decide loop holds the database's decide lock (``decide_lock``)."""
+        return self._path is not None and held_elsewhere(decide_lock_path(self._path))
+
     def _close(self) -> None:
         if self._connection is not None:
             self._connection.close()
@@ -246,6 +274,41 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def decide_lock_path(database: str) -> str:
+    """The file a decide loop holds a shared lock on while it runs (beside the database)."""
+    return f"{database}-decide.lock"
+
+
+@contextlib.contextmanager
+def decide_lock(database: str | None) -> Iterator[None]:
+    """Hold the decide lock of a SQLite database while deciding (shared: several may). The
+    kernel drops it with the process, so a killed worker is never taken for a running one."""
+    if database is None:
+        yield
+        return
+    descriptor = os.open(decide_lock_path(database), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def held_elsewhere(path: str) -> bool:
+    """Whether another process holds a lock on ``path`` (an exclusive one cannot be had)."""
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
+
+
 def sqlite_path(database_url: str) -> str | None:
     """The file of a ``sqlite+aiosqlite:///path`` URL (None for an in-memory database)."""
     path = database_url.partition(":///")[2].partition("?")[0]
@@ -309,6 +372,29 @@ class PostgresIntake:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return _decisions(*results)
+
+    async def revision(self) -> str | None:
+        """The schema revision in ``alembic_version`` (None: not there)."""
+        import asyncpg
+
+        try:
+            async with self._connect() as connection:
+                found = await connection.fetchval(_REVISION)
+        except asyncpg.UndefinedTableError:
+            return None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return str(found) if found else None
+
+    async def deciders_running(self) -> bool:
+        """Whether a decide worker process is connected (``DECIDE_APPLICATION``)."""
+        import asyncpg
+
+        try:
+            async with self._connect() as connection:
+                return bool(await connection.fetchval(_DECIDERS, DECIDE_APPLICATION))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         return None

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 VERSIONS = Path(__file__).with_name("migrations") / "versions"
 
@@ -42,6 +42,9 @@ def script_head() -> str | None:
 
 async def database_revision(engine: AsyncEngine) -> str | None:
     """The revision in ``alembic_version`` (None: no such table, or empty)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
     async with engine.connect() as conn:
         try:
             found = await conn.scalar(text("SELECT version_num FROM alembic_version"))

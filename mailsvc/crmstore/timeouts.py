@@ -33,7 +33,9 @@ class Timeouts:
         return replace(self, statement=0.0, command=0.0, lock=600.0)
 
 
-def postgres_connect_args(timeouts: Timeouts) -> dict[str, Any]:
+def postgres_connect_args(
+    timeouts: Timeouts, application_name: str = APPLICATION_NAME
+) -> dict[str, Any]:
     """asyncpg ``connect()`` arguments: client timeouts and the server-side session settings."""
     return {
         "timeout": timeouts.connect or None,
@@ -45,7 +47,7 @@ def postgres_connect_args(timeouts: Timeouts) -> dict[str, Any]:
             "tcp_keepalives_idle": str(timeouts.keepalive_idle),
             "tcp_keepalives_interval": str(timeouts.keepalive_interval),
             "tcp_keepalives_count": str(timeouts.keepalive_count),
-            "application_name": APPLICATION_NAME,
+            "application_name": application_name,
         },
     }
 

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailsvc import metrics
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.db import end_stalled_transactions, read_session
+from mailsvc.crmstore.intake_writer import decide_lock, sqlite_path
 from mailsvc.crmstore.models import IntakeMail
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.accept import raw_of, stored_outcomes
@@ -169,7 +170,13 @@ class Decider:
         self._wake.clear()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Decide until ``stop`` is set (the current step finishes first)."""
+        """Decide until ``stop`` is set (the current step finishes first). On SQLite the decide
+        lock is held meanwhile: `mailsvc ingest` then leaves deciding to this loop."""
+        settings = self._pipeline.settings
+        with decide_lock(sqlite_path(settings.database_url) if settings.is_sqlite else None):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = self._poll
         while not stop.is_set():
             try:

@@ -1,0 +1,85 @@
+"""The ``mailsvc`` console script. `mailsvc ingest` of mail goes the short way first: handed
+to a running decide worker (``ingest/handover.py``) without loading the rest of mailsvc; anything
+else, and ingest without a running worker, is the full command line (``cli.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailsvc.config import Settings
+    from mailsvc.mail import RawMail
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["ingest"]:
+        status = _ingest(sys.argv[2:])
+        if status is not None:
+            sys.exit(status)
+    from mailsvc.cli import main as full
+
+    full()
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace | None:
+    """``FILES... [--to ADDRESS] [--from ADDRESS]``; None for anything else (help, a typo):
+    the full command line answers those in its own words."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--to")
+    parser.add_argument("--from", dest="sender")
+    try:
+        arguments, unknown = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    if unknown or any(name.startswith("-") and name != "-" for name in arguments.files):
+        return None
+    return arguments
+
+
+def _ingest(argv: list[str]) -> int | None:
+    """`mailsvc ingest ARGS` the short way: the exit status, or None for the full command (it
+    reports usage and configuration errors)."""
+    from mailsvc.config import load_settings
+    from mailsvc.errors import ConfigError
+    from mailsvc.ingest.handover import EX_NOINPUT, InputError, read_inputs
+
+    arguments = _arguments(argv)
+    if arguments is None:
+        return None
+    try:
+        settings = load_settings()
+    except ConfigError:
+        return None
+    address = (arguments.to or settings.bcc_address[0]).lower()
+    role = settings.intake_roles.get(address)
+    if role is None:
+        return None
+    try:
+        raws = read_inputs(arguments.files, address, role, arguments.sender)
+    except InputError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EX_NOINPUT
+    return ingest_mails(settings, raws)
+
+
+def ingest_mails(settings: Settings, raws: Sequence[RawMail]) -> int:
+    """Hand the mails to a running decide worker, else decide them here; print the outcomes;
+    the exit status."""
+    from mailsvc.crmstore.intake_writer import IntakeUnavailable
+    from mailsvc.ingest.handover import EX_TEMPFAIL, hand_over, print_outcomes
+
+    try:
+        outcomes = asyncio.run(hand_over(settings, raws))
+    except IntakeUnavailable as exc:
+        sys.stderr.write(f"temporary failure: {exc}\n")
+        return EX_TEMPFAIL
+    if outcomes is None:
+        from mailsvc.cli import ingest_inline
+
+        return ingest_inline(settings, list(raws))
+    return print_outcomes(outcomes)

@@ -1,0 +1,145 @@
+"""`mailsvc ingest` beside a running service: accept the mail, let a decide worker decide it.
+
+An MTA's pipe starts one process per mail. When a decide worker is running (on SQLite one holds
+the decide lock beside the database; on PostgreSQL one is connected as ``mailsvc-decide``), that
+process only has to accept: commit the raw bytes to the intake with the same writer as the SMTP
+accept, then wait a moment (``MAILSVC_INGEST_WAIT_SECONDS``) for the worker's decision and print
+it. A mail not decided by then is printed as ``accepted``: it is durable, and decided as soon as
+the worker gets to it. This path loads the settings, the database driver and the header reader;
+nothing of SQLAlchemy, Alembic, the mail parser, the API or the broker. Without a running worker,
+or when the schema is not the one this version needs, the full command decides the mail itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mailsvc.config import Settings
+from mailsvc.crmstore.intake_writer import (
+    IntakeUnavailable,
+    IntakeWriter,
+    PostgresIntake,
+    SqliteIntake,
+    sqlite_path,
+)
+from mailsvc.crmstore.revision import script_head
+from mailsvc.crmstore.timeouts import Timeouts, postgres_connect_args
+from mailsvc.ingest.accept import accept_mails, stored_outcomes
+from mailsvc.ingest.outcome import Outcome
+from mailsvc.mail import Envelope, RawMail, Role
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_TEMPFAIL = 75
+
+
+class InputError(Exception):
+    """A message file cannot be read: the message names it."""
+
+
+def database_timeouts(settings: Settings) -> Timeouts:
+    """The bounds on every database wait, from the settings (docs/reliability.md)."""
+    return Timeouts(
+        statement=settings.db_statement_timeout_seconds,
+        lock=settings.db_lock_timeout_seconds,
+        idle_in_transaction=settings.db_idle_in_transaction_timeout_seconds,
+        command=settings.db_command_timeout_seconds,
+        connect=settings.db_connect_timeout_seconds,
+        pool=settings.db_pool_timeout_seconds,
+        keepalive_idle=settings.db_tcp_keepalive_seconds,
+        sqlite_busy=settings.sqlite_busy_timeout_seconds,
+    )
+
+
+def read_inputs(files: Sequence[str], address: str, role: Role,
+                sender: str | None) -> list[RawMail]:
+    """The messages named (``-``: standard input), each with the envelope of ``ingest``."""
+    raws: list[RawMail] = []
+    for name in files:
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {name}: {exc.strerror}") from None
+        envelope = Envelope(sender, (address,), role, "stdin" if name == "-" else "file")
+        raws.append(RawMail(data, envelope))
+    return raws
+
+
+def print_outcomes(outcomes: Sequence[Outcome]) -> int:
+    """One JSON object per mail on stdout; the exit status (65 when a mail was unusable)."""
+    for outcome in outcomes:
+        sys.stdout.write(json.dumps(outcome.to_json(), ensure_ascii=False) + "\n")
+    return EX_DATAERR if any(o.mail_at_fault for o in outcomes) else 0
+
+
+async def hand_over(settings: Settings, raws: Sequence[RawMail]) -> list[Outcome] | None:
+    """Accept the mails and wait for a running decide worker's decisions; None (nothing
+    written) when no worker runs or the schema is not this version's."""
+    async with _writer(settings) as writer:
+        if not await writer.deciders_running():
+            return None
+        head = script_head()
+        if head is None or await writer.revision() != head:
+            return None
+        accepted = await accept_mails(writer, raws)
+        waiting = {a.key for a in accepted if a.outcome.kind == "accepted"}
+        decided = await _decisions(writer, waiting, settings.ingest_wait_seconds,
+                                   settings.decide_poll_ms / 1000)
+        return [decided.get(a.key, a.outcome) for a in accepted]
+
+
+async def _decisions(writer: IntakeWriter, keys: set[str], wait: float,
+                     poll: float) -> dict[str, Outcome]:
+    """The decisions of ``keys`` that are made within ``wait`` seconds."""
+    found: dict[str, Outcome] = {}
+    deadline = time.monotonic() + wait
+    while keys - found.keys():
+        await asyncio.sleep(poll)
+        found.update(await stored_outcomes(writer, sorted(keys - found.keys())))
+        if time.monotonic() >= deadline:
+            break
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _writer(settings: Settings) -> AsyncIterator[IntakeWriter]:
+    """An intake writer on a connection of this process's own."""
+    timeouts = database_timeouts(settings)
+    if settings.is_sqlite:
+        writer: IntakeWriter = SqliteIntake(sqlite_path(settings.database_url),
+                                            timeouts.sqlite_busy)
+        try:
+            yield writer
+        finally:
+            await writer.close()
+        return
+    import asyncpg  # type: ignore[import-untyped]
+
+    dsn = "postgresql://" + settings.database_url.split("://", 1)[1]
+    try:
+        connection = await asyncpg.connect(dsn, **postgres_connect_args(timeouts))
+    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        yield PostgresIntake(_lend(connection))
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close(timeout=timeouts.connect or None)
+
+
+def _lend(connection: Any) -> Callable[[], contextlib.AbstractAsyncContextManager[Any]]:
+    @contextlib.asynccontextmanager
+    async def lend() -> AsyncIterator[Any]:
+        yield connection
+
+    return lend
