@@ -112,7 +112,7 @@ def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
         return replace(
             item,
             kind=classify(item.parsed, raw.envelope, options.max_received_headers, raw.data),
-            want=wanted(item.parsed, options.policy),
+            want=wanted(item.parsed, options.policy, raw.envelope),
             reply=reply_of(item.parsed),
             sender_verified=sender_verified(raw, item.parsed, options.trust),
         )
@@ -126,6 +126,8 @@ def policy_from(settings: Settings) -> Policy:
         patterns=IdPatterns(settings.opportunity_prefix, settings.ticket_prefix),
         intake_addresses=frozenset(settings.intake_roles),
         internal_domains=frozenset(settings.internal_domains),
+        recipient_delimiter=settings.recipient_delimiter,
+        intake_roles=tuple(sorted((a, str(r)) for a, r in settings.intake_roles.items())),
     )
 
 
@@ -536,7 +538,8 @@ class Pipeline:
         mail = item.parsed
         assert mail is not None
         kind = item.kind or classify(mail, item.raw.envelope, self._settings.max_received_headers)
-        return kind, item.want or wanted(mail, self._policy), item.reply or reply_of(mail)
+        want = item.want or wanted(mail, self._policy, item.raw.envelope)
+        return kind, want, item.reply or reply_of(mail)
 
     async def _apply_all(self, session: AsyncSession, items: Sequence[Prepared]) -> list[Outcome]:
         """The safe path: each mail in its own SAVEPOINT; one that fails is quarantined."""

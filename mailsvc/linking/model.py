@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Literal
 
 from mailsvc.linking.references import IdPatterns, RecordId
+from mailsvc.mail import split_extension
 
 DecisionKind = Literal["link", "new_lead", "new_ticket", "ticket_update", "ignore"]
 KindName = Literal["human", "auto_reply", "bounce", "list", "loop"]
@@ -40,6 +41,7 @@ class Rule(StrEnum):
     BOUNCE = "bounce"
     LIST = "list"
     SENDER_UNVERIFIED = "sender_unverified"
+    RECORD_ADDRESS = "record_address"
     SUBJECT_ID = "subject_id"
     THREAD = "thread"
     AUTO_REPLY = "auto_reply"
@@ -81,6 +83,17 @@ class Policy:
     patterns: IdPatterns
     intake_addresses: frozenset[str]
     internal_domains: frozenset[str] = frozenset()
+    # Plus-addressing (bcc+OPP-12@...): the characters that start an extension ("" = off).
+    recipient_delimiter: str = ""
+    # Each intake address with its role, for record addresses found in headers (IMAP).
+    intake_roles: tuple[tuple[str, str], ...] = ()
+
+    def intake_base(self, email: str) -> str | None:
+        """The intake address ``email`` is, itself or with an extension; None if it is none."""
+        if email in self.intake_addresses:
+            return email
+        base = split_extension(email, self.recipient_delimiter)[0]
+        return base if base in self.intake_addresses else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,8 @@ class Context:
     ids: tuple[RecordId, ...]
     base: LinkDecision
     sender_verified: bool = True
+    # The records named by the intake addresses with an extension it was sent to (bcc+OPP-12@).
+    address_ids: tuple[RecordId, ...] = ()
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -143,11 +145,28 @@ def sender_unverified(ctx: Context) -> LinkDecision | None:
 # ------------------------------------------------------------------ records named or replied to
 
 
+@rule(Rule.RECORD_ADDRESS, Fact.RECORDS, *OWNER_READS)
+def record_address(ctx: Context) -> LinkDecision | None:
+    """The mail was sent to a record's own address (``bcc+OPP-12@…``, ``support+TCK-7@…``):
+    it is linked to that record, its account, contact and owner, as for an ID in the subject.
+    The address is what the sender chose, so it wins over a subject that names another record
+    of the same kind (noted ``ignored_id:``); a record of the other kind in the subject is linked
+    too."""
+    if not any(i in ctx.facts.records for i in ctx.address_ids):
+        return None
+    return _link_named(ctx, (*ctx.address_ids, *ctx.ids))
+
+
 @rule(Rule.SUBJECT_ID, Fact.RECORDS, *OWNER_READS)
 def subject_id(ctx: Context) -> LinkDecision | None:
     """The subject (or the forwarded original's) names an opportunity or a ticket: the mail is
     linked to it, its account, contact and owner."""
-    known = [ctx.facts.records[i] for i in ctx.ids if i in ctx.facts.records]
+    return _link_named(ctx, ctx.ids)
+
+
+def _link_named(ctx: Context, ids: tuple[RecordId, ...]) -> LinkDecision | None:
+    """The first known opportunity and ticket of ``ids`` linked; other known ones noted."""
+    known = [ctx.facts.records[i] for i in dict.fromkeys(ids) if i in ctx.facts.records]
     opportunity = next((r for r in known if r.ref.kind == "opportunity"), None)
     ticket = next((r for r in known if r.ref.kind == "ticket"), None)
     if opportunity is None and ticket is None:
@@ -326,9 +345,9 @@ def no_match(ctx: Context) -> LinkDecision | None:
 
 
 RULES: tuple[RuleSpec, ...] = (
-    loop, bounce, list_mail, sender_unverified, subject_id, thread, auto_reply, internal,
-    no_counterparty, single_open_record, new_ticket, open_lead, forward, address, new_lead,
-    no_match,
+    loop, bounce, list_mail, sender_unverified, record_address, subject_id, thread,
+    auto_reply, internal, no_counterparty, single_open_record, new_ticket, open_lead, forward,
+    address, new_lead, no_match,
 )
 """The chain, in the order the rules are checked; the last one always decides."""
 

@@ -28,7 +28,10 @@ from mailsvc.linking.rules import CHAIN_READS, RULES, Context, RuleSpec
 from mailsvc.mail import Address, Envelope, ParsedMail
 
 POLICY = Policy(
-    IdPatterns(), frozenset({"bcc@crm.example", "sales@crm.example", "support@crm.example"})
+    IdPatterns(), frozenset({"bcc@crm.example", "sales@crm.example", "support@crm.example"}),
+    recipient_delimiter="+",
+    intake_roles=(("bcc@crm.example", "bcc"), ("sales@crm.example", "sales"),
+                  ("support@crm.example", "support")),
 )
 ANNA = UserRef(1, "anna@ours.example")
 ACME = AccountRef(10, 1, "Acme GmbH")
@@ -266,6 +269,7 @@ class Case:
     decides: str | None = None  # the decision's kind
     links: dict[str, int | None] = dc_field(default_factory=dict)
     notes: tuple[str, ...] | None = None
+    rcpt: tuple[str, ...] = ("x",)
 
 
 CARLA_IN = mail("carla@acme.example", "sales@crm.example", "Question")
@@ -291,6 +295,39 @@ RULE_CASES: dict[Rule, list[Case]] = {
              notes=("sender_unverified",)),
         Case(mail("anna@ours.example", "carla@acme.example", "OPP-5"), "bcc"),
         Case(CARLA_IN, verified=False),
+    ],
+    Rule.RECORD_ADDRESS: [
+        # The address names the record: linked without an ID in the subject.
+        Case(CARLA_IN, rcpt=("bcc+OPP-5@crm.example",), decides="link",
+             links={"opportunity": 5, "contact": 20, "account": 10, "owner": 1}, notes=()),
+        # Case-insensitive, and the address wins over another opportunity in the subject.
+        Case(mail("carla@acme.example", "sales@crm.example", "Re: OPP-6"),
+             rcpt=("sales+opp5@crm.example",), decides="link", links={"opportunity": 5},
+             notes=("ignored_id:OPP-6",)),
+        # A ticket in the subject is of the other kind: linked too.
+        Case(mail("carla@acme.example", "support@crm.example", "TCK-7"), "support",
+             rcpt=("support+OPP-5@crm.example",), decides="ticket_update",
+             links={"opportunity": 5, "ticket": 7}),
+        # A ticket's address on support: the ticket is updated.
+        Case(CARLA_IN, "support", rcpt=("support+tck-7@crm.example",),
+             decides="ticket_update", links={"ticket": 7}),
+        # A closed record is still linked, noted as subject_id does.
+        Case(CARLA_IN, rcpt=("sales+OPP-6@crm.example",), decides="link",
+             links={"opportunity": 6}, notes=("closed_record:OPP-6",)),
+        # IMAP: the mailbox is the recipient; a Delivered-To of its role names the record.
+        Case(mail("carla@acme.example", "sales@crm.example", "Question",
+                  headers=(("Delivered-To", "sales+OPP-5@crm.example"),)),
+             rcpt=("sales@crm.example",), decides="link", links={"opportunity": 5}),
+        # ... but not one of another role's address.
+        Case(mail("carla@acme.example", "sales@crm.example", "Question",
+                  headers=(("Delivered-To", "bcc+OPP-5@crm.example"),)),
+             rcpt=("sales@crm.example",)),
+        # An unknown record: the next rules decide, with a note.
+        Case(CARLA_IN, rcpt=("sales+OPP-99@crm.example",)),
+        # Another extension, or an address that is no intake address.
+        Case(CARLA_IN, rcpt=("sales+newsletter@crm.example",)),
+        Case(CARLA_IN, rcpt=("other+OPP-5@crm.example",)),
+        Case(CARLA_IN),
     ],
     Rule.SUBJECT_ID: [
         Case(mail("carla@acme.example", "sales@crm.example", "Re: OPP-5"), decides="link",
@@ -387,7 +424,7 @@ RULE_CASES: dict[Rule, list[Case]] = {
 
 
 def _context(case: Case) -> Context:
-    envelope = Envelope(None, ("x",), case.role)  # type: ignore[arg-type]
+    envelope = Envelope(None, case.rcpt, case.role)  # type: ignore[arg-type]
     return context(case.m, envelope, case.facts, POLICY, case.kind, sender_verified=case.verified)
 
 
@@ -466,6 +503,32 @@ def test_configured_internal_domains_replace_the_users_domains() -> None:
     m = mail("vertrieb@ours.example", "sales@crm.example", "Hello")
     decision = decide(m, Envelope(None, ("x",), "sales"), FACTS_ALL, policy)
     assert decision.rule == "new_lead"
+
+
+def test_an_unknown_record_address_falls_through_with_a_note() -> None:
+    decision = decide(CARLA_IN, Envelope(None, ("sales+OPP-99@crm.example",), "sales"),
+                      FACTS_ALL, POLICY)
+    assert (decision.rule, decision.links.opportunity) == ("single_open_record", 5)
+    assert decision.notes == ("unknown_address:OPP-99",)
+
+
+def test_a_record_address_is_no_counterparty_and_is_looked_up() -> None:
+    m = mail("anna@ours.example", "bcc+OPP-5@crm.example", "Notes")
+    envelope = Envelope(None, ("bcc+opp-5@crm.example",), "bcc")
+    want = wanted(m, POLICY, envelope)
+    assert want.record_ids == (RecordId("opportunity", 5),)
+    assert "bcc+opp-5@crm.example" not in want.emails
+    decision = decide(m, envelope, FACTS_ALL, POLICY)
+    assert (decision.rule, decision.direction, decision.links.opportunity) == (
+        "record_address", "outgoing", 5
+    )
+
+
+def test_plus_addressing_off_reads_no_record_address() -> None:
+    policy = replace(POLICY, recipient_delimiter="")
+    envelope = Envelope(None, ("sales+OPP-5@crm.example",), "sales")
+    decision = decide(mail("dave@acme.example", "sales@crm.example"), envelope, FACTS_ALL, policy)
+    assert decision.rule == "address"
 
 
 def test_docs_list_the_rules_in_chain_order() -> None:

@@ -1,0 +1,188 @@
+"""Reach: per-record addresses (bcc+OPP-12@), the loop guard and never-log rules, end to end on
+SQLite and PostgreSQL with real SMTP clients and the real pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+
+import aiosmtplib
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from mailsvc.bootstrap import Services, open_services
+from mailsvc.config import Settings
+from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, TicketUpdate
+from mailsvc.ingest.outcome import Outcome
+from mailsvc.ingest.reprocess import Selection, reprocess
+from mailsvc.ingest.smtp import start_smtp
+from mailsvc.mail import Envelope, RawMail
+from tests.conftest import BCC, SUPPORT
+from tests.integration.test_linking_scenarios import OWNERS, build_world, mail
+from tests.support.api import ok
+from tests.support.waiting import wait_for
+
+CARLA = "Carla Customer <carla@acme.example>"
+ANNA = "Anna Seller <anna@ours.example>"
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[Services, int]]:
+    """Pipeline with its decide loop and the SMTP intake on a free port."""
+    async with open_services(settings, migrate=False) as services:
+        await services.pipeline.start()
+        server = await start_smtp(services.pipeline, settings)
+        try:
+            yield services, server.sockets[0].getsockname()[1]
+        finally:
+            server.close()
+            await server.wait_closed()
+            await services.pipeline.stop()
+
+
+async def stored(services: Services, message_id: str) -> Email | None:
+    async with services.sessions() as session:
+        return await session.scalar(select(Email).where(Email.message_id == message_id))
+
+
+async def links_of(services: Services, email_id: int) -> dict[str, int]:
+    async with services.sessions() as session:
+        rows = await session.scalars(select(EmailLink).where(EmailLink.email_id == email_id))
+        return {str(link.target_type): link.target_id for link in rows}
+
+
+async def submit(services: Services, rcpt: str, role: str, data: bytes,
+                 source: str = "smtp") -> Outcome:
+    envelope = Envelope("sender@mail.example", (rcpt,), role, source)  # type: ignore[arg-type]
+    return await services.pipeline.submit(RawMail(data, envelope))
+
+
+# ------------------------------------------------------------------ record addresses
+
+
+async def test_a_record_address_is_accepted_at_rcpt_and_links_its_record(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with running(make_settings(smtp_port=0, **OWNERS)) as (services, port):
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        opp = ids["opp_open"]
+        message = EmailMessage()
+        message["From"] = ANNA
+        message["To"] = "Gordon <gordon@globex.example>"
+        message["Subject"] = "Notes from the call"
+        message["Message-ID"] = "<plus-1@ours.example>"
+        message.set_content("As discussed.\n")
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client:
+            code, _ = await client.mail("anna@ours.example")
+            assert code == 250
+            code, reply = await client.rcpt(f"bcc+OPP-{opp}@crm.example")
+            assert code == 250, reply
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+                await client.rcpt(f"nobody+OPP-{opp}@crm.example")
+            assert refused.value.code == 550
+            code, reply = await client.data(bytes(message))
+            assert code == 250, reply
+
+        email = await wait_for(lambda: stored(services, "plus-1@ours.example"), within=30,
+                               what="the mail decided")
+        assert (email.rule, email.intake_role, email.direction) == (
+            "record_address", "bcc", "outgoing"
+        )
+        assert email.envelope_to == [f"bcc+opp-{opp}@crm.example"]
+        assert (await links_of(services, email.id))["opportunity"] == opp
+
+        # Reprocessing decides from the stored envelope: the same record, nothing changes.
+        counts = await reprocess(services.pipeline, services.sessions, Selection(ids=(email.id,)))
+        assert counts == {"unchanged": 1}
+
+
+async def test_a_ticket_address_on_support_logs_the_mail_on_the_ticket(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        ticket = ids["t_open"]
+        data = mail("Gordon Buyer <gordon@globex.example>", f"support+tck-{ticket}@crm.example",
+                    "Still broken", "It happened again.\n")
+        outcome = await submit(services, f"support+tck-{ticket}@crm.example", "support", data)
+        assert (outcome.kind, outcome.rule, outcome.links["ticket"]) == (
+            "ticket_updated", "record_address", ticket
+        )
+        async with services.sessions() as session:
+            logged = await session.scalar(
+                select(func.count()).select_from(TicketUpdate)
+                .where(TicketUpdate.ticket_id == ticket)
+            )
+            assert logged == 1
+
+
+async def test_an_unknown_record_address_falls_through_with_a_note(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        data = mail(CARLA, "sales+OPP-99999@crm.example", "Question")
+        outcome = await submit(services, "sales+opp-99999@crm.example", "sales", data)
+        assert (outcome.kind, outcome.rule) == ("linked", "single_open_record")
+        assert outcome.links["opportunity"] == ids["opp_open"]
+        assert outcome.notes == ("unknown_address:OPP-99999",)
+
+
+async def test_the_address_wins_over_another_record_in_the_subject(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        won = ids["opp_won"]
+        data = mail(CARLA, BCC, f"Re: OPP-{ids['opp_open']}")
+        outcome = await submit(services, f"bcc+OPP-{won}@crm.example", "bcc", data)
+        assert (outcome.rule, outcome.links["opportunity"]) == ("record_address", won)
+        assert outcome.notes == (f"ignored_id:OPP-{ids['opp_open']}", f"closed_record:OPP-{won}")
+
+
+async def test_imap_reads_the_record_address_from_delivered_to(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        opp = ids["opp_globex"]
+        data = mail("Gordon Buyer <gordon@globex.example>", "sales@crm.example", "Order",
+                    headers={"Delivered-To": f"sales+OPP-{opp}@crm.example"})
+        outcome = await submit(services, "sales@crm.example", "sales", data, source="imap")
+        assert (outcome.rule, outcome.links["opportunity"]) == ("record_address", opp)
+
+
+async def test_each_record_shows_its_address(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    async with services.sessions() as session, session.begin():
+        ids = await build_world(session)
+    body = ok(await client.get(f"/opportunities/{ids['opp_open']}"))
+    assert body["mail_address"] == f"bcc+OPP-{ids['opp_open']}@crm.example"
+    body = ok(await client.get(f"/tickets/{ids['t_open']}"))
+    assert body["mail_address"] == f"support+TCK-{ids['t_open']}@crm.example"
+    assert SUPPORT == "support@crm.example"
+
+
+async def test_accepted_mail_keeps_its_record_address_until_decided(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        rcpt = f"sales+opp-{ids['opp_open']}@crm.example"
+        data = mail("Someone <someone@elsewhere.example>", "sales@crm.example", "Hello")
+        envelope = Envelope(None, (rcpt,), "sales", "smtp")  # type: ignore[arg-type]
+        accepted = await services.pipeline.accept_many([RawMail(data, envelope)])
+        async with services.sessions() as session:
+            row = await session.get(IntakeMail, accepted[0].outcome.intake_id)
+            assert row is not None and row.rcpt_tos == [rcpt] and row.role == "sales"
+        [decided] = await services.pipeline.decide_accepted(accepted)
+        assert (decided.rule, decided.links["opportunity"]) == ("record_address", ids["opp_open"])
