@@ -274,6 +274,13 @@ class Settings(BaseSettings):
         default="+", pattern=r"^[^@\s\"<>(),;:\\\[\]A-Za-z0-9]{0,8}$"
     )
 
+    # The loop guard: more than loop_guard_max mails from one sender to one record (without one:
+    # to one intake role) within loop_guard_minutes create and update nothing (0: off); senders
+    # on loop_guard_allow (addresses or domains, comma-separated) are never held back.
+    loop_guard_max: int = Field(default=20, ge=0)
+    loop_guard_minutes: float = Field(default=120.0, gt=0, le=60 * 24 * 31)
+    loop_guard_allow: AddressList = ()
+
     opportunity_prefix: str = Field(default="OPP", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
     ticket_prefix: str = Field(default="TCK", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
 
@@ -426,7 +433,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "bcc_address", "sales_address", "support_address", "internal_domains", "api_keys",
-        "trusted_authserv_ids", "trusted_networks", mode="before",
+        "trusted_authserv_ids", "trusted_networks", "loop_guard_allow", mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -476,6 +483,16 @@ class Settings(BaseSettings):
                 "TLS), or MAILSVC_SMTP_AUTH_ALLOW_PLAINTEXT=true for a closed test set-up"
             )
         return self
+
+    @field_validator("loop_guard_allow")
+    @classmethod
+    def _allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Addresses (``noc@example.com``) or domains (``example.com``, subdomains included)."""
+        cleaned = tuple(item.strip().lower().lstrip("@") for item in value)
+        for item in cleaned:
+            if not item or " " in item or "." not in item.rpartition("@")[2]:
+                raise ValueError(f"{item!r} is neither an e-mail address nor a domain")
+        return cleaned
 
     @field_validator("internal_domains")
     @classmethod

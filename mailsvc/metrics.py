@@ -45,6 +45,15 @@ def _metrics() -> Any:
             "Decided messages by the linking rule that decided them (docs/linking.md).",
             ["rule"],
         ),
+        loop_guard=Counter(
+            "mailsvc_loop_guard_trips",
+            "Mails the loop guard held back (rule rate_limited): stored, nothing created or "
+            "updated.",
+        ),
+        never_log=Counter(
+            "mailsvc_never_log_dropped",
+            "Mails dropped unstored because a never-log rule names a sender or participant.",
+        ),
         batch=Histogram(
             "mailsvc_intake_batch_messages", "Messages decided together in one transaction.",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
@@ -162,6 +171,20 @@ def record_outcome(kind: str, rule: str | None = None) -> None:
     found.outcomes.labels(outcome=kind).inc()
     if rule:
         found.rules.labels(rule=rule).inc()
+
+
+def record_loop_guard_trip() -> None:
+    """One mail held back by the loop guard (docs/linking.md, rule ``rate_limited``)."""
+    if not _enabled:
+        return
+    _metrics().loop_guard.inc()
+
+
+def record_never_log_drop() -> None:
+    """One mail dropped by a never-log rule: the only trace it leaves."""
+    if not _enabled:
+        return
+    _metrics().never_log.inc()
 
 
 def record_batch(size: int, seconds: float) -> None:

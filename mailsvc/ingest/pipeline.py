@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
 from mailsvc.config import Settings
+from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.db import is_retryable, read_session
 from mailsvc.crmstore.models import IntakeMail, QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
@@ -59,7 +61,7 @@ from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_emai
 from mailsvc.ingest.trust import TrustPolicy, needs_lookup, sender_verified, trust_policy
 from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
 from mailsvc.linking.decide import Policy, decide, reply_of, wanted
-from mailsvc.linking.model import LinkDecision, MailKind, Wanted
+from mailsvc.linking.model import LinkDecision, MailKind, Rule, Wanted
 from mailsvc.linking.references import IdPatterns
 from mailsvc.linking.text import Reply
 from mailsvc.mail import RawMail, Role
@@ -128,6 +130,8 @@ def policy_from(settings: Settings) -> Policy:
         internal_domains=frozenset(settings.internal_domains),
         recipient_delimiter=settings.recipient_delimiter,
         intake_roles=tuple(sorted((a, str(r)) for a, r in settings.intake_roles.items())),
+        loop_guard_max=settings.loop_guard_max,
+        loop_guard_allow=frozenset(settings.loop_guard_allow),
     )
 
 
@@ -417,6 +421,8 @@ class Pipeline:
         metrics.record_batch(len(items), seconds)
         for n, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
             metrics.record_outcome(outcome.kind, outcome.rule)
+            if outcome.rule == Rule.RATE_LIMITED:
+                metrics.record_loop_guard_trip()
             message_id = item.parsed.message_id if item.parsed else item.key
             ms = round(1000 * (waited[n] if waited is not None else seconds))
             logger.info(
@@ -511,7 +517,8 @@ class Pipeline:
         (returned second). Writes nothing: the caller applies the decisions."""
         inputs = {n: self._inputs(items[n]) for n in todo}
         facts, owners = await load_batch_facts(
-            session, merge_wanted(want for _, want, _ in inputs.values()), self._owners
+            session, merge_wanted(want for _, want, _ in inputs.values()), self._owners,
+            since=self.loop_guard_since(),
         )
         changed: set[str] = set()
         deferred: list[int] = []
@@ -530,9 +537,13 @@ class Pipeline:
                 continue
             decision = decide(item.parsed, envelope, mine, self._policy, kind, reply,
                               sender_verified=item.sender_verified)
-            changed |= effects(item.parsed.message_id, decision, mine)
+            changed |= effects(item.parsed.message_id, decision, mine, want.senders)
             decided.append((n, decision))
         return decided, deferred
+
+    def loop_guard_since(self) -> datetime:
+        """Where the loop guard's window starts: mails stored since then are counted."""
+        return utcnow() - timedelta(minutes=self._settings.loop_guard_minutes)
 
     def _inputs(self, item: Prepared) -> tuple[MailKind, Wanted, Reply]:
         mail = item.parsed
@@ -593,7 +604,8 @@ class Pipeline:
             return await quarantine(session, item, item.problem or UNPARSEABLE)
         envelope = item.raw.envelope
         kind, want, reply = self._inputs(item)
-        facts = await load_facts(session, want, self._settings.owner_for(envelope.role))
+        facts = await load_facts(session, want, self._settings.owner_for(envelope.role),
+                                 since=self.loop_guard_since())
         decision = decide(item.parsed, envelope, facts, self._policy, kind, reply,
                           sender_verified=item.sender_verified)
         return await store_email(session, item, decision)

@@ -66,6 +66,7 @@ def wanted(mail: ParsedMail, policy: Policy, envelope: Envelope | None = None) -
         domains=wanted_domains(emails),
         record_ids=tuple(dict.fromkeys((*named, *_subject_ids(subjects, policy.patterns)))),
         message_ids=parsed or thread,
+        senders=frozenset({mail.sender.email} if mail.sender else ()),
     )
 
 

@@ -41,6 +41,7 @@ class Rule(StrEnum):
     BOUNCE = "bounce"
     LIST = "list"
     SENDER_UNVERIFIED = "sender_unverified"
+    RATE_LIMITED = "rate_limited"
     RECORD_ADDRESS = "record_address"
     SUBJECT_ID = "subject_id"
     THREAD = "thread"
@@ -70,6 +71,7 @@ class Fact(StrEnum):
     OPEN_TICKETS = "open_tickets"
     OPEN_LEADS = "open_leads"
     DEFAULT_OWNER = "default_owner_id"
+    RECENT_MAIL = "recent_mail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,11 @@ class Policy:
     recipient_delimiter: str = ""
     # Each intake address with its role, for record addresses found in headers (IMAP).
     intake_roles: tuple[tuple[str, str], ...] = ()
+    # The loop guard: more mails than this from one sender to one record (or intake role) in
+    # the window (MAILSVC_LOOP_GUARD_MINUTES, applied where the counts are loaded) create and
+    # update nothing; 0 turns it off. Senders (addresses or domains) it never holds back.
+    loop_guard_max: int = 0
+    loop_guard_allow: frozenset[str] = frozenset()
 
     def intake_base(self, email: str) -> str | None:
         """The intake address ``email`` is, itself or with an extension; None if it is none."""
@@ -146,6 +153,8 @@ class Wanted:
     domains: frozenset[str]
     record_ids: tuple[RecordId, ...]
     message_ids: tuple[str, ...]
+    # The header From address (the loop guard counts mails per sender).
+    senders: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +174,10 @@ class Facts:
     # Sender address -> the inbox lead still open for it (InboxLead.open_key).
     open_leads: Mapping[str, int] = field(default_factory=dict)
     default_owner_id: int | None = None
+    # Mails stored from a sender in the loop guard's window, by (sender, target); the target is
+    # ``opportunity:<id>`` or ``ticket:<id>`` (mails linked to it), or ``role:<role>`` (all its
+    # mails that arrived on that intake role).
+    recent_mail: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from mailsvc.linking.model import (
     TicketUpdateDraft,
 )
 from mailsvc.linking.references import RecordId, RecordKind, strip_reply_prefixes
-from mailsvc.linking.resolve import Counterparty, Parties
+from mailsvc.linking.resolve import Counterparty, Parties, matches
 from mailsvc.linking.text import Reply, phone_from_signature, split_name
 from mailsvc.mail import Address, ParsedMail, Role
 
@@ -140,6 +140,47 @@ def sender_unverified(ctx: Context) -> LinkDecision | None:
     if ctx.sender_verified or sender is None or sender.email not in ctx.facts.users:
         return None
     return replace(ctx.base, direction="incoming", notes=("sender_unverified",))
+
+
+# ------------------------------------------------------------------ the loop guard
+
+
+def _targets(ctx: Context) -> list[RecordRef]:
+    """The records the mail names or replies to (address, subject, thread), known ones only."""
+    refs = [*ctx.address_ids, *ctx.ids]
+    for ref in ctx.facts.thread:
+        refs += [RecordId("opportunity", ref.opportunity_id)] if ref.opportunity_id else []
+        refs += [RecordId("ticket", ref.ticket_id)] if ref.ticket_id else []
+    return [ctx.facts.records[r] for r in dict.fromkeys(refs) if r in ctx.facts.records]
+
+
+@rule(Rule.RATE_LIMITED, Fact.RECENT_MAIL, Fact.RECORDS, Fact.THREAD, Fact.USERS, *OWNER_READS)
+def rate_limited(ctx: Context) -> LinkDecision | None:
+    """More than ``MAILSVC_LOOP_GUARD_MAX`` mails from one sender to one record (or, when the
+    mail names no record, to one intake address) within ``MAILSVC_LOOP_GUARD_MINUTES`` look like
+    a mail loop: the mail is stored and linked to the record, contact and account it names, as
+    an automatic mail (note ``rate_limited``), but creates and updates nothing: no lead, no
+    ticket, no ticket log, no reopening, no acknowledgement, nothing on the timeline. Our users'
+    mail and senders on ``MAILSVC_LOOP_GUARD_ALLOW`` are never held back."""
+    sender = ctx.mail.sender
+    limit = ctx.policy.loop_guard_max
+    if limit <= 0 or sender is None or sender.email in ctx.facts.users:
+        return None
+    if matches(sender.email, ctx.policy.loop_guard_allow):
+        return None
+    targets = _targets(ctx)
+    keys = [f"{r.ref.kind}:{r.ref.number}" for r in targets] or [f"role:{ctx.role}"]
+    if max(ctx.facts.recent_mail.get((sender.email, key), 0) for key in keys) < limit:
+        return None
+    held = replace(ctx.base, automatic=True, notes=(*ctx.notes, "rate_limited"))
+    opportunity = next((r for r in targets if r.ref.kind == "opportunity"), None)
+    ticket = next((r for r in targets if r.ref.kind == "ticket"), None)
+    if opportunity is not None or ticket is not None:
+        return _link_records(held, ctx, opportunity, ticket)  # automatic: no ticket log
+    counterparty = ctx.view.counterparty
+    if counterparty.contact is None and counterparty.account is None:
+        return held
+    return _link(replace(ctx, base=held), Links())
 
 
 # ------------------------------------------------------------------ records named or replied to
@@ -345,7 +386,7 @@ def no_match(ctx: Context) -> LinkDecision | None:
 
 
 RULES: tuple[RuleSpec, ...] = (
-    loop, bounce, list_mail, sender_unverified, record_address, subject_id, thread,
+    loop, bounce, list_mail, sender_unverified, rate_limited, record_address, subject_id, thread,
     auto_reply, internal, no_counterparty, single_open_record, new_ticket, open_lead, forward,
     address, new_lead, no_match,
 )

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
-from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, TicketUpdate
+from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, Ticket, TicketUpdate
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.reprocess import Selection, reprocess
 from mailsvc.ingest.smtp import start_smtp
@@ -186,3 +186,98 @@ async def test_accepted_mail_keeps_its_record_address_until_decided(
             assert row is not None and row.rcpt_tos == [rcpt] and row.role == "sales"
         [decided] = await services.pipeline.decide_accepted(accepted)
         assert (decided.rule, decided.links["opportunity"]) == ("record_address", ids["opp_open"])
+
+
+# ------------------------------------------------------------------ the loop guard
+
+
+def trips() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("mailsvc_loop_guard_trips_total") or 0.0
+
+
+def burst(
+    sender: str, to: str, n: int, subject: str = "Automatic notice", tag: str = "b"
+) -> list[bytes]:
+    return [mail(sender, to, subject, f"Notice {i}.\n", message_id=f"<{tag}{i}@loop.example>")
+            for i in range(n)]
+
+
+async def test_a_burst_of_thirty_in_one_batch_trips_at_the_twenty_first(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            await build_world(session)
+        before = trips()
+        envelope = Envelope("bot@loop.example", (SUPPORT,), "support", "smtp")  # type: ignore[arg-type]
+        accepted = await services.pipeline.accept_many(
+            [RawMail(data, envelope) for data in burst("Bot <bot@loop.example>", SUPPORT, 30)]
+        )
+        outcomes = await services.pipeline.decide_accepted(accepted)  # one decide batch
+
+        assert [o.rule for o in outcomes] == ["new_ticket"] * 20 + ["rate_limited"] * 10
+        assert [o.kind for o in outcomes[20:]] == ["ignored"] * 10
+        assert all(o.notes == ("rate_limited",) and o.automatic for o in outcomes[20:])
+        assert trips() - before == 10
+        async with services.sessions() as session:
+            tickets = await session.scalar(
+                select(func.count()).select_from(Ticket).where(
+                    Ticket.requester_email == "bot@loop.example")
+            )
+            assert tickets == 20
+            kept = await session.scalar(
+                select(func.count()).select_from(Email).where(Email.rule == "rate_limited")
+            )
+            assert kept == 10  # stored and visible
+
+        # The next batch is counted with what is stored: still held back.
+        [later] = await services.pipeline.decide_accepted(await services.pipeline.accept_many(
+            [RawMail(burst("Bot <bot@loop.example>", SUPPORT, 1, tag="c")[0], envelope)]
+        ))
+        assert later.rule == "rate_limited"
+
+
+async def test_a_loop_on_a_ticket_stops_logging_and_reopening(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(loop_guard_max=3, **OWNERS)
+    async with open_services(settings, migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        ticket = ids["t_open"]
+        mails = burst("Gordon Buyer <gordon@globex.example>", SUPPORT, 5, f"Re: [TCK-{ticket}]")
+        items = [await services.pipeline.prepare(RawMail(data, Envelope(
+            None, (SUPPORT,), "support", "smtp"))) for data in mails]  # type: ignore[arg-type]
+        outcomes = await services.pipeline.process(items)
+
+        assert [o.rule for o in outcomes] == ["subject_id"] * 3 + ["rate_limited"] * 2
+        assert [o.kind for o in outcomes] == ["ticket_updated"] * 3 + ["linked"] * 2
+        assert all(o.links["ticket"] == ticket for o in outcomes)
+        async with services.sessions() as session:
+            logged = await session.scalar(
+                select(func.count()).select_from(TicketUpdate)
+                .where(TicketUpdate.ticket_id == ticket)
+            )
+            assert logged == 3
+
+
+async def test_allowed_senders_and_other_targets_are_not_held_back(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(loop_guard_max=2, loop_guard_allow="monitor.example", **OWNERS)
+    async with open_services(settings, migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            ids = await build_world(session)
+        envelope = Envelope(None, (SUPPORT,), "support", "smtp")  # type: ignore[arg-type]
+        allowed = burst("Monitor <alerts@eu.monitor.example>", SUPPORT, 4, tag="m")
+        items = [await services.pipeline.prepare(RawMail(d, envelope)) for d in allowed]
+        assert "rate_limited" not in [o.rule for o in await services.pipeline.process(items)]
+        # One sender, three different records: each record has its own count.
+        opps = [ids["opp_open"], ids["opp_won"], ids["opp_lost"]]
+        per_record = [mail(CARLA, BCC, f"OPP-{o}", message_id=f"<r{o}@acme.example>")
+                      for o in opps]
+        bcc = Envelope(None, (BCC,), "bcc", "smtp")  # type: ignore[arg-type]
+        items = [await services.pipeline.prepare(RawMail(d, bcc)) for d in per_record]
+        assert [o.rule for o in await services.pipeline.process(items)] == ["subject_id"] * 3

@@ -270,9 +270,17 @@ class Case:
     links: dict[str, int | None] = dc_field(default_factory=dict)
     notes: tuple[str, ...] | None = None
     rcpt: tuple[str, ...] = ("x",)
+    policy: Policy = POLICY
 
 
 CARLA_IN = mail("carla@acme.example", "sales@crm.example", "Question")
+GUARD = replace(POLICY, loop_guard_max=20, loop_guard_allow=frozenset({"friendly.example"}))
+
+
+def sent(sender: str, target: str, count: int, facts: Facts = FACTS_ALL) -> Facts:
+    """``facts`` with ``count`` mails from ``sender`` to ``target`` in the guard's window."""
+    return replace(facts, recent_mail={(sender, target): count})
+
 STRANGER = mail("new@gmail.com", "sales@crm.example", "Question")
 RULE_CASES: dict[Rule, list[Case]] = {
     Rule.LOOP: [
@@ -295,6 +303,39 @@ RULE_CASES: dict[Rule, list[Case]] = {
              notes=("sender_unverified",)),
         Case(mail("anna@ours.example", "carla@acme.example", "OPP-5"), "bcc"),
         Case(CARLA_IN, verified=False),
+    ],
+    Rule.RATE_LIMITED: [
+        # The 21st mail of an unknown sender on sales: stored, nothing created, no links.
+        Case(mail("new@gmail.com", "sales@crm.example"), facts=sent("new@gmail.com",
+             "role:sales", 20), policy=GUARD, decides="ignore", notes=("rate_limited",),
+             links={"owner": None, "inbox_lead": None}),
+        Case(mail("new@gmail.com", "sales@crm.example"), facts=sent("new@gmail.com",
+             "role:sales", 19), policy=GUARD),
+        # To a named record: linked to it as automatic mail; a ticket gets no log entry.
+        Case(mail("carla@acme.example", "sales@crm.example", "OPP-5"),
+             facts=sent("carla@acme.example", "opportunity:5", 20), policy=GUARD,
+             decides="link", links={"opportunity": 5, "contact": 20, "account": 10},
+             notes=("rate_limited",)),
+        Case(mail("carla@acme.example", "support@crm.example", "TCK-7"), "support",
+             facts=sent("carla@acme.example", "ticket:7", 25), policy=GUARD, decides="link",
+             links={"ticket": 7}),
+        Case(mail("carla@acme.example", "support@crm.example", "Re"), "support",
+             rcpt=("support+TCK-7@crm.example",), facts=sent("carla@acme.example", "ticket:7",
+             20), policy=GUARD, decides="link", links={"ticket": 7}),
+        # Without a record the intake role is counted: a contact stays linked, nothing else.
+        Case(mail("carla@acme.example", "support@crm.example"), "support",
+             facts=sent("carla@acme.example", "role:support", 20), policy=GUARD,
+             decides="link", links={"contact": 20, "account": 10, "ticket": None}),
+        # A record is counted on its own: mail on the role elsewhere does not count for it.
+        Case(mail("carla@acme.example", "sales@crm.example", "OPP-5"),
+             facts=sent("carla@acme.example", "role:sales", 50), policy=GUARD),
+        # Our users, allowed senders, and the guard turned off.
+        Case(mail("anna@ours.example", "paula@gmx.de"), "bcc",
+             facts=sent("anna@ours.example", "role:bcc", 500), policy=GUARD),
+        Case(mail("noc@mx.friendly.example", "sales@crm.example"),
+             facts=sent("noc@mx.friendly.example", "role:sales", 500), policy=GUARD),
+        Case(mail("new@gmail.com", "sales@crm.example"), facts=sent("new@gmail.com",
+             "role:sales", 500)),
     ],
     Rule.RECORD_ADDRESS: [
         # The address names the record: linked without an ID in the subject.
@@ -425,7 +466,8 @@ RULE_CASES: dict[Rule, list[Case]] = {
 
 def _context(case: Case) -> Context:
     envelope = Envelope(None, case.rcpt, case.role)  # type: ignore[arg-type]
-    return context(case.m, envelope, case.facts, POLICY, case.kind, sender_verified=case.verified)
+    return context(case.m, envelope, case.facts, case.policy, case.kind,
+                   sender_verified=case.verified)
 
 
 @pytest.mark.parametrize(
@@ -529,6 +571,15 @@ def test_plus_addressing_off_reads_no_record_address() -> None:
     envelope = Envelope(None, ("sales+OPP-5@crm.example",), "sales")
     decision = decide(mail("dave@acme.example", "sales@crm.example"), envelope, FACTS_ALL, policy)
     assert decision.rule == "address"
+
+
+def test_a_held_back_mail_never_creates_or_updates() -> None:
+    facts = sent("carla@acme.example", "ticket:7", 20)
+    m = mail("carla@acme.example", "support@crm.example", "TCK-7", "Again")
+    decision = decide(m, Envelope(None, ("x",), "support"), facts, GUARD)
+    assert (decision.rule, decision.kind, decision.automatic) == ("rate_limited", "link", True)
+    assert decision.ticket_update is None and decision.ticket is None and decision.lead is None
+    assert decide(m, Envelope(None, ("x",), "support"), facts, POLICY).rule == "subject_id"
 
 
 def test_docs_list_the_rules_in_chain_order() -> None:
