@@ -37,7 +37,7 @@ def _metrics() -> Any:
         outcomes=Counter(
             "mailsvc_intake_messages",
             "Messages processed by the intake, by outcome (accepted, linked, lead_created, "
-            "ticket_created, ticket_updated, duplicate, ignored, quarantined).",
+            "ticket_created, ticket_updated, duplicate, ignored, quarantined, dropped).",
             ["outcome"],
         ),
         rules=Counter(

@@ -39,6 +39,8 @@ TAGS: list[dict[str, str]] = [
     {"name": "settings", "description": "Lists, territories, teams, campaigns, loss reasons."},
     {"name": "reports", "description": "Dashboard figures."},
     {"name": "privacy", "description": "Erasure of personal data and its audit trail."},
+    {"name": "never-log", "description": "Addresses and domains whose mail is never stored "
+     "(private contacts, HR, legal): dropped at the decide step, only a counter moves."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 

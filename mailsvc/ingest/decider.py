@@ -45,7 +45,13 @@ from mailsvc.crmstore.db import end_stalled_transactions, read_session
 from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, QuarantinedMail
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.accept import raw_of
-from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason, stored_reason
+from mailsvc.ingest.outcome import (
+    DROPPED,
+    Outcome,
+    ProcessingFailed,
+    QuarantineReason,
+    stored_reason,
+)
 from mailsvc.ingest.pipeline import PrepareOptions, prepare_item, store_unavailable
 from mailsvc.ingest.store import Prepared, quarantine
 from mailsvc.mail import RawMail
@@ -244,9 +250,9 @@ class Decider:
                     gone = {i: k for i, k in pending.items() if i not in present}
                     found = await stored_outcomes(session, list(gone.values()))
                 for intake_id, key in gone.items():
-                    if key in found:
-                        results[intake_id] = found[key]
-                        del pending[intake_id]
+                    # Decided and neither stored nor quarantined: a never-log rule dropped it.
+                    results[intake_id] = found.get(key, DROPPED)
+                    del pending[intake_id]
                 if pending:
                     await asyncio.sleep(self._poll)
         return results

@@ -19,6 +19,7 @@ from mailsvc.crmstore.models import (
     EmailLink,
     InboxLead,
     LinkTarget,
+    NeverLogRule,
     Opportunity,
     OpportunityStatus,
     Ticket,
@@ -37,7 +38,7 @@ from mailsvc.linking.model import (
     Wanted,
 )
 from mailsvc.linking.references import RecordId
-from mailsvc.linking.resolve import user_domains
+from mailsvc.linking.resolve import pattern_keys, user_domains
 from mailsvc.linking.rules import CHAIN_READS
 
 OPEN_TICKET = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
@@ -93,6 +94,7 @@ async def load_batch_facts(
         open_opportunities=open_opportunities,
         open_tickets=open_tickets,
         open_leads=await _open_leads(session, emails) if Fact.OPEN_LEADS in reads else {},
+        never_log=await _never_log(session, want) if Fact.NEVER_LOG in reads else frozenset(),
         recent_mail=(
             await _recent_mail(session, sorted(want.senders - set(users)), since)
             if Fact.RECENT_MAIL in reads and since is not None else {}
@@ -178,6 +180,17 @@ async def _accounts(session: AsyncSession, ids: list[int]) -> dict[int, AccountR
         select(Account.id, Account.owner_id, Account.name).where(Account.id.in_(ids))
     )
     return {aid: AccountRef(aid, owner_id, name) for aid, owner_id, name in rows}
+
+
+async def _never_log(session: AsyncSession, want: Wanted) -> frozenset[str]:
+    """The never-log rules naming an address of ``want`` or its domain (or a parent domain):
+    a keyed lookup, so the list may be long and the check stays cheap."""
+    keys = sorted({key for email in want.emails for key in pattern_keys(email)})
+    if not keys:
+        return frozenset()
+    return frozenset(await session.scalars(
+        select(NeverLogRule.pattern).where(NeverLogRule.pattern.in_(keys))
+    ))
 
 
 async def _recent_mail(

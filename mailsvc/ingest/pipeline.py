@@ -43,6 +43,7 @@ from mailsvc.ingest.accept import Accepted, accept_mails
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import (
+    DROPPED,
     LimitExceeded,
     Outcome,
     ParserFailed,
@@ -370,7 +371,8 @@ class Pipeline:
             except (SQLAlchemyError, OSError) as exc:
                 logger.warning("watching for decisions failed: %r", exc)
                 continue
-            self._resolve({i: found[key] for i, key in gone.items() if key in found})
+            # Decided and neither stored nor quarantined: a never-log rule dropped it.
+            self._resolve({i: found.get(key, DROPPED) for i, key in gone.items()})
 
     # ------------------------------------------------------------------ decide
 
@@ -423,6 +425,8 @@ class Pipeline:
             metrics.record_outcome(outcome.kind, outcome.rule)
             if outcome.rule == Rule.RATE_LIMITED:
                 metrics.record_loop_guard_trip()
+            elif outcome.kind == "dropped":
+                metrics.record_never_log_drop()
             message_id = item.parsed.message_id if item.parsed else item.key
             ms = round(1000 * (waited[n] if waited is not None else seconds))
             logger.info(

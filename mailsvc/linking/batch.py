@@ -58,7 +58,7 @@ def _records(refs: Iterable[RecordId], facts: Facts) -> set[Key]:
 
 
 def _nothing(want: Wanted, facts: Facts) -> set[Key]:
-    """Facts no decision changes (users, accounts, domains, default owners)."""
+    """Facts no decision changes (users, accounts, domains, default owners, never-log rules)."""
     return set()
 
 
@@ -113,6 +113,7 @@ KEYS: dict[Fact, Reads] = {
     Fact.OPEN_TICKETS: _open("ticket", lambda facts: facts.open_tickets),
     Fact.OPEN_LEADS: _open_leads,
     Fact.RECENT_MAIL: _recent_mail,
+    Fact.NEVER_LOG: _nothing,
 }
 """For each fact, the keys a mail's reading of it depends on: what an earlier mail may change."""
 

@@ -10,7 +10,7 @@ from typing import Literal
 from mailsvc.linking.references import IdPatterns, RecordId
 from mailsvc.mail import split_extension
 
-DecisionKind = Literal["link", "new_lead", "new_ticket", "ticket_update", "ignore"]
+DecisionKind = Literal["link", "new_lead", "new_ticket", "ticket_update", "ignore", "drop"]
 KindName = Literal["human", "auto_reply", "bounce", "list", "loop"]
 
 
@@ -37,6 +37,7 @@ class Rule(StrEnum):
     ``mailsvc.linking.rules.RULES``, explained for users in docs/linking.md.
     """
 
+    NEVER_LOG = "never_log"
     LOOP = "loop"
     BOUNCE = "bounce"
     LIST = "list"
@@ -72,6 +73,7 @@ class Fact(StrEnum):
     OPEN_LEADS = "open_leads"
     DEFAULT_OWNER = "default_owner_id"
     RECENT_MAIL = "recent_mail"
+    NEVER_LOG = "never_log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,8 @@ class Facts:
     # ``opportunity:<id>`` or ``ticket:<id>`` (mails linked to it), or ``role:<role>`` (all its
     # mails that arrived on that intake role).
     recent_mail: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # The never-log rules (addresses, domains) that name an address of the mail(s) looked up.
+    never_log: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,31 @@ def rule(name: Rule, *reads: Fact) -> Callable[[Check], RuleSpec]:
     return declare
 
 
+# ------------------------------------------------------------------ never logged
+
+
+def _participants(ctx: Context) -> list[str]:
+    """Everyone on the mail: From, Reply-To, To, Cc, and a forwarded original's people."""
+    mail = ctx.mail
+    people = [a.email for a in (*mail.from_, *mail.reply_to, *mail.to, *mail.cc)]
+    forwarded = ctx.view.forwarded
+    if forwarded is not None:
+        people += [a.email for a in (*forwarded.from_, *forwarded.to, *forwarded.cc)]
+    return people
+
+
+@rule(Rule.NEVER_LOG, Fact.NEVER_LOG)
+def never_log(ctx: Context) -> LinkDecision | None:
+    """Mail from or to an address or domain on the never-log list (a user's private contacts,
+    HR, legal) is not stored at all: its raw bytes are dropped, nothing is linked, created,
+    quarantined or announced; only the counter ``mailsvc_never_log_dropped_total`` moves."""
+    if not ctx.facts.never_log:
+        return None
+    if not any(matches(email, ctx.facts.never_log) for email in _participants(ctx)):
+        return None
+    return LinkDecision("drop", Rule.NEVER_LOG, direction=ctx.base.direction)
+
+
 # ------------------------------------------------------------------ machine mail
 
 
@@ -386,9 +411,9 @@ def no_match(ctx: Context) -> LinkDecision | None:
 
 
 RULES: tuple[RuleSpec, ...] = (
-    loop, bounce, list_mail, sender_unverified, rate_limited, record_address, subject_id, thread,
-    auto_reply, internal, no_counterparty, single_open_record, new_ticket, open_lead, forward,
-    address, new_lead, no_match,
+    never_log, loop, bounce, list_mail, sender_unverified, rate_limited, record_address,
+    subject_id, thread, auto_reply, internal, no_counterparty, single_open_record, new_ticket,
+    open_lead, forward, address, new_lead, no_match,
 )
 """The chain, in the order the rules are checked; the last one always decides."""
 

@@ -19,7 +19,7 @@ from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.reprocess import Selection, reprocess
 from mailsvc.ingest.smtp import start_smtp
 from mailsvc.mail import Envelope, RawMail
-from tests.conftest import BCC, SUPPORT
+from tests.conftest import BCC, SUPPORT, check_event_contract
 from tests.integration.test_linking_scenarios import OWNERS, build_world, mail
 from tests.support.api import ok
 from tests.support.waiting import wait_for
@@ -97,6 +97,7 @@ async def test_a_record_address_is_accepted_at_rcpt_and_links_its_record(
         # Reprocessing decides from the stored envelope: the same record, nothing changes.
         counts = await reprocess(services.pipeline, services.sessions, Selection(ids=(email.id,)))
         assert counts == {"unchanged": 1}
+        await check_event_contract(services)
 
 
 async def test_a_ticket_address_on_support_logs_the_mail_on_the_ticket(
@@ -237,6 +238,7 @@ async def test_a_burst_of_thirty_in_one_batch_trips_at_the_twenty_first(
             [RawMail(burst("Bot <bot@loop.example>", SUPPORT, 1, tag="c")[0], envelope)]
         ))
         assert later.rule == "rate_limited"
+        await check_event_contract(services)
 
 
 async def test_a_loop_on_a_ticket_stops_logging_and_reopening(
@@ -281,3 +283,118 @@ async def test_allowed_senders_and_other_targets_are_not_held_back(
         bcc = Envelope(None, (BCC,), "bcc", "smtp")  # type: ignore[arg-type]
         items = [await services.pipeline.prepare(RawMail(d, bcc)) for d in per_record]
         assert [o.rule for o in await services.pipeline.process(items)] == ["subject_id"] * 3
+
+
+# ------------------------------------------------------------------ never-log rules
+
+
+def dropped() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("mailsvc_never_log_dropped_total") or 0.0
+
+
+async def test_never_log_rules_are_managed_through_the_api(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    rule = ok(await client.post("/never-log", json={"pattern": "  HR@Example.COM "}), 201)
+    assert (rule["pattern"], rule["kind"]) == ("hr@example.com", "address")
+    domain = ok(await client.post("/never-log", json={"pattern": "@Legal.Example"}), 201)
+    assert (domain["pattern"], domain["kind"]) == ("legal.example", "domain")
+
+    again = await client.post("/never-log", json={"pattern": "hr@example.com"})
+    assert again.status_code == 409
+    assert again.headers["content-type"].startswith("application/problem+json")
+    for bad in ["", "not an address", "hr@", "example", "a@b@c.example", "x" * 400]:
+        answer = await client.post("/never-log", json={"pattern": bad})
+        assert answer.status_code == 422, (bad, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+
+    listed = ok(await client.get("/never-log"))
+    assert [r["pattern"] for r in listed] == ["hr@example.com", "legal.example"]
+    ok(await client.delete(f"/never-log/{rule['id']}"), 204)
+    assert [r["pattern"] for r in ok(await client.get("/never-log"))] == ["legal.example"]
+    missing = await client.delete(f"/never-log/{rule['id']}")
+    assert missing.status_code == 404
+
+
+async def nothing_stored(services: Services) -> None:
+    from mailsvc.crmstore.models import OutboxEvent, QuarantinedMail
+
+    async with services.sessions() as session:
+        for model in (Email, QuarantinedMail, IntakeMail, OutboxEvent, Ticket):
+            assert await session.scalar(select(func.count()).select_from(model)) == 0, model
+
+
+async def test_mail_from_a_never_log_address_is_answered_250_and_not_stored(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from mailsvc.crmstore.models import NeverLogRule
+
+    async with running(make_settings(smtp_port=0)) as (services, port):
+        async with services.sessions() as session, session.begin():
+            session.add_all([NeverLogRule(pattern="hr@acme.example"),
+                             NeverLogRule(pattern="legal.example")])
+        before = dropped()
+        sent = [
+            # From the address, from a subdomain of the domain, and one copying the domain.
+            mail("HR <hr@acme.example>", SUPPORT, "Your contract", message_id="<nl1@acme>"),
+            mail("Counsel <x@eu.legal.example>", SUPPORT, "Privileged", message_id="<nl2@l>"),
+            mail(CARLA, SUPPORT, "Question", cc=["Lawyer <anne@legal.example>"],
+                 message_id="<nl3@acme>"),
+        ]
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as smtp:
+            for data in sent:
+                errors, reply = await smtp.sendmail("someone@outside.example", [SUPPORT], data)
+                assert not errors and reply.startswith("2.0.0 Ok: queued"), reply
+
+        async def all_decided() -> bool:
+            async with services.sessions() as session:
+                return not await session.scalar(select(func.count()).select_from(IntakeMail))
+
+        await wait_for(all_decided, within=30, what="the intake emptied")
+        await nothing_stored(services)
+        assert dropped() - before == 3
+
+
+async def test_a_dropped_mail_reports_dropped_and_others_of_its_batch_are_stored(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from mailsvc.crmstore.models import NeverLogRule
+
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            await build_world(session)
+            session.add(NeverLogRule(pattern="private.example"))
+        envelope = Envelope(None, (BCC,), "bcc", "imap")  # type: ignore[arg-type]
+        raws = [
+            RawMail(mail(ANNA, "Doc <doc@private.example>", "Appointment"), envelope),
+            RawMail(mail(ANNA, CARLA, "Offer"), envelope),
+        ]
+        first, second = await services.pipeline.accept_and_decide(raws)
+        assert (first.kind, first.rule, first.email_id) == ("dropped", "never_log", None)
+        assert (second.kind, second.rule) == ("linked", "single_open_record")
+        async with services.sessions() as session:
+            assert await session.scalar(select(func.count()).select_from(Email)) == 1
+            assert await session.scalar(select(func.count()).select_from(IntakeMail)) == 0
+
+
+async def test_reprocess_unlinks_stored_mail_a_new_rule_names_but_keeps_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from mailsvc.crmstore.models import NeverLogRule
+
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        async with services.sessions() as session, session.begin():
+            await build_world(session)
+        outcome = await submit(services, BCC, "bcc", mail(ANNA, CARLA, "Offer"))
+        assert outcome.kind == "linked" and outcome.email_id is not None
+        async with services.sessions() as session, session.begin():
+            session.add(NeverLogRule(pattern="acme.example"))
+        counts = await reprocess(services.pipeline, services.sessions,
+                                 Selection(ids=(outcome.email_id,)))
+        assert counts == {"relinked": 1}
+        email = await stored(services, outcome.message_id or "")
+        assert email is not None and (email.rule, email.outcome) == ("never_log", "ignored")
+        assert await links_of(services, email.id) == {}
+        await check_event_contract(services)

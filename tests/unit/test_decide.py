@@ -282,7 +282,25 @@ def sent(sender: str, target: str, count: int, facts: Facts = FACTS_ALL) -> Fact
     return replace(facts, recent_mail={(sender, target): count})
 
 STRANGER = mail("new@gmail.com", "sales@crm.example", "Question")
+PRIVATE = replace(FACTS_ALL, never_log=frozenset({"hr@acme.example", "legal.example"}))
 RULE_CASES: dict[Rule, list[Case]] = {
+    Rule.NEVER_LOG: [
+        # From, To, Cc: any participant on the list drops the mail; domains with subdomains.
+        Case(mail("hr@acme.example", "sales@crm.example", "OPP-5"), facts=PRIVATE,
+             decides="drop", links={"opportunity": None}),
+        Case(mail("anna@ours.example", "hr@acme.example", "Contract"), "bcc", facts=PRIVATE,
+             decides="drop"),
+        Case(mail("carla@acme.example", "sales@crm.example",
+                  cc=(Address("", "x@eu.legal.example"),)), facts=PRIVATE, decides="drop"),
+        # The original of a forwarded mail counts too.
+        Case(mail("anna@ours.example", "bcc@crm.example", "Fwd: Question",
+                  FORWARD_BODY.replace("carla@acme.example", "hr@acme.example")), "bcc",
+             facts=PRIVATE, decides="drop"),
+        # A rule for someone else, or no rules at all.
+        Case(CARLA_IN, facts=PRIVATE),
+        Case(mail("x@legal.example.org", "sales@crm.example"), facts=PRIVATE),
+        Case(CARLA_IN),
+    ],
     Rule.LOOP: [
         Case(CARLA_IN, kind=MailKind("loop", "X-Mailsvc-Loop header"), decides="ignore",
              notes=("X-Mailsvc-Loop header",)),
@@ -580,6 +598,16 @@ def test_a_held_back_mail_never_creates_or_updates() -> None:
     assert (decision.rule, decision.kind, decision.automatic) == ("rate_limited", "link", True)
     assert decision.ticket_update is None and decision.ticket is None and decision.lead is None
     assert decide(m, Envelope(None, ("x",), "support"), facts, POLICY).rule == "subject_id"
+
+
+def test_a_never_log_rule_beats_every_other_rule() -> None:
+    m = mail("hr@acme.example", "support@crm.example", "TCK-7", "private")
+    decision = decide(m, Envelope(None, ("support+TCK-7@crm.example",), "support"), PRIVATE,
+                      POLICY, MailKind("auto_reply", "subject"))
+    assert (decision.kind, decision.rule, decision.links.any, decision.notes) == (
+        "drop", "never_log", False, ()
+    )
+    assert decision.ticket_update is None and decision.reply_text is None
 
 
 def test_docs_list_the_rules_in_chain_order() -> None:
