@@ -179,14 +179,15 @@ def _targets(ctx: Context) -> list[RecordRef]:
     return [ctx.facts.records[r] for r in dict.fromkeys(refs) if r in ctx.facts.records]
 
 
-@rule(Rule.RATE_LIMITED, Fact.RECENT_MAIL, Fact.RECORDS, Fact.THREAD, Fact.USERS, *OWNER_READS)
+@rule(Rule.RATE_LIMITED, Fact.RECENT_MAIL, Fact.RECORDS, Fact.THREAD, Fact.OPEN_LEADS,
+      *OWNER_READS)
 def rate_limited(ctx: Context) -> LinkDecision | None:
     """More than ``MAILSVC_LOOP_GUARD_MAX`` mails from one sender to one record (or, when the
     mail names no record, to one intake address) within ``MAILSVC_LOOP_GUARD_MINUTES`` look like
-    a mail loop: the mail is stored and linked to the record, contact and account it names, as
-    an automatic mail (note ``rate_limited``), but creates and updates nothing: no lead, no
-    ticket, no ticket log, no reopening, no acknowledgement, nothing on the timeline. Our users'
-    mail and senders on ``MAILSVC_LOOP_GUARD_ALLOW`` are never held back."""
+    a mail loop: the mail is stored and linked to the record, contact, account or open inbox
+    lead it names, as an automatic mail (note ``rate_limited``), but creates and updates nothing:
+    no lead, no ticket, no ticket log, no reopening, no acknowledgement, nothing on the timeline.
+    Our users' mail and senders on ``MAILSVC_LOOP_GUARD_ALLOW`` are never held back."""
     sender = ctx.mail.sender
     limit = ctx.policy.loop_guard_max
     if limit <= 0 or sender is None or sender.email in ctx.facts.users:
@@ -203,9 +204,10 @@ def rate_limited(ctx: Context) -> LinkDecision | None:
     if opportunity is not None or ticket is not None:
         return _link_records(held, ctx, opportunity, ticket)  # automatic: no ticket log
     counterparty = ctx.view.counterparty
-    if counterparty.contact is None and counterparty.account is None:
+    lead = ctx.facts.open_leads.get(counterparty.email or "")
+    if counterparty.contact is None and counterparty.account is None and lead is None:
         return held
-    return _link(replace(ctx, base=held), Links())
+    return _link(replace(ctx, base=held), Links(inbox_lead=lead))
 
 
 # ------------------------------------------------------------------ records named or replied to

@@ -19,7 +19,7 @@ from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.reprocess import Selection, reprocess
 from mailsvc.ingest.smtp import start_smtp
 from mailsvc.mail import Envelope, RawMail
-from tests.conftest import BCC, SUPPORT, check_event_contract
+from tests.conftest import BCC, SALES, SUPPORT, check_event_contract
 from tests.integration.test_linking_scenarios import OWNERS, build_world, mail
 from tests.support.api import ok
 from tests.support.waiting import wait_for
@@ -398,3 +398,26 @@ async def test_reprocess_unlinks_stored_mail_a_new_rule_names_but_keeps_it(
         assert email is not None and (email.rule, email.outcome) == ("never_log", "ignored")
         assert await links_of(services, email.id) == {}
         await check_event_contract(services)
+
+
+async def test_a_loop_on_sales_keeps_one_lead_and_holds_back_from_the_twenty_first(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from mailsvc.crmstore.models import Activity, InboxLead
+
+    async with open_services(make_settings(**OWNERS), migrate=False) as services:
+        envelope = Envelope(None, (SALES,), "sales", "smtp")  # type: ignore[arg-type]
+        mails = burst("Robot <robot@gmail.com>", SALES, 25, tag="s")
+        outcomes = await services.pipeline.process(
+            [await services.pipeline.prepare(RawMail(data, envelope)) for data in mails]
+        )
+        assert [o.rule for o in outcomes] == (
+            ["new_lead"] + ["open_lead"] * 19 + ["rate_limited"] * 5
+        )
+        lead = outcomes[0].links["inbox_lead"]
+        assert {o.links["inbox_lead"] for o in outcomes} == {lead}
+        assert all(o.kind == "linked" and o.automatic for o in outcomes[20:])
+        async with services.sessions() as session:
+            assert await session.scalar(select(func.count()).select_from(InboxLead)) == 1
+            on_timeline = await session.scalar(select(func.count()).select_from(Activity))
+            assert on_timeline == 20  # held-back mail is not on the timeline

@@ -329,6 +329,9 @@ RULE_CASES: dict[Rule, list[Case]] = {
              links={"owner": None, "inbox_lead": None}),
         Case(mail("new@gmail.com", "sales@crm.example"), facts=sent("new@gmail.com",
              "role:sales", 19), policy=GUARD),
+        # An unknown sender with an open inbox lead: the held mail stays on the lead.
+        Case(mail("lead@gmail.com", "sales@crm.example"), facts=sent("lead@gmail.com",
+             "role:sales", 20), policy=GUARD, decides="link", links={"inbox_lead": 3}),
         # To a named record: linked to it as automatic mail; a ticket gets no log entry.
         Case(mail("carla@acme.example", "sales@crm.example", "OPP-5"),
              facts=sent("carla@acme.example", "opportunity:5", 20), policy=GUARD,
