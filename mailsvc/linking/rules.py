@@ -103,13 +103,14 @@ def rule(name: Rule, *reads: Fact) -> Callable[[Check], RuleSpec]:
 
 
 def _participants(ctx: Context) -> list[str]:
-    """Everyone on the mail: From, Reply-To, To, Cc, and a forwarded original's people."""
+    """Everyone on the mail: From, Reply-To, To, Cc, and a forwarded original's people; our
+    intake addresses are none of them."""
     mail = ctx.mail
     people = [a.email for a in (*mail.from_, *mail.reply_to, *mail.to, *mail.cc)]
     forwarded = ctx.view.forwarded
     if forwarded is not None:
         people += [a.email for a in (*forwarded.from_, *forwarded.to, *forwarded.cc)]
-    return people
+    return [email for email in people if ctx.policy.intake_base(email) is None]
 
 
 @rule(Rule.NEVER_LOG, Fact.NEVER_LOG)

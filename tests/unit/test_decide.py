@@ -296,8 +296,9 @@ RULE_CASES: dict[Rule, list[Case]] = {
         Case(mail("anna@ours.example", "bcc@crm.example", "Fwd: Question",
                   FORWARD_BODY.replace("carla@acme.example", "hr@acme.example")), "bcc",
              facts=PRIVATE, decides="drop"),
-        # A rule for someone else, or no rules at all.
+        # A rule for someone else, or no rules at all; intake addresses are never matched.
         Case(CARLA_IN, facts=PRIVATE),
+        Case(CARLA_IN, facts=replace(FACTS_ALL, never_log=frozenset({"crm.example"}))),
         Case(mail("x@legal.example.org", "sales@crm.example"), facts=PRIVATE),
         Case(CARLA_IN),
     ],
