@@ -260,7 +260,7 @@ async def _serve_api(services: Services, sockets: list[socket.socket]) -> None:
 
 def _role_for(settings: Settings, address: str | None) -> tuple[Role, str]:
     address = (address or settings.bcc_address[0]).lower()
-    role = settings.intake_roles.get(address)
+    role = settings.intake_roles.role_of(address)
     if role is None:
         known = ", ".join(sorted(settings.intake_roles))
         err.print(f"[red]--to {address} is not an intake address (known: {known})[/red]")

@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from mailsvc.errors import ConfigError
 from mailsvc.keys import parse_configured_key
-from mailsvc.mail import Role
+from mailsvc.mail import IntakeRoles, Role
 
 AddressList = Annotated[tuple[str, ...], NoDecode]
 
@@ -268,6 +268,18 @@ class Settings(BaseSettings):
     sales_address: AddressList = ("sales@mailsvc.localhost",)
     support_address: AddressList = ("support@mailsvc.localhost",)
     internal_domains: AddressList = ()
+    # Plus-addressing on every intake address (bcc+OPP-12@...): the characters that separate the
+    # extension, as Postfix's recipient_delimiter ("" turns it off).
+    recipient_delimiter: str = Field(
+        default="+", pattern=r"^[^@\s\"<>(),;:\\\[\]A-Za-z0-9]{0,8}$"
+    )
+
+    # The loop guard: more than loop_guard_max mails from one sender to one record (without one:
+    # to one intake role) within loop_guard_minutes create and update nothing (0: off); senders
+    # on loop_guard_allow (addresses or domains, comma-separated) are never held back.
+    loop_guard_max: int = Field(default=20, ge=0)
+    loop_guard_minutes: float = Field(default=120.0, gt=0, le=60 * 24 * 31)
+    loop_guard_allow: AddressList = ()
 
     opportunity_prefix: str = Field(default="OPP", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
     ticket_prefix: str = Field(default="TCK", pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}$")
@@ -446,7 +458,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "bcc_address", "sales_address", "support_address", "internal_domains", "api_keys",
-        "trusted_authserv_ids", "trusted_networks", mode="before",
+        "trusted_authserv_ids", "trusted_networks", "loop_guard_allow", mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
@@ -496,6 +508,16 @@ class Settings(BaseSettings):
                 "TLS), or MAILSVC_SMTP_AUTH_ALLOW_PLAINTEXT=true for a closed test set-up"
             )
         return self
+
+    @field_validator("loop_guard_allow")
+    @classmethod
+    def _allow(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Addresses (``noc@example.com``) or domains (``example.com``, subdomains included)."""
+        cleaned = tuple(item.strip().lower().lstrip("@") for item in value)
+        for item in cleaned:
+            if not item or " " in item or "." not in item.rpartition("@")[2]:
+                raise ValueError(f"{item!r} is neither an e-mail address nor a domain")
+        return cleaned
 
     @field_validator("internal_domains")
     @classmethod
@@ -570,9 +592,21 @@ class Settings(BaseSettings):
                 Role.SUPPORT: self.support_address}
 
     @cached_property
-    def intake_roles(self) -> dict[str, Role]:
-        """Intake address (lower case) -> role: ``bcc``, ``sales`` or ``support``."""
-        return {a: role for role, addresses in self.role_addresses.items() for a in addresses}
+    def intake_roles(self) -> IntakeRoles:
+        """Intake address (lower case) -> role: ``bcc``, ``sales`` or ``support``; ``role_of``
+        also answers for an intake address with an extension (``bcc+OPP-12@...``)."""
+        return IntakeRoles(
+            ((a, role) for role, addresses in self.role_addresses.items() for a in addresses),
+            self.recipient_delimiter,
+        )
+
+    def record_address(self, role: Role, label: str) -> str | None:
+        """A record's own address: the first intake address of ``role`` with the record's ID
+        (``label``, e.g. ``OPP-12``) as extension; None when plus-addressing is off."""
+        if not self.recipient_delimiter:
+            return None
+        local, _, domain = self.role_addresses[role][0].rpartition("@")
+        return f"{local}{self.recipient_delimiter[0]}{label}@{domain}"
 
     def owner_for(self, role: Role | str) -> str | None:
         """The default owner's address for mail arriving on the intake address of ``role``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -13,6 +14,33 @@ class Role(StrEnum):
     BCC = "bcc"
     SALES = "sales"
     SUPPORT = "support"
+
+
+def split_extension(address: str, delimiters: str) -> tuple[str, str | None]:
+    """``local+extension@domain`` -> (``local@domain``, ``extension``), split at the first of the
+    ``delimiters`` characters, as Postfix's ``recipient_delimiter`` does; lower case. Without a
+    delimiter (or none configured) the address is its own base and there is no extension."""
+    address = address.strip().lower()
+    local, at, domain = address.rpartition("@")
+    cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
+    if not at or cut < 0:
+        return address, None
+    return f"{local[:cut]}@{domain}", local[cut + 1:]
+
+
+class IntakeRoles(dict[str, Role]):
+    """Intake address (lower case) -> role; ``role_of`` also knows the addresses with an
+    extension (``bcc+OPP-12@...``: the base address's role)."""
+
+    def __init__(self, roles: Iterable[tuple[str, Role]] = (), delimiters: str = "") -> None:
+        super().__init__(roles)
+        self.delimiters = delimiters
+
+    def role_of(self, address: str) -> Role | None:
+        exact = self.get(address.strip().lower())
+        if exact is not None:
+            return exact
+        return self.get(split_extension(address, self.delimiters)[0])
 
 
 @dataclass(frozen=True, slots=True)

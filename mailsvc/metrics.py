@@ -37,13 +37,22 @@ def _metrics() -> Any:
         outcomes=Counter(
             "mailsvc_intake_messages",
             "Messages processed by the intake, by outcome (accepted, linked, lead_created, "
-            "ticket_created, ticket_updated, duplicate, ignored, quarantined).",
+            "ticket_created, ticket_updated, duplicate, ignored, quarantined, dropped).",
             ["outcome"],
         ),
         rules=Counter(
             "mailsvc_intake_rules",
             "Decided messages by the linking rule that decided them (docs/linking.md).",
             ["rule"],
+        ),
+        loop_guard=Counter(
+            "mailsvc_loop_guard_trips",
+            "Mails the loop guard held back (rule rate_limited): stored, nothing created or "
+            "updated.",
+        ),
+        never_log=Counter(
+            "mailsvc_never_log_dropped",
+            "Mails dropped unstored because a never-log rule names a sender or participant.",
         ),
         batch=Histogram(
             "mailsvc_intake_batch_messages", "Messages decided together in one transaction.",
@@ -177,6 +186,20 @@ def record_outcome(kind: str, rule: str | None = None) -> None:
     found.outcomes.labels(outcome=kind).inc()
     if rule:
         found.rules.labels(rule=rule).inc()
+
+
+def record_loop_guard_trip() -> None:
+    """One mail held back by the loop guard (docs/linking.md, rule ``rate_limited``)."""
+    if not _enabled:
+        return
+    _metrics().loop_guard.inc()
+
+
+def record_never_log_drop() -> None:
+    """One mail dropped by a never-log rule: the only trace it leaves."""
+    if not _enabled:
+        return
+    _metrics().never_log.inc()
 
 
 def record_batch(size: int, seconds: float) -> None:

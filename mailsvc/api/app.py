@@ -22,6 +22,7 @@ from mailsvc.api.routes import (
     emails,
     inbox,
     mailfiles,
+    never_log,
     opportunities,
     outbound,
     people,
@@ -88,7 +89,7 @@ def create_app(services: Services) -> FastAPI:
                        max_body_bytes=config.api_max_body_bytes,
                        user_key=partial(user_key_valid, services))
     modules = (people, opportunities, inbox, tickets, activities, documents, emails, mailfiles,
-               settings, reports, privacy, webhooks)
+               settings, reports, privacy, webhooks, never_log)
     app.add_middleware(Instrument, templates=RouteTemplates(lambda: [
         *(f"{API_PREFIX}{route.path}" for module in modules for route in module.router.routes
           if isinstance(route, APIRoute)),

@@ -40,6 +40,8 @@ TAGS: list[dict[str, str]] = [
     {"name": "reports", "description": "Dashboard figures."},
     {"name": "privacy", "description": "Erasure of personal data and its audit trail."},
     {"name": "webhooks", "description": "Events POSTed to your URLs, signed; the delivery log."},
+    {"name": "never-log", "description": "Addresses and domains whose mail is never stored "
+     "(private contacts, HR, legal): dropped at the decide step, only a counter moves."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 

@@ -465,6 +465,9 @@ class OpportunityOut(Out):
     campaign_id: int | None
     territory_id: int | None
     team_id: int | None
+    mail_address: str | None = Field(
+        None, description="The opportunity's own address (bcc+OPP-12@...): mail sent or BCC'd "
+        "to it is linked here (null when plus-addressing is off).")
     created_at: datetime
     updated_at: datetime
 
@@ -886,6 +889,9 @@ class TicketOut(Out):
     invoice_id: int | None
     resolved_at: datetime | None
     closed_at: datetime | None
+    mail_address: str | None = Field(
+        None, description="The ticket's own address (support+TCK-7@...): mail sent to it is "
+        "logged on the ticket (null when plus-addressing is off).")
     created_at: datetime
     updated_at: datetime
 

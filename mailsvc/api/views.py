@@ -19,6 +19,7 @@ from mailsvc.crmstore.models import (
     Ticket,
     User,
 )
+from mailsvc.mail import Role
 
 
 def user(row: User) -> s.UserOut:
@@ -44,10 +45,11 @@ def contact(row: Contact, duplicate_of: int | None = None) -> s.ContactOut:
 def opportunity(
     row: Opportunity, settings: Settings, now: datetime | None = None
 ) -> s.OpportunityOut:
-    skip = {"number", "weighted_value", "tags", "subscriber_ids", "traffic_light"}
+    skip = {"number", "weighted_value", "tags", "subscriber_ids", "traffic_light", "mail_address"}
     data = {name: getattr(row, name) for name in s.OpportunityOut.model_fields if name not in skip}
+    number = f"{settings.opportunity_prefix}-{row.id}"
     return s.OpportunityOut(
-        **data, number=f"{settings.opportunity_prefix}-{row.id}",
+        **data, number=number, mail_address=settings.record_address(Role.BCC, number),
         weighted_value=services.weighted_value(row), tags=[t.name for t in row.tags],
         subscriber_ids=[sub.user_id for sub in row.subscribers],
         traffic_light=services.traffic_light(row, now or utcnow(), settings.stale_contact_days,
@@ -56,8 +58,11 @@ def opportunity(
 
 
 def ticket(row: Ticket, settings: Settings) -> s.TicketOut:
-    data = {name: getattr(row, name) for name in s.TicketOut.model_fields if name != "number"}
-    return s.TicketOut(**data, number=f"{settings.ticket_prefix}-{row.id}")
+    data = {name: getattr(row, name) for name in s.TicketOut.model_fields
+            if name not in ("number", "mail_address")}
+    number = f"{settings.ticket_prefix}-{row.id}"
+    return s.TicketOut(**data, number=number,
+                       mail_address=settings.record_address(Role.SUPPORT, number))
 
 
 def inbox_lead(row: InboxLead) -> s.InboxLeadOut:

@@ -181,6 +181,25 @@ class SqliteIntake:
             raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return found
 
+    async def still_accepted(self, ids: Sequence[int]) -> set[int]:
+        """Which of these intake rows are still there (not decided yet)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._still_accepted, list(ids))
+
+    def _still_accepted(self, ids: list[int]) -> set[int]:
+        present: set[int] = set()
+        try:
+            connection = self._connect()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ", ".join(f"?{i + 1}" for i in range(len(chunk)))
+                present.update(row[0] for row in connection.execute(
+                    f"SELECT id FROM intake WHERE id IN ({marks})", chunk))
+        except sqlite3.Error as exc:
+            self._close()
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return present
+
     async def revision(self) -> str | None:
         """The schema revision in ``alembic_version`` (None: not there)."""
         loop = asyncio.get_running_loop()
@@ -372,6 +391,18 @@ class PostgresIntake:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return _decisions(*results)
+
+    async def still_accepted(self, ids: Sequence[int]) -> set[int]:
+        """Which of these intake rows are still there (not decided yet)."""
+        import asyncpg
+
+        try:
+            async with self._connect() as connection:
+                rows = await connection.fetch(
+                    "SELECT id FROM intake WHERE id = ANY($1::bigint[])", list(ids))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return {row[0] for row in rows}
 
     async def revision(self) -> str | None:
         """The schema revision in ``alembic_version`` (None: not there)."""

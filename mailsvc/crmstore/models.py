@@ -553,6 +553,21 @@ class IntakeMail(Base):
     accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class NeverLogRule(Timestamped, Base):
+    """An address (``hr@example.com``) or a domain (``example.com``, subdomains included) whose
+    mail is never stored: to or from it, it is dropped at the decide step (docs/linking.md)."""
+
+    __tablename__ = "never_log_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pattern: Mapped[str] = mapped_column(String(320), unique=True)
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+
+
 class Erasure(Base):
     """The audit trail of removed personal data: who, when, how much; never whose."""
 

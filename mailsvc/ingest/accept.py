@@ -9,12 +9,12 @@ the decide workers (``ingest/decider.py``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mailsvc.crmstore.intake_writer import Decision, IntakeRow, IntakeWriter, Written
-from mailsvc.ingest.outcome import Outcome, OutcomeKind, stored_reason
+from mailsvc.ingest.outcome import DROPPED, Outcome, OutcomeKind, stored_reason
 from mailsvc.ingest.parse import mail_key
 from mailsvc.ingest.sanitize import clean_json, clean_text
 from mailsvc.mail import Envelope, RawMail, Role
@@ -22,8 +22,15 @@ from mailsvc.mail import Envelope, RawMail, Role
 if TYPE_CHECKING:
     from mailsvc.crmstore.models import IntakeMail
 
-__all__ = ["Accepted", "accept_mails", "envelope_extra", "intake_row", "mail_key", "raw_of",
-           "stored_outcomes"]
+__all__ = [
+    "Accepted",
+    "accept_mails",
+    "decided_outcomes",
+    "envelope_extra",
+    "intake_row",
+    "mail_key",
+    "raw_of",
+]
 
 # The Envelope fields with columns of their own; any other field goes to envelope_extra.
 _ENVELOPE_COLUMNS = {"mail_from": "mail_from", "rcpt_tos": "rcpt_tos", "role": "role",
@@ -129,9 +136,14 @@ def outcome_of(decision: Decision) -> Outcome:
                    automatic=decision.automatic)
 
 
-async def stored_outcomes(writer: IntakeWriter, keys: Sequence[str]) -> dict[str, Outcome]:
-    """The outcomes of decided mails, read back from the store by dedup key."""
-    if not keys:
+async def decided_outcomes(writer: IntakeWriter,
+                           accepted: Mapping[int, str]) -> dict[int, Outcome]:
+    """The outcomes of accepted mails (intake id -> dedup key) decided since, read back from the
+    store by intake id. A mail whose intake row is gone and that was neither stored nor
+    quarantined was dropped (a never-log rule)."""
+    if not accepted:
         return {}
-    return {key: outcome_of(d) for key, d in (await writer.decisions(keys)).items()}
-
+    present = await writer.still_accepted(list(accepted))
+    gone = {i: key for i, key in accepted.items() if i not in present}
+    found = await writer.decisions(list(gone.values())) if gone else {}
+    return {i: outcome_of(found[key]) if key in found else DROPPED for i, key in gone.items()}

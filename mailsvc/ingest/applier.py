@@ -92,7 +92,7 @@ def kept(link: EmailLink, outcome: str | None) -> bool:
 
 def on_timeline(decision: LinkDecision) -> bool:
     """Whether a linked mail belongs on its records' timeline: human mail that was not ignored."""
-    return not decision.automatic and decision.kind != "ignore"
+    return not decision.automatic and decision.kind not in ("ignore", "drop")
 
 
 async def apply_decisions(

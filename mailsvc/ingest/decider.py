@@ -45,7 +45,7 @@ from mailsvc.crmstore.db import end_stalled_transactions, read_session
 from mailsvc.crmstore.intake_writer import decide_lock, sqlite_path
 from mailsvc.crmstore.models import IntakeMail
 from mailsvc.errors import StoreUnavailable
-from mailsvc.ingest.accept import raw_of, stored_outcomes
+from mailsvc.ingest.accept import decided_outcomes, raw_of
 from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason
 from mailsvc.ingest.pipeline import PrepareOptions, prepare_item, store_unavailable
 from mailsvc.ingest.store import Prepared, quarantine
@@ -214,11 +214,10 @@ class Decider:
                     results[intake_id] = done[intake_id]
                     del pending[intake_id]
             if pending and not done:  # decided by another process?
-                found = await stored_outcomes(self._pipeline.intake, list(pending.values()))
-                for intake_id, key in list(pending.items()):
-                    if key in found:
-                        results[intake_id] = found[key]
-                        del pending[intake_id]
+                elsewhere = await decided_outcomes(self._pipeline.intake, pending)
+                results.update(elsewhere)
+                for intake_id in elsewhere:
+                    del pending[intake_id]
                 if pending:
                     await asyncio.sleep(self._poll)
         return results

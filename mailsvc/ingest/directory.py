@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.models import (
@@ -18,6 +19,7 @@ from mailsvc.crmstore.models import (
     EmailLink,
     InboxLead,
     LinkTarget,
+    NeverLogRule,
     Opportunity,
     OpportunityStatus,
     Ticket,
@@ -36,7 +38,7 @@ from mailsvc.linking.model import (
     Wanted,
 )
 from mailsvc.linking.references import RecordId
-from mailsvc.linking.resolve import user_domains
+from mailsvc.linking.resolve import pattern_keys, user_domains
 from mailsvc.linking.rules import CHAIN_READS
 
 OPEN_TICKET = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
@@ -44,20 +46,21 @@ OPEN_TICKET = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
 
 async def load_facts(
     session: AsyncSession, want: Wanted, default_owner_email: str | None = None,
-    reads: frozenset[Fact] = CHAIN_READS,
+    reads: frozenset[Fact] = CHAIN_READS, *, since: datetime | None = None,
 ) -> Facts:
     owners = (default_owner_email,) if default_owner_email else ()
-    facts, owner_ids = await load_batch_facts(session, want, owners, reads)
+    facts, owner_ids = await load_batch_facts(session, want, owners, reads, since=since)
     return replace(facts, default_owner_id=owner_ids.get(default_owner_email or ""))
 
 
 async def load_batch_facts(
     session: AsyncSession, want: Wanted, owner_emails: Iterable[str] = (),
-    reads: frozenset[Fact] = CHAIN_READS,
+    reads: frozenset[Fact] = CHAIN_READS, *, since: datetime | None = None,
 ) -> tuple[Facts, dict[str, int]]:
     """The facts the rules read (``reads``: what the chain declares, ``rules.CHAIN_READS``) for
     ``want`` (a group's merged Wanted is fine: every value is a keyed lookup), and the user ids of
-    ``owner_emails`` (the default owners), in the same queries."""
+    ``owner_emails`` (the default owners), in the same queries. ``since``: the start of the loop
+    guard's window (no counts without it)."""
     owner_emails = tuple(owner_emails)
     emails = sorted(want.emails)
     users = await _users(session, sorted(want.emails | set(owner_emails)))
@@ -91,6 +94,11 @@ async def load_batch_facts(
         open_opportunities=open_opportunities,
         open_tickets=open_tickets,
         open_leads=await _open_leads(session, emails) if Fact.OPEN_LEADS in reads else {},
+        never_log=await _never_log(session, want) if Fact.NEVER_LOG in reads else frozenset(),
+        recent_mail=(
+            await _recent_mail(session, sorted(want.senders - set(users)), since)
+            if Fact.RECENT_MAIL in reads and since is not None else {}
+        ),
     )
     return facts, {e: users[e].id for e in owner_emails if e in users}
 
@@ -172,6 +180,43 @@ async def _accounts(session: AsyncSession, ids: list[int]) -> dict[int, AccountR
         select(Account.id, Account.owner_id, Account.name).where(Account.id.in_(ids))
     )
     return {aid: AccountRef(aid, owner_id, name) for aid, owner_id, name in rows}
+
+
+async def _never_log(session: AsyncSession, want: Wanted) -> frozenset[str]:
+    """The never-log rules naming an address of ``want`` or its domain (or a parent domain):
+    a keyed lookup, so the list may be long and the check stays cheap."""
+    keys = sorted({key for email in want.emails for key in pattern_keys(email)})
+    if not keys:
+        return frozenset()
+    return frozenset(await session.scalars(
+        select(NeverLogRule.pattern).where(NeverLogRule.pattern.in_(keys))
+    ))
+
+
+async def _recent_mail(
+    session: AsyncSession, senders: list[str], since: datetime
+) -> dict[tuple[str, str], int]:
+    """Mails stored from ``senders`` (header From) since ``since`` (their received time): per
+    intake role, and per opportunity or ticket they are linked to. Users' mail is not counted."""
+    if not senders:
+        return {}
+    recent = (Email.from_email.in_(senders), Email.received_at >= since)
+    counted: dict[tuple[str, str], int] = {}
+    by_role = await session.execute(
+        select(Email.from_email, Email.intake_role, func.count())
+        .where(*recent).group_by(Email.from_email, Email.intake_role)
+    )
+    for sender, role, count in by_role:
+        counted[(str(sender), f"role:{role}")] = int(count)
+    by_record = await session.execute(
+        select(Email.from_email, EmailLink.target_type, EmailLink.target_id, func.count())
+        .join(EmailLink, EmailLink.email_id == Email.id)
+        .where(*recent, EmailLink.target_type.in_([LinkTarget.OPPORTUNITY, LinkTarget.TICKET]))
+        .group_by(Email.from_email, EmailLink.target_type, EmailLink.target_id)
+    )
+    for sender, target_type, target_id, count in by_record:
+        counted[(str(sender), f"{target_type}:{target_id}")] = int(count)
+    return counted
 
 
 async def _open_leads(session: AsyncSession, emails: list[str]) -> dict[str, int]:

@@ -31,7 +31,7 @@ from mailsvc.crmstore.intake_writer import (
 )
 from mailsvc.crmstore.revision import script_head
 from mailsvc.crmstore.timeouts import Timeouts, postgres_connect_args
-from mailsvc.ingest.accept import accept_mails, stored_outcomes
+from mailsvc.ingest.accept import accept_mails, decided_outcomes
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.mail import Envelope, RawMail, Role
 
@@ -92,20 +92,23 @@ async def hand_over(settings: Settings, raws: Sequence[RawMail]) -> list[Outcome
         if head is None or await writer.revision() != head:
             return None
         accepted = await accept_mails(writer, raws)
-        waiting = {a.key for a in accepted if a.outcome.kind == "accepted"}
+        waiting = {i: a.key for a in accepted
+                   if a.outcome.kind == "accepted" and (i := a.outcome.intake_id) is not None}
         decided = await _decisions(writer, waiting, settings.ingest_wait_seconds,
                                    settings.decide_poll_ms / 1000)
-        return [decided.get(a.key, a.outcome) for a in accepted]
+        return [decided.get(a.outcome.intake_id or 0, a.outcome) if a.outcome.kind == "accepted"
+                else a.outcome for a in accepted]
 
 
-async def _decisions(writer: IntakeWriter, keys: set[str], wait: float,
-                     poll: float) -> dict[str, Outcome]:
-    """The decisions of ``keys`` that are made within ``wait`` seconds."""
-    found: dict[str, Outcome] = {}
+async def _decisions(writer: IntakeWriter, waiting: dict[int, str], wait: float,
+                     poll: float) -> dict[int, Outcome]:
+    """The decisions of the accepted mails (intake id -> key) made within ``wait`` seconds."""
+    found: dict[int, Outcome] = {}
     deadline = time.monotonic() + wait
-    while keys - found.keys():
+    while len(found) < len(waiting):
         await asyncio.sleep(poll)
-        found.update(await stored_outcomes(writer, sorted(keys - found.keys())))
+        found.update(await decided_outcomes(
+            writer, {i: key for i, key in waiting.items() if i not in found}))
         if time.monotonic() >= deadline:
             break
     return found

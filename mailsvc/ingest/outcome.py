@@ -14,6 +14,7 @@ OutcomeKind = Literal[
     "duplicate",
     "quarantined",
     "accepted",  # committed to the intake, not decided yet (the SMTP 250 of the staged intake)
+    "dropped",  # a never-log rule named it: nothing stored (docs/linking.md)
 ]
 
 LINK_NAMES = ("account", "contact", "owner", "opportunity", "ticket", "inbox_lead")
@@ -121,3 +122,7 @@ class Outcome:
         if self.intake_id is not None:
             body["intake_id"] = self.intake_id
         return body
+
+
+# A mail a never-log rule dropped: nothing of it is stored, so this is all there is to report.
+DROPPED = Outcome("dropped", rule="never_log")

@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
 from mailsvc.config import Settings
+from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.db import driver_connection, is_retryable
 from mailsvc.crmstore.intake_writer import (
     IntakeUnavailable,
@@ -45,7 +47,7 @@ from mailsvc.crmstore.intake_writer import (
 )
 from mailsvc.crmstore.models import QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
-from mailsvc.ingest.accept import Accepted, accept_mails, stored_outcomes
+from mailsvc.ingest.accept import Accepted, accept_mails, decided_outcomes
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import (
@@ -67,7 +69,7 @@ from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_emai
 from mailsvc.ingest.trust import TrustPolicy, needs_lookup, sender_verified, trust_policy
 from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
 from mailsvc.linking.decide import Policy, decide, reply_of, wanted
-from mailsvc.linking.model import LinkDecision, MailKind, Wanted
+from mailsvc.linking.model import LinkDecision, MailKind, Rule, Wanted
 from mailsvc.linking.references import IdPatterns
 from mailsvc.linking.text import Reply
 from mailsvc.mail import RawMail, Role
@@ -120,7 +122,7 @@ def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
         return replace(
             item,
             kind=classify(item.parsed, raw.envelope, options.max_received_headers, raw.data),
-            want=wanted(item.parsed, options.policy),
+            want=wanted(item.parsed, options.policy, raw.envelope),
             reply=reply_of(item.parsed),
             sender_verified=sender_verified(raw, item.parsed, options.trust),
         )
@@ -134,6 +136,10 @@ def policy_from(settings: Settings) -> Policy:
         patterns=IdPatterns(settings.opportunity_prefix, settings.ticket_prefix),
         intake_addresses=frozenset(settings.intake_roles),
         internal_domains=frozenset(settings.internal_domains),
+        recipient_delimiter=settings.recipient_delimiter,
+        intake_roles=tuple(sorted((a, str(r)) for a, r in settings.intake_roles.items())),
+        loop_guard_max=settings.loop_guard_max,
+        loop_guard_allow=frozenset(settings.loop_guard_allow),
     )
 
 
@@ -380,17 +386,16 @@ class Pipeline:
                     future.set_result(outcome)
 
     async def _watch(self) -> None:
-        """Resolve waiters whose mail another process decided: its e-mail or quarantine entry
-        is there (written in the transaction that removed it from the intake)."""
+        """Resolve waiters whose mail another process decided: its intake row is gone."""
         while self._waiters:
             await asyncio.sleep(self._settings.decide_poll_ms / 1000)
             waiting = {i: key for i, (key, _) in self._waiters.items()}
             try:
-                found = await stored_outcomes(self.intake, list(waiting.values()))
+                found = await decided_outcomes(self.intake, waiting)
             except IntakeUnavailable as exc:
                 logger.warning("watching for decisions failed: %s", exc)
                 continue
-            self._resolve({i: found[key] for i, key in waiting.items() if key in found})
+            self._resolve(found)
 
     # ------------------------------------------------------------------ decide
 
@@ -441,6 +446,10 @@ class Pipeline:
         metrics.record_batch(len(items), seconds)
         for n, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
             metrics.record_outcome(outcome.kind, outcome.rule)
+            if outcome.rule == Rule.RATE_LIMITED:
+                metrics.record_loop_guard_trip()
+            elif outcome.kind == "dropped":
+                metrics.record_never_log_drop()
             message_id = item.parsed.message_id if item.parsed else item.key
             ms = round(1000 * (waited[n] if waited is not None else seconds))
             logger.info(
@@ -535,7 +544,8 @@ class Pipeline:
         (returned second). Writes nothing: the caller applies the decisions."""
         inputs = {n: self._inputs(items[n]) for n in todo}
         facts, owners = await load_batch_facts(
-            session, merge_wanted(want for _, want, _ in inputs.values()), self._owners
+            session, merge_wanted(want for _, want, _ in inputs.values()), self._owners,
+            since=self.loop_guard_since(),
         )
         changed: set[str] = set()
         deferred: list[int] = []
@@ -554,15 +564,20 @@ class Pipeline:
                 continue
             decision = decide(item.parsed, envelope, mine, self._policy, kind, reply,
                               sender_verified=item.sender_verified)
-            changed |= effects(item.parsed.message_id, decision, mine)
+            changed |= effects(item.parsed.message_id, decision, mine, want.senders)
             decided.append((n, decision))
         return decided, deferred
+
+    def loop_guard_since(self) -> datetime:
+        """Where the loop guard's window starts: mails stored since then are counted."""
+        return utcnow() - timedelta(minutes=self._settings.loop_guard_minutes)
 
     def _inputs(self, item: Prepared) -> tuple[MailKind, Wanted, Reply]:
         mail = item.parsed
         assert mail is not None
         kind = item.kind or classify(mail, item.raw.envelope, self._settings.max_received_headers)
-        return kind, item.want or wanted(mail, self._policy), item.reply or reply_of(mail)
+        want = item.want or wanted(mail, self._policy, item.raw.envelope)
+        return kind, want, item.reply or reply_of(mail)
 
     async def _apply_all(self, session: AsyncSession, items: Sequence[Prepared]) -> list[Outcome]:
         """The safe path: each mail in its own SAVEPOINT; one that fails is quarantined."""
@@ -616,7 +631,8 @@ class Pipeline:
             return await quarantine(session, item, item.problem or UNPARSEABLE)
         envelope = item.raw.envelope
         kind, want, reply = self._inputs(item)
-        facts = await load_facts(session, want, self._settings.owner_for(envelope.role))
+        facts = await load_facts(session, want, self._settings.owner_for(envelope.role),
+                                 since=self.loop_guard_since())
         decision = decide(item.parsed, envelope, facts, self._policy, kind, reply,
                           sender_verified=item.sender_verified)
         return await store_email(session, item, decision)

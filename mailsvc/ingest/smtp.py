@@ -31,7 +31,7 @@ from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.ingest.sanitize import bad_address
 from mailsvc.ingest.smtpdata import DataLimits, DataReader, read_data
 from mailsvc.mail import Envelope as MailEnvelope
-from mailsvc.mail import RawMail, Role
+from mailsvc.mail import IntakeRoles, RawMail, Role
 from mailsvc.ports import Listener, PortUnavailable
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ ROLE_PRECEDENCE: tuple[Role, ...] = (Role.BCC, Role.SUPPORT, Role.SALES)
 
 
 def pick_role(recipients: list[str], roles: Mapping[str, Role]) -> Role:
-    found = {roles[r.lower()] for r in recipients if r.lower() in roles}
+    """The role a mail is processed under; ``bcc+OPP-12@...`` counts as its base address."""
+    find = roles.role_of if isinstance(roles, IntakeRoles) else roles.get
+    found = {role for r in recipients if (role := find(r.lower())) is not None}
     return next(role for role in ROLE_PRECEDENCE if role in found)
 
 
@@ -124,7 +126,7 @@ class IntakeHandler:
             return BAD_RECIPIENT_BYTES
         if "@" not in address:
             return BAD_RECIPIENT
-        if address.lower() not in self._roles:
+        if self._roles.role_of(address) is None:
             logger.info("rejected recipient %s from %s", address, envelope.mail_from)
             return UNKNOWN_RECIPIENT
         if len(envelope.rcpt_tos) >= self._max_recipients:

@@ -14,7 +14,7 @@ from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import Email, EmailAttachment, QuarantinedMail
 from mailsvc.crmstore.outbox import record_event, write_events
 from mailsvc.ingest.applier import StoredMail, apply_decisions
-from mailsvc.ingest.outcome import Outcome, OutcomeKind, QuarantineReason
+from mailsvc.ingest.outcome import DROPPED, Outcome, OutcomeKind, QuarantineReason
 from mailsvc.ingest.sanitize import clean_text, fit_row
 from mailsvc.linking.model import LinkDecision, MailKind, Wanted
 from mailsvc.linking.text import Reply
@@ -123,7 +123,12 @@ async def store_emails(
 ) -> list[Outcome]:
     """Store a group of decided mails in stages, so each table gets one statement for the whole
     group: the e-mails, their attachments, then the decisions applied (``applier``: new leads and
-    tickets, links, ticket logs and bounce marks, timeline), then the events."""
+    tickets, links, ticket logs and bounce marks, timeline), then the events. A mail a never-log
+    rule dropped is not stored at all (``DROPPED``)."""
+    if any(decision.kind == "drop" for _, decision in decided):
+        kept = [(item, d) for item, d in decided if d.kind != "drop"]
+        stored = iter(await store_emails(session, kept))
+        return [DROPPED if d.kind == "drop" else next(stored) for _, d in decided]
     if not decided:
         return []
     rows = [email_values(item, decision, outcome_kind(decision)) for item, decision in decided]

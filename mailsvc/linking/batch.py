@@ -19,12 +19,15 @@ def merge_wanted(wants: Iterable[Wanted]) -> Wanted:
     domains: set[str] = set()
     record_ids: dict[RecordId, None] = {}
     message_ids: dict[str, None] = {}
+    senders: set[str] = set()
     for want in wants:
+        senders |= want.senders
         emails |= want.emails
         domains |= want.domains
         record_ids.update(dict.fromkeys(want.record_ids))
         message_ids.update(dict.fromkeys(want.message_ids))
-    return Wanted(frozenset(emails), frozenset(domains), tuple(record_ids), tuple(message_ids))
+    return Wanted(frozenset(emails), frozenset(domains), tuple(record_ids), tuple(message_ids),
+                  frozenset(senders))
 
 
 def facts_for(facts: Facts, want: Wanted, default_owner_id: int | None) -> Facts:
@@ -55,7 +58,7 @@ def _records(refs: Iterable[RecordId], facts: Facts) -> set[Key]:
 
 
 def _nothing(want: Wanted, facts: Facts) -> set[Key]:
-    """Facts no decision changes (users, accounts, domains, default owners)."""
+    """Facts no decision changes (users, accounts, domains, default owners, never-log rules)."""
     return set()
 
 
@@ -81,6 +84,16 @@ def _open(kind: RecordKind, by_contact: Callable[[Facts], Mapping[int, tuple[int
     return keys
 
 
+def _sent(senders: frozenset[str], facts: Facts) -> set[Key]:
+    """Mail of an outside sender: every earlier mail of theirs in the group is one more for the
+    loop guard's count (our users' mail is never counted)."""
+    return {f"from:{s}" for s in senders if s not in facts.users}
+
+
+def _recent_mail(want: Wanted, facts: Facts) -> set[Key]:
+    return _sent(want.senders, facts)
+
+
 def _open_leads(want: Wanted, facts: Facts) -> set[Key]:
     """Its addresses: a new lead (or ticket requester) of an earlier mail may be one of them."""
     return {f"email:{e}" for e in want.emails}
@@ -99,6 +112,8 @@ KEYS: dict[Fact, Reads] = {
     Fact.OPEN_OPPORTUNITIES: _open("opportunity", lambda facts: facts.open_opportunities),
     Fact.OPEN_TICKETS: _open("ticket", lambda facts: facts.open_tickets),
     Fact.OPEN_LEADS: _open_leads,
+    Fact.RECENT_MAIL: _recent_mail,
+    Fact.NEVER_LOG: _nothing,
 }
 """For each fact, the keys a mail's reading of it depends on: what an earlier mail may change."""
 
@@ -111,9 +126,14 @@ def dependencies(
     return frozenset().union(*(KEYS[fact](want, facts) for fact in reads))
 
 
-def effects(message_id: str | None, decision: LinkDecision, facts: Facts) -> frozenset[Key]:
-    """What storing a decision changes that another mail's decision may read."""
+def effects(
+    message_id: str | None, decision: LinkDecision, facts: Facts,
+    senders: frozenset[str] = frozenset(),
+) -> frozenset[Key]:
+    """What storing a decision changes that another mail's decision may read (``senders``: its
+    From, whose count of recent mail it adds to)."""
     keys: set[Key] = {f"msg:{message_id}"} if message_id else set()
+    keys |= _sent(senders, facts)
     if decision.lead is not None:
         keys.add(f"email:{decision.lead.email}")
     lead_id = decision.links.inbox_lead

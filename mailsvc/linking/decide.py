@@ -6,7 +6,9 @@ chain of rules (``mailsvc.linking.rules.RULES``); the first rule that decides na
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
+from email.utils import getaddresses
 from typing import Literal
 
 from mailsvc.linking.forwards import Forwarded, find_forwarded
@@ -36,15 +38,16 @@ from mailsvc.linking.resolve import (
 )
 from mailsvc.linking.rules import RULES, Context, View
 from mailsvc.linking.text import Reply, body_text, split_reply
-from mailsvc.mail import Envelope, ParsedMail
+from mailsvc.mail import Envelope, ParsedMail, split_extension
 
-__all__ = ["Policy", "context", "decide", "reply_of", "wanted"]
+__all__ = ["Policy", "address_ids", "context", "decide", "reply_of", "wanted"]
 
 Direction = Literal["incoming", "outgoing"]
 
 
-def wanted(mail: ParsedMail, policy: Policy) -> Wanted:
-    """What must be looked up in the store to decide on this mail (forwarded original included)."""
+def wanted(mail: ParsedMail, policy: Policy, envelope: Envelope | None = None) -> Wanted:
+    """What must be looked up in the store to decide on this mail (forwarded original included,
+    and the records its recipient addresses name when the ``envelope`` is given)."""
     forwarded = find_forwarded(mail)
     emails = set(wanted_addresses(mail))
     subjects = [mail.subject]
@@ -54,19 +57,54 @@ def wanted(mail: ParsedMail, policy: Policy) -> Wanted:
         emails |= {a.email for a in (*forwarded.from_, *forwarded.to, *forwarded.cc)}
         subjects.append(forwarded.subject)
         thread_headers += [*forwarded.in_reply_to, *forwarded.references]
-    emails -= policy.intake_addresses
+    emails = {e for e in emails if policy.intake_base(e) is None}
     thread = tuple(dict.fromkeys(thread_headers))
     parsed = tuple(dict.fromkeys(m for ids in map(parse_message_ids, thread) for m in ids))
+    named = address_ids(mail, envelope, policy) if envelope is not None else ()
     return Wanted(
         emails=frozenset(emails),
         domains=wanted_domains(emails),
-        record_ids=_subject_ids(subjects, policy.patterns),
+        record_ids=tuple(dict.fromkeys((*named, *_subject_ids(subjects, policy.patterns)))),
         message_ids=parsed or thread,
+        senders=frozenset({mail.sender.email} if mail.sender else ()),
     )
 
 
 def _subject_ids(subjects: list[str], patterns: IdPatterns) -> tuple[RecordId, ...]:
     return tuple(dict.fromkeys(i for s in subjects for i in find_record_ids(s, patterns)))
+
+
+# Headers that name the mailbox a mail was delivered to (set by the delivering server).
+DELIVERY_HEADERS = ("Delivered-To", "X-Original-To")
+
+
+def address_ids(mail: ParsedMail, envelope: Envelope, policy: Policy) -> tuple[RecordId, ...]:
+    """The records named by the intake addresses with an extension the mail was sent to
+    (``bcc+OPP-12@...``): the envelope's recipients; when none has one (an IMAP mailbox plays
+    the recipient), the Delivered-To, X-Original-To, To and Cc addresses of the intake role the
+    mail arrived on."""
+    found = _extension_ids(envelope.rcpt_tos, policy, None)
+    if found:
+        return found
+    delivered = [address for name in DELIVERY_HEADERS for value in mail.header_all(name)
+                 for _, address in getaddresses([value])]
+    headers = [*delivered, *(a.email for a in (*mail.to, *mail.cc))]
+    return _extension_ids(headers, policy, str(envelope.role))
+
+
+def _extension_ids(
+    addresses: Iterable[str], policy: Policy, role: str | None
+) -> tuple[RecordId, ...]:
+    roles = dict(policy.intake_roles)
+    found: dict[RecordId, None] = {}
+    for address in addresses:
+        base, extension = split_extension(address, policy.recipient_delimiter)
+        if extension is None or base not in policy.intake_addresses:
+            continue
+        if role is not None and roles.get(base) != role:
+            continue
+        found.update(dict.fromkeys(find_record_ids(extension, policy.patterns)))
+    return tuple(found)
 
 
 def decide(
@@ -110,12 +148,16 @@ def context(
     view = _view(mail, facts, policy, reply)
     subjects = [mail.subject, *([view.forwarded.subject] if view.forwarded else [])]
     ids = _subject_ids(subjects, policy.patterns)
-    unknown = tuple(f"unknown_id:{policy.patterns.label(i)}" for i in ids if i not in facts.records)
+    named = address_ids(mail, envelope, policy)
+    label = policy.patterns.label
+    unknown = tuple(f"unknown_address:{label(i)}" for i in named if i not in facts.records)
+    unknown += tuple(f"unknown_id:{label(i)}" for i in ids if i not in facts.records)
     base = LinkDecision(
         "ignore", Rule.NO_MATCH, direction=view.parties.direction, automatic=kind.machine,
         mail_kind=kind.name, notes=view.notes + unknown, reply_text=view.reply.text,
     )
-    return Context(mail, envelope.role, facts, policy, kind, view, ids, base, sender_verified)
+    return Context(mail, envelope.role, facts, policy, kind, view, ids, base, sender_verified,
+                   address_ids=named)
 
 
 def reply_of(mail: ParsedMail) -> Reply:
@@ -123,9 +165,16 @@ def reply_of(mail: ParsedMail) -> Reply:
     return split_reply(body_text(mail))
 
 
+def _intake_on(mail: ParsedMail, policy: Policy) -> frozenset[str]:
+    """The intake addresses, and those with an extension on the mail (never counterparties)."""
+    on_mail = (a.email for a in (*mail.to, *mail.cc, *mail.from_, *mail.reply_to))
+    return policy.intake_addresses | {e for e in on_mail if policy.intake_base(e) is not None}
+
+
 def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = None) -> View:
     internal = internal_domains(policy, facts)
-    parties = find_parties(mail, facts, policy.intake_addresses, internal)
+    intake = _intake_on(mail, policy)
+    parties = find_parties(mail, facts, intake, internal)
     names = {a.email: a for a in (*mail.cc, *mail.to, *mail.from_, *mail.reply_to)}
     forwarded = None
     reply = own if own is not None else reply_of(mail)
@@ -135,8 +184,7 @@ def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = No
         forwarded = find_forwarded(mail)
     if forwarded is not None:
         names.update({a.email: a for a in (*forwarded.cc, *forwarded.to, *forwarded.from_)})
-        original = _forwarded_parties(forwarded, parties.user, facts, policy.intake_addresses,
-                                      internal)
+        original = _forwarded_parties(forwarded, parties.user, facts, policy, internal)
         if original.counterparties:
             parties = original
             reply = split_reply(forwarded.body)
@@ -151,7 +199,7 @@ def _view(mail: ParsedMail, facts: Facts, policy: Policy, own: Reply | None = No
 
 
 def _forwarded_parties(
-    forwarded: Forwarded, user: UserRef | None, facts: Facts, exclude: frozenset[str],
+    forwarded: Forwarded, user: UserRef | None, facts: Facts, policy: Policy,
     internal: frozenset[str],
 ) -> Parties:
     """The original's counterparties: its sender, or its recipients if one of us wrote it."""
@@ -164,7 +212,7 @@ def _forwarded_parties(
         direction = "incoming"
     external = tuple(
         dict.fromkeys(
-            e for e in others if e not in exclude and e not in facts.users
+            e for e in others if policy.intake_base(e) is None and e not in facts.users
             and e.rpartition("@")[2] not in internal
         )
     )

@@ -8,8 +8,9 @@ from enum import StrEnum
 from typing import Literal
 
 from mailsvc.linking.references import IdPatterns, RecordId
+from mailsvc.mail import split_extension
 
-DecisionKind = Literal["link", "new_lead", "new_ticket", "ticket_update", "ignore"]
+DecisionKind = Literal["link", "new_lead", "new_ticket", "ticket_update", "ignore", "drop"]
 KindName = Literal["human", "auto_reply", "bounce", "list", "loop"]
 
 
@@ -36,10 +37,13 @@ class Rule(StrEnum):
     ``mailsvc.linking.rules.RULES``, explained for users in docs/linking.md.
     """
 
+    NEVER_LOG = "never_log"
     LOOP = "loop"
     BOUNCE = "bounce"
     LIST = "list"
     SENDER_UNVERIFIED = "sender_unverified"
+    RATE_LIMITED = "rate_limited"
+    RECORD_ADDRESS = "record_address"
     SUBJECT_ID = "subject_id"
     THREAD = "thread"
     AUTO_REPLY = "auto_reply"
@@ -68,6 +72,8 @@ class Fact(StrEnum):
     OPEN_TICKETS = "open_tickets"
     OPEN_LEADS = "open_leads"
     DEFAULT_OWNER = "default_owner_id"
+    RECENT_MAIL = "recent_mail"
+    NEVER_LOG = "never_log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,22 @@ class Policy:
     patterns: IdPatterns
     intake_addresses: frozenset[str]
     internal_domains: frozenset[str] = frozenset()
+    # Plus-addressing (bcc+OPP-12@...): the characters that start an extension ("" = off).
+    recipient_delimiter: str = ""
+    # Each intake address with its role, for record addresses found in headers (IMAP).
+    intake_roles: tuple[tuple[str, str], ...] = ()
+    # The loop guard: more mails than this from one sender to one record (or intake role) in
+    # the window (MAILSVC_LOOP_GUARD_MINUTES, applied where the counts are loaded) create and
+    # update nothing; 0 turns it off. Senders (addresses or domains) it never holds back.
+    loop_guard_max: int = 0
+    loop_guard_allow: frozenset[str] = frozenset()
+
+    def intake_base(self, email: str) -> str | None:
+        """The intake address ``email`` is, itself or with an extension; None if it is none."""
+        if email in self.intake_addresses:
+            return email
+        base = split_extension(email, self.recipient_delimiter)[0]
+        return base if base in self.intake_addresses else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +155,8 @@ class Wanted:
     domains: frozenset[str]
     record_ids: tuple[RecordId, ...]
     message_ids: tuple[str, ...]
+    # The header From address (the loop guard counts mails per sender).
+    senders: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +176,12 @@ class Facts:
     # Sender address -> the inbox lead still open for it (InboxLead.open_key).
     open_leads: Mapping[str, int] = field(default_factory=dict)
     default_owner_id: int | None = None
+    # Mails stored from a sender in the loop guard's window, by (sender, target); the target is
+    # ``opportunity:<id>`` or ``ticket:<id>`` (mails linked to it), or ``role:<role>`` (all its
+    # mails that arrived on that intake role).
+    recent_mail: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # The never-log rules (addresses, domains) that name an address of the mail(s) looked up.
+    never_log: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

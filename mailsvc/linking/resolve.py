@@ -17,6 +17,21 @@ def internal_domains(policy: Policy, facts: Facts) -> frozenset[str]:
     return policy.internal_domains or facts.user_domains
 
 
+def pattern_keys(email: str) -> tuple[str, ...]:
+    """What an address/domain rule may name to match ``email``: the address, its domain and each
+    parent domain (``hr@mail.example.com``: ``mail.example.com``, ``example.com``)."""
+    email = email.strip().lower()
+    labels = email.rpartition("@")[2].split(".")
+    parents = tuple(".".join(labels[i:]) for i in range(len(labels) - 1) if labels[i])
+    return (email, *parents)
+
+
+def matches(email: str, patterns: Iterable[str] | frozenset[str]) -> bool:
+    """Whether an address or a domain (parent domains included) in ``patterns`` names ``email``."""
+    wanted = patterns if isinstance(patterns, frozenset) else frozenset(patterns)
+    return any(key in wanted for key in pattern_keys(email))
+
+
 def user_domains(addresses: Iterable[str]) -> frozenset[str]:
     """The domains of users' addresses that name our company (freemail domains do not)."""
     domains = (a.rpartition("@")[2].lower() for a in addresses)

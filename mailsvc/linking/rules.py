@@ -28,7 +28,7 @@ from mailsvc.linking.model import (
     TicketUpdateDraft,
 )
 from mailsvc.linking.references import RecordId, RecordKind, strip_reply_prefixes
-from mailsvc.linking.resolve import Counterparty, Parties
+from mailsvc.linking.resolve import Counterparty, Parties, matches
 from mailsvc.linking.text import Reply, phone_from_signature, split_name
 from mailsvc.mail import Address, ParsedMail, Role
 
@@ -61,6 +61,8 @@ class Context:
     ids: tuple[RecordId, ...]
     base: LinkDecision
     sender_verified: bool = True
+    # The records named by the intake addresses with an extension it was sent to (bcc+OPP-12@).
+    address_ids: tuple[RecordId, ...] = ()
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -95,6 +97,32 @@ def rule(name: Rule, *reads: Fact) -> Callable[[Check], RuleSpec]:
         return RuleSpec(name, frozenset(reads), check)
 
     return declare
+
+
+# ------------------------------------------------------------------ never logged
+
+
+def _participants(ctx: Context) -> list[str]:
+    """Everyone on the mail: From, Reply-To, To, Cc, and a forwarded original's people; our
+    intake addresses are none of them."""
+    mail = ctx.mail
+    people = [a.email for a in (*mail.from_, *mail.reply_to, *mail.to, *mail.cc)]
+    forwarded = ctx.view.forwarded
+    if forwarded is not None:
+        people += [a.email for a in (*forwarded.from_, *forwarded.to, *forwarded.cc)]
+    return [email for email in people if ctx.policy.intake_base(email) is None]
+
+
+@rule(Rule.NEVER_LOG, Fact.NEVER_LOG)
+def never_log(ctx: Context) -> LinkDecision | None:
+    """Mail from or to an address or domain on the never-log list (a user's private contacts,
+    HR, legal) is not stored at all: its raw bytes are dropped, nothing is linked, created,
+    quarantined or announced; only the counter ``mailsvc_never_log_dropped_total`` moves."""
+    if not ctx.facts.never_log:
+        return None
+    if not any(matches(email, ctx.facts.never_log) for email in _participants(ctx)):
+        return None
+    return LinkDecision("drop", Rule.NEVER_LOG, direction=ctx.base.direction)
 
 
 # ------------------------------------------------------------------ machine mail
@@ -140,14 +168,74 @@ def sender_unverified(ctx: Context) -> LinkDecision | None:
     return replace(ctx.base, direction="incoming", notes=("sender_unverified",))
 
 
+# ------------------------------------------------------------------ the loop guard
+
+
+def _targets(ctx: Context) -> list[RecordRef]:
+    """The records the mail names or replies to (address, subject, thread), known ones only."""
+    refs = [*ctx.address_ids, *ctx.ids]
+    for ref in ctx.facts.thread:
+        refs += [RecordId("opportunity", ref.opportunity_id)] if ref.opportunity_id else []
+        refs += [RecordId("ticket", ref.ticket_id)] if ref.ticket_id else []
+    return [ctx.facts.records[r] for r in dict.fromkeys(refs) if r in ctx.facts.records]
+
+
+@rule(Rule.RATE_LIMITED, Fact.RECENT_MAIL, Fact.RECORDS, Fact.THREAD, Fact.OPEN_LEADS,
+      *OWNER_READS)
+def rate_limited(ctx: Context) -> LinkDecision | None:
+    """More than ``MAILSVC_LOOP_GUARD_MAX`` mails from one sender to one record (or, when the
+    mail names no record, to one intake address) within ``MAILSVC_LOOP_GUARD_MINUTES`` look like
+    a mail loop: the mail is stored and linked to the record, contact, account or open inbox
+    lead it names, as an automatic mail (note ``rate_limited``), but creates and updates nothing:
+    no lead, no ticket, no ticket log, no reopening, no acknowledgement, nothing on the timeline.
+    Our users' mail and senders on ``MAILSVC_LOOP_GUARD_ALLOW`` are never held back."""
+    sender = ctx.mail.sender
+    limit = ctx.policy.loop_guard_max
+    if limit <= 0 or sender is None or sender.email in ctx.facts.users:
+        return None
+    if matches(sender.email, ctx.policy.loop_guard_allow):
+        return None
+    targets = _targets(ctx)
+    keys = [f"{r.ref.kind}:{r.ref.number}" for r in targets] or [f"role:{ctx.role}"]
+    if max(ctx.facts.recent_mail.get((sender.email, key), 0) for key in keys) < limit:
+        return None
+    held = replace(ctx.base, automatic=True, notes=(*ctx.notes, "rate_limited"))
+    opportunity = next((r for r in targets if r.ref.kind == "opportunity"), None)
+    ticket = next((r for r in targets if r.ref.kind == "ticket"), None)
+    if opportunity is not None or ticket is not None:
+        return _link_records(held, ctx, opportunity, ticket)  # automatic: no ticket log
+    counterparty = ctx.view.counterparty
+    lead = ctx.facts.open_leads.get(counterparty.email or "")
+    if counterparty.contact is None and counterparty.account is None and lead is None:
+        return held
+    return _link(replace(ctx, base=held), Links(inbox_lead=lead))
+
+
 # ------------------------------------------------------------------ records named or replied to
+
+
+@rule(Rule.RECORD_ADDRESS, Fact.RECORDS, *OWNER_READS)
+def record_address(ctx: Context) -> LinkDecision | None:
+    """The mail was sent to a record's own address (``bcc+OPP-12@…``, ``support+TCK-7@…``):
+    it is linked to that record, its account, contact and owner, as for an ID in the subject.
+    The address is what the sender chose, so it wins over a subject that names another record
+    of the same kind (noted ``ignored_id:``); a record of the other kind in the subject is linked
+    too."""
+    if not any(i in ctx.facts.records for i in ctx.address_ids):
+        return None
+    return _link_named(ctx, (*ctx.address_ids, *ctx.ids))
 
 
 @rule(Rule.SUBJECT_ID, Fact.RECORDS, *OWNER_READS)
 def subject_id(ctx: Context) -> LinkDecision | None:
     """The subject (or the forwarded original's) names an opportunity or a ticket: the mail is
     linked to it, its account, contact and owner."""
-    known = [ctx.facts.records[i] for i in ctx.ids if i in ctx.facts.records]
+    return _link_named(ctx, ctx.ids)
+
+
+def _link_named(ctx: Context, ids: tuple[RecordId, ...]) -> LinkDecision | None:
+    """The first known opportunity and ticket of ``ids`` linked; other known ones noted."""
+    known = [ctx.facts.records[i] for i in dict.fromkeys(ids) if i in ctx.facts.records]
     opportunity = next((r for r in known if r.ref.kind == "opportunity"), None)
     ticket = next((r for r in known if r.ref.kind == "ticket"), None)
     if opportunity is None and ticket is None:
@@ -326,9 +414,9 @@ def no_match(ctx: Context) -> LinkDecision | None:
 
 
 RULES: tuple[RuleSpec, ...] = (
-    loop, bounce, list_mail, sender_unverified, subject_id, thread, auto_reply, internal,
-    no_counterparty, single_open_record, new_ticket, open_lead, forward, address, new_lead,
-    no_match,
+    never_log, loop, bounce, list_mail, sender_unverified, rate_limited, record_address,
+    subject_id, thread, auto_reply, internal, no_counterparty, single_open_record, new_ticket,
+    open_lead, forward, address, new_lead, no_match,
 )
 """The chain, in the order the rules are checked; the last one always decides."""
 

@@ -86,6 +86,24 @@ def test_bcc_mails_of_one_user_to_different_contacts_do_not_conflict() -> None:
     assert not waiting & other
 
 
+def test_mails_of_one_outside_sender_wait_for_each_other_for_the_loop_guard() -> None:
+    facts = Facts(users={"anna@ours.example": ANNA})
+    ignored = LinkDecision("link", "address", Links(contact=20))
+    sender = frozenset({"bot@loop.example"})
+    changed = effects("<1@x>", ignored, facts, sender)
+    assert "from:bot@loop.example" in changed
+    later = Wanted(frozenset({"bot@loop.example"}), frozenset(), (), (), sender)
+    assert changed & dependencies(later, facts, frozenset({Fact.RECENT_MAIL}))
+    # Our users' mail is never counted: BCC mails of one user still decide together.
+    user = frozenset({"anna@ours.example"})
+    assert not effects("<2@x>", ignored, facts, user) & dependencies(
+        Wanted(frozenset(user), frozenset(), (), (), user), facts
+    )
+    assert merge_wanted([later, Wanted(frozenset(), frozenset(), (), (), user)]).senders == (
+        sender | user
+    )
+
+
 def test_a_new_ticket_changes_its_contacts_open_tickets() -> None:
     facts = Facts(contacts={"carla@acme.example": (CARLA,),
                             "carla.private@gmail.com": (CARLA,)})

@@ -28,7 +28,10 @@ from mailsvc.linking.rules import CHAIN_READS, RULES, Context, RuleSpec
 from mailsvc.mail import Address, Envelope, ParsedMail
 
 POLICY = Policy(
-    IdPatterns(), frozenset({"bcc@crm.example", "sales@crm.example", "support@crm.example"})
+    IdPatterns(), frozenset({"bcc@crm.example", "sales@crm.example", "support@crm.example"}),
+    recipient_delimiter="+",
+    intake_roles=(("bcc@crm.example", "bcc"), ("sales@crm.example", "sales"),
+                  ("support@crm.example", "support")),
 )
 ANNA = UserRef(1, "anna@ours.example")
 ACME = AccountRef(10, 1, "Acme GmbH")
@@ -266,11 +269,39 @@ class Case:
     decides: str | None = None  # the decision's kind
     links: dict[str, int | None] = dc_field(default_factory=dict)
     notes: tuple[str, ...] | None = None
+    rcpt: tuple[str, ...] = ("x",)
+    policy: Policy = POLICY
 
 
 CARLA_IN = mail("carla@acme.example", "sales@crm.example", "Question")
+GUARD = replace(POLICY, loop_guard_max=20, loop_guard_allow=frozenset({"friendly.example"}))
+
+
+def sent(sender: str, target: str, count: int, facts: Facts = FACTS_ALL) -> Facts:
+    """``facts`` with ``count`` mails from ``sender`` to ``target`` in the guard's window."""
+    return replace(facts, recent_mail={(sender, target): count})
+
 STRANGER = mail("new@gmail.com", "sales@crm.example", "Question")
+PRIVATE = replace(FACTS_ALL, never_log=frozenset({"hr@acme.example", "legal.example"}))
 RULE_CASES: dict[Rule, list[Case]] = {
+    Rule.NEVER_LOG: [
+        # From, To, Cc: any participant on the list drops the mail; domains with subdomains.
+        Case(mail("hr@acme.example", "sales@crm.example", "OPP-5"), facts=PRIVATE,
+             decides="drop", links={"opportunity": None}),
+        Case(mail("anna@ours.example", "hr@acme.example", "Contract"), "bcc", facts=PRIVATE,
+             decides="drop"),
+        Case(mail("carla@acme.example", "sales@crm.example",
+                  cc=(Address("", "x@eu.legal.example"),)), facts=PRIVATE, decides="drop"),
+        # The original of a forwarded mail counts too.
+        Case(mail("anna@ours.example", "bcc@crm.example", "Fwd: Question",
+                  FORWARD_BODY.replace("carla@acme.example", "hr@acme.example")), "bcc",
+             facts=PRIVATE, decides="drop"),
+        # A rule for someone else, or no rules at all; intake addresses are never matched.
+        Case(CARLA_IN, facts=PRIVATE),
+        Case(CARLA_IN, facts=replace(FACTS_ALL, never_log=frozenset({"crm.example"}))),
+        Case(mail("x@legal.example.org", "sales@crm.example"), facts=PRIVATE),
+        Case(CARLA_IN),
+    ],
     Rule.LOOP: [
         Case(CARLA_IN, kind=MailKind("loop", "X-Mailsvc-Loop header"), decides="ignore",
              notes=("X-Mailsvc-Loop header",)),
@@ -291,6 +322,75 @@ RULE_CASES: dict[Rule, list[Case]] = {
              notes=("sender_unverified",)),
         Case(mail("anna@ours.example", "carla@acme.example", "OPP-5"), "bcc"),
         Case(CARLA_IN, verified=False),
+    ],
+    Rule.RATE_LIMITED: [
+        # The 21st mail of an unknown sender on sales: stored, nothing created, no links.
+        Case(mail("new@gmail.com", "sales@crm.example"), facts=sent("new@gmail.com",
+             "role:sales", 20), policy=GUARD, decides="ignore", notes=("rate_limited",),
+             links={"owner": None, "inbox_lead": None}),
+        Case(mail("new@gmail.com", "sales@crm.example"), facts=sent("new@gmail.com",
+             "role:sales", 19), policy=GUARD),
+        # An unknown sender with an open inbox lead: the held mail stays on the lead.
+        Case(mail("lead@gmail.com", "sales@crm.example"), facts=sent("lead@gmail.com",
+             "role:sales", 20), policy=GUARD, decides="link", links={"inbox_lead": 3}),
+        # To a named record: linked to it as automatic mail; a ticket gets no log entry.
+        Case(mail("carla@acme.example", "sales@crm.example", "OPP-5"),
+             facts=sent("carla@acme.example", "opportunity:5", 20), policy=GUARD,
+             decides="link", links={"opportunity": 5, "contact": 20, "account": 10},
+             notes=("rate_limited",)),
+        Case(mail("carla@acme.example", "support@crm.example", "TCK-7"), "support",
+             facts=sent("carla@acme.example", "ticket:7", 25), policy=GUARD, decides="link",
+             links={"ticket": 7}),
+        Case(mail("carla@acme.example", "support@crm.example", "Re"), "support",
+             rcpt=("support+TCK-7@crm.example",), facts=sent("carla@acme.example", "ticket:7",
+             20), policy=GUARD, decides="link", links={"ticket": 7}),
+        # Without a record the intake role is counted: a contact stays linked, nothing else.
+        Case(mail("carla@acme.example", "support@crm.example"), "support",
+             facts=sent("carla@acme.example", "role:support", 20), policy=GUARD,
+             decides="link", links={"contact": 20, "account": 10, "ticket": None}),
+        # A record is counted on its own: mail on the role elsewhere does not count for it.
+        Case(mail("carla@acme.example", "sales@crm.example", "OPP-5"),
+             facts=sent("carla@acme.example", "role:sales", 50), policy=GUARD),
+        # Our users, allowed senders, and the guard turned off.
+        Case(mail("anna@ours.example", "paula@gmx.de"), "bcc",
+             facts=sent("anna@ours.example", "role:bcc", 500), policy=GUARD),
+        Case(mail("noc@mx.friendly.example", "sales@crm.example"),
+             facts=sent("noc@mx.friendly.example", "role:sales", 500), policy=GUARD),
+        Case(mail("new@gmail.com", "sales@crm.example"), facts=sent("new@gmail.com",
+             "role:sales", 500)),
+    ],
+    Rule.RECORD_ADDRESS: [
+        # The address names the record: linked without an ID in the subject.
+        Case(CARLA_IN, rcpt=("bcc+OPP-5@crm.example",), decides="link",
+             links={"opportunity": 5, "contact": 20, "account": 10, "owner": 1}, notes=()),
+        # Case-insensitive, and the address wins over another opportunity in the subject.
+        Case(mail("carla@acme.example", "sales@crm.example", "Re: OPP-6"),
+             rcpt=("sales+opp5@crm.example",), decides="link", links={"opportunity": 5},
+             notes=("ignored_id:OPP-6",)),
+        # A ticket in the subject is of the other kind: linked too.
+        Case(mail("carla@acme.example", "support@crm.example", "TCK-7"), "support",
+             rcpt=("support+OPP-5@crm.example",), decides="ticket_update",
+             links={"opportunity": 5, "ticket": 7}),
+        # A ticket's address on support: the ticket is updated.
+        Case(CARLA_IN, "support", rcpt=("support+tck-7@crm.example",),
+             decides="ticket_update", links={"ticket": 7}),
+        # A closed record is still linked, noted as subject_id does.
+        Case(CARLA_IN, rcpt=("sales+OPP-6@crm.example",), decides="link",
+             links={"opportunity": 6}, notes=("closed_record:OPP-6",)),
+        # IMAP: the mailbox is the recipient; a Delivered-To of its role names the record.
+        Case(mail("carla@acme.example", "sales@crm.example", "Question",
+                  headers=(("Delivered-To", "sales+OPP-5@crm.example"),)),
+             rcpt=("sales@crm.example",), decides="link", links={"opportunity": 5}),
+        # ... but not one of another role's address.
+        Case(mail("carla@acme.example", "sales@crm.example", "Question",
+                  headers=(("Delivered-To", "bcc+OPP-5@crm.example"),)),
+             rcpt=("sales@crm.example",)),
+        # An unknown record: the next rules decide, with a note.
+        Case(CARLA_IN, rcpt=("sales+OPP-99@crm.example",)),
+        # Another extension, or an address that is no intake address.
+        Case(CARLA_IN, rcpt=("sales+newsletter@crm.example",)),
+        Case(CARLA_IN, rcpt=("other+OPP-5@crm.example",)),
+        Case(CARLA_IN),
     ],
     Rule.SUBJECT_ID: [
         Case(mail("carla@acme.example", "sales@crm.example", "Re: OPP-5"), decides="link",
@@ -387,8 +487,9 @@ RULE_CASES: dict[Rule, list[Case]] = {
 
 
 def _context(case: Case) -> Context:
-    envelope = Envelope(None, ("x",), case.role)  # type: ignore[arg-type]
-    return context(case.m, envelope, case.facts, POLICY, case.kind, sender_verified=case.verified)
+    envelope = Envelope(None, case.rcpt, case.role)  # type: ignore[arg-type]
+    return context(case.m, envelope, case.facts, case.policy, case.kind,
+                   sender_verified=case.verified)
 
 
 @pytest.mark.parametrize(
@@ -466,6 +567,51 @@ def test_configured_internal_domains_replace_the_users_domains() -> None:
     m = mail("vertrieb@ours.example", "sales@crm.example", "Hello")
     decision = decide(m, Envelope(None, ("x",), "sales"), FACTS_ALL, policy)
     assert decision.rule == "new_lead"
+
+
+def test_an_unknown_record_address_falls_through_with_a_note() -> None:
+    decision = decide(CARLA_IN, Envelope(None, ("sales+OPP-99@crm.example",), "sales"),
+                      FACTS_ALL, POLICY)
+    assert (decision.rule, decision.links.opportunity) == ("single_open_record", 5)
+    assert decision.notes == ("unknown_address:OPP-99",)
+
+
+def test_a_record_address_is_no_counterparty_and_is_looked_up() -> None:
+    m = mail("anna@ours.example", "bcc+OPP-5@crm.example", "Notes")
+    envelope = Envelope(None, ("bcc+opp-5@crm.example",), "bcc")
+    want = wanted(m, POLICY, envelope)
+    assert want.record_ids == (RecordId("opportunity", 5),)
+    assert "bcc+opp-5@crm.example" not in want.emails
+    decision = decide(m, envelope, FACTS_ALL, POLICY)
+    assert (decision.rule, decision.direction, decision.links.opportunity) == (
+        "record_address", "outgoing", 5
+    )
+
+
+def test_plus_addressing_off_reads_no_record_address() -> None:
+    policy = replace(POLICY, recipient_delimiter="")
+    envelope = Envelope(None, ("sales+OPP-5@crm.example",), "sales")
+    decision = decide(mail("dave@acme.example", "sales@crm.example"), envelope, FACTS_ALL, policy)
+    assert decision.rule == "address"
+
+
+def test_a_held_back_mail_never_creates_or_updates() -> None:
+    facts = sent("carla@acme.example", "ticket:7", 20)
+    m = mail("carla@acme.example", "support@crm.example", "TCK-7", "Again")
+    decision = decide(m, Envelope(None, ("x",), "support"), facts, GUARD)
+    assert (decision.rule, decision.kind, decision.automatic) == ("rate_limited", "link", True)
+    assert decision.ticket_update is None and decision.ticket is None and decision.lead is None
+    assert decide(m, Envelope(None, ("x",), "support"), facts, POLICY).rule == "subject_id"
+
+
+def test_a_never_log_rule_beats_every_other_rule() -> None:
+    m = mail("hr@acme.example", "support@crm.example", "TCK-7", "private")
+    decision = decide(m, Envelope(None, ("support+TCK-7@crm.example",), "support"), PRIVATE,
+                      POLICY, MailKind("auto_reply", "subject"))
+    assert (decision.kind, decision.rule, decision.links.any, decision.notes) == (
+        "drop", "never_log", False, ()
+    )
+    assert decision.ticket_update is None and decision.reply_text is None
 
 
 def test_docs_list_the_rules_in_chain_order() -> None:
