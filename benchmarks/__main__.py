@@ -78,10 +78,13 @@ def import_rows(report: dict[str, Any]) -> list[list[str]]:
                      ">= 1,200 msg/s"])
         rows.append([best["work"] + " (peak RSS MiB)", str(best["peak_rss_mib"]), "", "",
                      "<= 300 MiB"])
-    ingest, floor = report["ingest"]
-    rows.append(["mailsvc ingest, one piped mail (s, median)", f"{ingest['median']:.2f}",
-                 f"floor {floor['median']:.2f}", ratio(ingest["median"], floor["median"]),
-                 "<= 0.30 s"])
+    handed, alone, floor = report["ingest"]
+    rows.append(["mailsvc ingest, one piped mail, service running (s, median)",
+                 f"{handed['median']:.2f}", f"floor {floor['median']:.2f}",
+                 ratio(handed["median"], floor["median"]), "<= 0.30 s"])
+    rows.append(["mailsvc ingest, one piped mail, deciding itself (s, median)",
+                 f"{alone['median']:.2f}", f"floor {floor['median']:.2f}",
+                 ratio(alone["median"], floor["median"]), ""])
     return rows
 
 

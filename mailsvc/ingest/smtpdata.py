@@ -152,7 +152,7 @@ class DataReader:
         while position < size:
             newline = body.find(b"\n", position)
             end = size if newline < 0 else newline + 1
-            head = (self._hline_head + body[position:position + 2])[:2]
+            head = (self._hline_head + body[position:min(position + 2, end)])[:2]
             length = self._hline_len + end - position
             position = end
             if newline < 0:  # the line goes on in the next piece

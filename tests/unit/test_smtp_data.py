@@ -149,7 +149,7 @@ async def _both(data: bytes, limits: DataLimits) -> tuple[object, object]:
     return results[0], results[1]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.lists(TOKENS, max_size=60), st.integers(4, 40), st.integers(1, 8),
        st.integers(8, 200), st.one_of(st.none(), st.integers(1, 300)))
 def test_same_as_the_line_reader(tokens: list[bytes], line: int, count: int, header: int,
@@ -205,3 +205,10 @@ async def test_too_much_data_is_named_and_nothing_is_kept() -> None:
     await read_data(_stream(b"S: v\r\n\r\n" + b"z" * 50 + b"\r\n" * 60 + b".\r\n", 1000),
                     reader, lambda: None)
     assert reader.done and reader.problem == TOO_MUCH_DATA and reader.content() == b""
+
+
+def test_a_bare_lf_blank_line_ends_the_header_when_more_follows_in_the_same_piece() -> None:
+    reader = DataReader(DataLimits(max_line_bytes=100, max_header_count=1, max_header_bytes=100))
+    reader.feed(b"S: v\r\n\n\r\nbody\r\n.\r\n")
+    assert reader.done and reader.problem is None
+    assert reader.content() == b"S: v\r\n\n\r\nbody\r\n"
