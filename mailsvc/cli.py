@@ -26,7 +26,7 @@ from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
 from mailsvc.mail import Envelope, RawMail, Role
-from mailsvc.ports import Listener, PortUnavailable, check_free, serve_listeners
+from mailsvc.ports import Listener, PortUnavailable, check_free, check_socket, serve_listeners
 
 if TYPE_CHECKING:
     from mailsvc.ingest.files import Importer
@@ -87,8 +87,8 @@ def serve(
     ] = None,
     worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Run the SMTP intake, the IMAP pollers, the event relay, the API and the decide workers
-    until SIGTERM / Ctrl-C."""
+    """Run the SMTP (and LMTP) intake, the IMAP pollers, the event relay, the API and the decide
+    workers until SIGTERM / Ctrl-C."""
     from mailsvc.supervisor import (
         exit_with_parent,
         plan_processes,
@@ -107,7 +107,7 @@ def serve(
         _exit_now(EX_OK)
     count = workers or settings.workers
     single = count == 1 and decide_workers == 0
-    _check_ports(serve_listeners(settings, shared_smtp=not single))
+    _check_ports(serve_listeners(settings, shared_smtp=not single), settings.lmtp_socket)
     if single:
         _run(_serve(settings, decide_here=True))
         return
@@ -115,11 +115,13 @@ def serve(
     _exit_now(supervise(plan_processes(count, decide_workers)))
 
 
-def _check_ports(listeners: list[Listener]) -> None:
-    """Before the schema is touched or a worker starts: every port can be bound, or one line
-    naming it and its setting, and exit 69 (EX_UNAVAILABLE)."""
+def _check_ports(listeners: list[Listener], unix_socket: Path | None = None) -> None:
+    """Before the schema is touched or a worker starts: every port (and the LMTP socket) can be
+    bound, or one line naming it and its setting, and exit 69 (EX_UNAVAILABLE)."""
     try:
         check_free(listeners)
+        if unix_socket is not None:
+            check_socket(unix_socket)
     except PortUnavailable as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EX_UNAVAILABLE) from None
@@ -193,6 +195,7 @@ async def _migrate(settings: Settings) -> None:
 async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = False) -> None:
     from mailsvc.crmstore.privacy import retention_loop
     from mailsvc.ingest.imap import build_pollers
+    from mailsvc.ingest.lmtp import start_lmtp
     from mailsvc.ingest.smtp import start_smtp
     from mailsvc.ports import api_listener, bind_listening
 
@@ -207,6 +210,13 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         try:
             smtp = await start_smtp(services.pipeline, settings)
         except PortUnavailable:
+            for sock in api_sockets:
+                sock.close()
+            raise
+        try:
+            lmtp = await start_lmtp(services.pipeline, settings)
+        except PortUnavailable:
+            smtp.close()
             for sock in api_sockets:
                 sock.close()
             raise
@@ -232,10 +242,12 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         await stop.wait()
         logger.info("shutting down: no new mail, finishing what is in flight")
         smtp.close()
+        lmtp.close()
         for poller in pollers:  # a mail committed but not yet flagged is replayed as duplicate
             poller.cancel()
         await asyncio.gather(*pollers, return_exceptions=True)
         await smtp.wait_closed()
+        await lmtp.wait_closed()
         await services.pipeline.stop()
         for task in tasks:
             task.cancel()
