@@ -25,7 +25,7 @@ from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
-from mailsvc.mail import Envelope, RawMail, Role
+from mailsvc.mail import ARCHIVE_SOURCE, Envelope, RawMail, Role
 from mailsvc.ports import Listener, PortUnavailable, check_free, check_socket, serve_listeners
 
 if TYPE_CHECKING:
@@ -328,10 +328,17 @@ def import_mail(
         int | None, typer.Option(min=1, help="Parsing processes [default: one per core].")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    archive: Annotated[
+        bool,
+        typer.Option("--archive", help="Old mail, kept as history: dated by the mail, tickets "
+                     "closed, no acknowledgements, events flagged historical."),
+    ] = False,
 ) -> None:
     """Import existing mail; safe to re-run (what is stored already counts as duplicate).
 
-    Directories are walked recursively for *.eml files, mbox files and Maildir folders.
+    Directories are walked recursively for *.eml files, mbox files and Maildir folders. With
+    --archive the mail is history: tickets are created closed, nothing is reopened or answered,
+    records are dated by their mail and their events say "historical": true.
     Exit status (sysexits): 0 done, 64 --to is not an intake address, 66 a path is missing or
     holds no mail, 75 the store is unavailable (run the same command again later).
     """
@@ -365,7 +372,8 @@ def import_mail(
             parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
             with parse_pool(parallel) as pool:
                 decider = Decider(services.pipeline, parse_pool=pool)
-                run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
+                source = ARCHIVE_SOURCE if archive else "file"
+                run = Importer(services.pipeline, Envelope(None, (address,), role, source),
                                batch_size, on_progress=lambda n: progress.advance(task, n),
                                decider=decider)
                 runs.append(run)
