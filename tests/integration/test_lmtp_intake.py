@@ -126,7 +126,9 @@ async def test_tcp_one_reply_per_recipient_and_a_duplicate_stored_once(
         assert all("queued as" in text for _, text in first.data)
         await decided(services, 1)
 
-        again = await asyncio.to_thread(deliver, intake.port, data, [SALES, SUPPORT])
+        # The same Message-ID again (other bytes, other recipients): 250 each, nothing new.
+        resent = message("lmtp-1@acme.example", body="Resent by the client\n")
+        again = await asyncio.to_thread(deliver, intake.port, resent, [SALES, SUPPORT])
         assert [code for code, _ in again.data] == [250, 250]
         assert all("duplicate" in text for _, text in again.data)
         await decided(services, 1)
