@@ -25,8 +25,8 @@ from mailsvc.config import Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
-from mailsvc.mail import Envelope, RawMail, Role
-from mailsvc.ports import Listener, PortUnavailable, check_free, serve_listeners
+from mailsvc.mail import ARCHIVE_SOURCE, Envelope, RawMail, Role
+from mailsvc.ports import Listener, PortUnavailable, check_free, check_socket, serve_listeners
 
 if TYPE_CHECKING:
     from mailsvc.ingest.files import Importer
@@ -87,8 +87,8 @@ def serve(
     ] = None,
     worker_index: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Run the SMTP intake, the IMAP pollers, the event relay, the API and the decide workers
-    until SIGTERM / Ctrl-C."""
+    """Run the SMTP (and LMTP) intake, the IMAP pollers, the event relay, the API and the decide
+    workers until SIGTERM / Ctrl-C."""
     from mailsvc.supervisor import (
         exit_with_parent,
         plan_processes,
@@ -107,7 +107,7 @@ def serve(
         _exit_now(EX_OK)
     count = workers or settings.workers
     single = count == 1 and decide_workers == 0
-    _check_ports(serve_listeners(settings, shared_smtp=not single))
+    _check_ports(serve_listeners(settings, shared_smtp=not single), settings.lmtp_socket)
     if single:
         _run(_serve(settings, decide_here=True))
         return
@@ -115,11 +115,13 @@ def serve(
     _exit_now(supervise(plan_processes(count, decide_workers)))
 
 
-def _check_ports(listeners: list[Listener]) -> None:
-    """Before the schema is touched or a worker starts: every port can be bound, or one line
-    naming it and its setting, and exit 69 (EX_UNAVAILABLE)."""
+def _check_ports(listeners: list[Listener], unix_socket: Path | None = None) -> None:
+    """Before the schema is touched or a worker starts: every port (and the LMTP socket) can be
+    bound, or one line naming it and its setting, and exit 69 (EX_UNAVAILABLE)."""
     try:
         check_free(listeners)
+        if unix_socket is not None:
+            check_socket(unix_socket)
     except PortUnavailable as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EX_UNAVAILABLE) from None
@@ -198,8 +200,8 @@ async def _migrate(settings: Settings) -> None:
 
 async def _serve(settings: Settings, *, relay: bool = True, webhooks: bool = True,
                  decide_here: bool = False) -> None:
-    from mailsvc.crmstore.privacy import retention_loop
     from mailsvc.ingest.imap import build_pollers
+    from mailsvc.ingest.lmtp import start_lmtp
     from mailsvc.ingest.smtp import start_smtp
     from mailsvc.ports import api_listener, bind_listening
 
@@ -217,39 +219,58 @@ async def _serve(settings: Settings, *, relay: bool = True, webhooks: bool = Tru
             for sock in api_sockets:
                 sock.close()
             raise
+        try:
+            lmtp = await start_lmtp(services.pipeline, settings)
+        except PortUnavailable:
+            smtp.close()
+            for sock in api_sockets:
+                sock.close()
+            raise
         services.mailboxes = build_pollers(services.pipeline, services.sessions, settings)
         pollers = [
             asyncio.create_task(poller.run(), name=f"imap-{poller.mailbox.name}")
             for poller in services.mailboxes
         ]
-        tasks: list[asyncio.Task[None]] = []
-        if services.relay is not None and relay:
-            tasks.append(asyncio.create_task(services.relay.run(), name="relay"))
-        elif services.relay is None:
-            logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
-        if webhooks:  # with or without a broker (docs/events.md#webhooks)
-            tasks.append(asyncio.create_task(build_webhooks(services).run(), name="webhooks"))
-        if settings.api_enabled:
-            tasks.append(asyncio.create_task(_serve_api(services, api_sockets), name="api"))
-        if settings.retention_days is not None:
-            tasks.append(asyncio.create_task(retention_loop(services.sessions, settings)))
-        if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
-            from mailsvc.outbound.sender import Sender
-
-            sender = Sender(services.sessions, settings)
-            tasks.append(asyncio.create_task(sender.run(), name="sender"))
+        tasks = _background_tasks(services, settings, relay=relay, webhooks=webhooks,
+                                  api_sockets=api_sockets)
         await stop.wait()
         logger.info("shutting down: no new mail, finishing what is in flight")
         smtp.close()
+        lmtp.close()
         for poller in pollers:  # a mail committed but not yet flagged is replayed as duplicate
             poller.cancel()
         await asyncio.gather(*pollers, return_exceptions=True)
         await smtp.wait_closed()
+        await lmtp.wait_closed()
         await services.pipeline.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         logger.info("stopped")
+
+
+def _background_tasks(services: Services, settings: Settings, *, relay: bool, webhooks: bool,
+                      api_sockets: list[socket.socket]) -> list[asyncio.Task[None]]:
+    """What `mailsvc serve` runs beside the listeners: relay, webhooks, API, retention, sender."""
+    from mailsvc.crmstore.privacy import retention_loop
+
+    tasks: list[asyncio.Task[None]] = []
+    if services.relay is not None and relay:
+        tasks.append(asyncio.create_task(services.relay.run(), name="relay"))
+    elif services.relay is None:
+        logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
+    if webhooks:  # with or without a broker (docs/events.md#webhooks)
+        tasks.append(asyncio.create_task(build_webhooks(services).run(), name="webhooks"))
+    if settings.api_enabled:
+        tasks.append(asyncio.create_task(_serve_api(services, api_sockets), name="api"))
+    if settings.retention_days is not None:
+        tasks.append(asyncio.create_task(retention_loop(services.sessions, settings)))
+    if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
+        from mailsvc.outbound.sender import Sender
+
+        sender = Sender(services.sessions, settings)
+        tasks.append(asyncio.create_task(sender.run(), name="sender"))
+    return tasks
 
 
 async def _serve_api(services: Services, sockets: list[socket.socket]) -> None:
@@ -330,10 +351,17 @@ def import_mail(
         int | None, typer.Option(min=1, help="Parsing processes [default: one per core].")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    archive: Annotated[
+        bool,
+        typer.Option("--archive", help="Old mail, kept as history: dated by the mail, tickets "
+                     "closed, no acknowledgements, events flagged historical."),
+    ] = False,
 ) -> None:
     """Import existing mail; safe to re-run (what is stored already counts as duplicate).
 
-    Directories are walked recursively for *.eml files, mbox files and Maildir folders.
+    Directories are walked recursively for *.eml files, mbox files and Maildir folders. With
+    --archive the mail is history: tickets are created closed, nothing is reopened or answered,
+    records are dated by their mail and their events say "historical": true.
     Exit status (sysexits): 0 done, 64 --to is not an intake address, 66 a path is missing or
     holds no mail, 75 the store is unavailable (run the same command again later).
     """
@@ -367,7 +395,8 @@ def import_mail(
             parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
             with parse_pool(parallel) as pool:
                 decider = Decider(services.pipeline, parse_pool=pool)
-                run = Importer(services.pipeline, Envelope(None, (address,), role, "file"),
+                source = ARCHIVE_SOURCE if archive else "file"
+                run = Importer(services.pipeline, Envelope(None, (address,), role, source),
                                batch_size, on_progress=lambda n: progress.advance(task, n),
                                decider=decider)
                 runs.append(run)

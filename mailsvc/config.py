@@ -257,6 +257,13 @@ class Settings(BaseSettings):
     smtp_require_tls: bool = False
     # Several mailsvc processes on one host may share the SMTP port (SO_REUSEPORT).
     smtp_reuse_port: bool = False
+    # The LMTP intake (RFC 2033), e.g. for Postfix's lmtp transport: TCP when the port is set, a
+    # unix socket when the path is set (both may be on); off when neither is set.
+    lmtp_host: str = "127.0.0.1"
+    lmtp_port: int | None = Field(default=None, ge=0, le=65535)
+    lmtp_socket: Path | None = None
+    # File mode of the unix socket (octal, e.g. 0660: owner and group may connect).
+    lmtp_socket_mode: int = Field(default=0o660, ge=0, le=0o777)
     # `mailsvc serve` processes on this host (docs: README, Operations).
     workers: int = Field(default=1, ge=1, le=64)
     api_host: str = "127.0.0.1"
@@ -491,6 +498,17 @@ class Settings(BaseSettings):
             if not ((local and at and "." in domain) or domain == "localhost"):
                 raise ValueError(f"{address!r} is not an e-mail address")
         return tuple(address.lower() for address in value)
+
+    @field_validator("lmtp_socket_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: object) -> object:
+        """A file mode is written in octal (0660), as chmod takes it."""
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 8)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an octal file mode such as 0660") from None
+        return value
 
     @field_validator("trusted_authserv_ids")
     @classmethod

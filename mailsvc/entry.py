@@ -56,7 +56,7 @@ def _ingest(argv: list[str]) -> int | None:
     except ConfigError:
         return None
     address = (arguments.to or settings.bcc_address[0]).lower()
-    role = settings.intake_roles.get(address)
+    role = settings.intake_roles.role_of(address)
     if role is None:
         return None
     try:

@@ -16,6 +16,10 @@ class Role(StrEnum):
     SUPPORT = "support"
 
 
+# The source of mail brought in by `mailsvc import --archive`: history, kept as history.
+ARCHIVE_SOURCE = "archive"
+
+
 def split_extension(address: str, delimiters: str) -> tuple[str, str | None]:
     """``local+extension@domain`` -> (``local@domain``, ``extension``), split at the first of the
     ``delimiters`` characters, as Postfix's ``recipient_delimiter`` does; lower case. Without a
@@ -50,12 +54,17 @@ class Envelope:
     mail_from: str | None
     rcpt_tos: tuple[str, ...]
     role: Role
-    source: str = "smtp"  # smtp, imap, file, stdin
+    source: str = "smtp"  # smtp, lmtp, imap, file, archive, stdin
     peer: str | None = None  # the SMTP client's IP address
     authenticated: str | None = None  # the SMTP AUTH login (lower case), if the client logged in
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role(self.role))  # a plain "bcc" becomes Role.BCC
+
+    @property
+    def historical(self) -> bool:
+        """Mail of an archive import: it happened before, nothing is answered or reopened."""
+        return self.source == ARCHIVE_SOURCE
 
 
 @dataclass(frozen=True, slots=True)

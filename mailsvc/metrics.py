@@ -103,6 +103,12 @@ def _metrics() -> Any:
             "connection refused at the limits).",
             ["code"],
         ),
+        lmtp_replies=Counter(
+            "mailsvc_lmtp_replies",
+            "LMTP replies sent, by reply code (after DATA one per accepted recipient; 421 for a "
+            "connection refused at the limits).",
+            ["code"],
+        ),
         relay_published=Counter(
             "mailsvc_relay_published_events",
             "Events the broker confirmed and routed to a queue (stamped sent in the outbox).",
@@ -273,6 +279,19 @@ def record_smtp_reply(line: str) -> None:
     code = reply_code(line)
     if code is not None:
         _smtp_reply(code).inc()
+
+
+@cache
+def _lmtp_reply(code: str) -> Any:
+    return _metrics().lmtp_replies.labels(code=code)
+
+
+def record_lmtp_reply(line: str) -> None:
+    if not _enabled:
+        return
+    code = reply_code(line)
+    if code is not None:
+        _lmtp_reply(code).inc()
 
 
 def record_backlog(count: int, oldest_age_seconds: float) -> None:

@@ -5,14 +5,18 @@ right) must stop the start with one line naming the address and the setting, nev
 and before any intake answers: a half-started service that takes mail over SMTP while its API
 could not start is worse than one that does not start at all. ``check_free`` binds every listener
 the way the server will (SO_REUSEADDR; SO_REUSEPORT for the shared SMTP port) and lets go again;
-``PortUnavailable`` carries the one line.
+``PortUnavailable`` carries the one line. A unix socket (the LMTP intake's
+``MAILSVC_LMTP_SOCKET``) is checked the same way: its folder must be there and writable, and no
+live server may hold the path; a socket file left behind by a process that is gone is replaced.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from mailsvc.config import Settings
 from mailsvc.errors import MailsvcError
@@ -114,10 +118,97 @@ def api_listener(settings: Settings) -> Listener:
 
 
 def serve_listeners(settings: Settings, *, shared_smtp: bool) -> list[Listener]:
-    """Every address `mailsvc serve` listens on: the API first (it is checked before SMTP
-    accepts), then SMTP (shared through SO_REUSEPORT by the workers when ``shared_smtp``, or with
-    other processes on the host when MAILSVC_SMTP_REUSE_PORT says so)."""
+    """Every TCP address `mailsvc serve` listens on: the API first (it is checked before SMTP
+    accepts), then SMTP and LMTP (shared through SO_REUSEPORT by the workers when
+    ``shared_smtp``, or with other processes on the host when MAILSVC_SMTP_REUSE_PORT says so)."""
     found = [api_listener(settings)] if settings.api_enabled else []
+    shared = shared_smtp or settings.smtp_reuse_port
     found.append(Listener(settings.smtp_host, settings.smtp_port, "MAILSVC_SMTP_PORT",
-                          reuse_port=shared_smtp or settings.smtp_reuse_port))
+                          reuse_port=shared))
+    if settings.lmtp_port is not None:
+        found.append(Listener(settings.lmtp_host, settings.lmtp_port, "MAILSVC_LMTP_PORT",
+                              reuse_port=shared))
     return found
+
+
+# ---------------------------------------------------------------- unix sockets
+
+SOCKET_SETTING = "MAILSVC_LMTP_SOCKET"
+
+
+def socket_refusal(path: Path, reason: str) -> str:
+    return f"cannot listen on {path} ({SOCKET_SETTING}): {reason}"
+
+
+def _reason(exc: OSError) -> str:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"{reason[:1].lower()}{reason[1:]}"
+
+
+def _live(path: Path) -> bool:
+    """A server accepts connections on the socket at ``path`` (else it is stale)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def socket_problem(path: Path) -> str | None:
+    """Why a unix socket cannot be made at ``path`` (the one line), or None when it can: the
+    folder exists and is writable, and nothing is there or only a stale socket."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        found = None
+    except OSError as exc:
+        return socket_refusal(path, _reason(exc))
+    if found is not None and not stat.S_ISSOCK(found.st_mode):
+        return socket_refusal(path, "a file that is not a socket is in the way")
+    if found is not None and _live(path):
+        return socket_refusal(path, "another server listens on it")
+    folder = path.parent
+    if not folder.is_dir():
+        return socket_refusal(path, f"no such folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return socket_refusal(path, f"permission denied in {folder}")
+    return None
+
+
+def check_socket(path: Path) -> None:
+    """``PortUnavailable`` when no socket can be made at ``path``; nothing is changed."""
+    problem = socket_problem(path)
+    if problem is not None:
+        raise PortUnavailable(problem)
+
+
+def bind_unix(path: Path, mode: int) -> socket.socket:
+    """A listening unix socket at ``path`` with file mode ``mode``, replacing a stale socket
+    file (a live server's is never taken); ``PortUnavailable`` with the one line otherwise."""
+    check_socket(path)
+    try:
+        path.unlink(missing_ok=True)  # stale: checked above
+    except OSError as exc:
+        raise PortUnavailable(socket_refusal(path, _reason(exc))) from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        # Before listen(): no client can connect while the file has the umask's mode.
+        os.chmod(path, mode)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise PortUnavailable(socket_refusal(path, _reason(exc))) from None
+    return sock
+
+
+def remove_socket(path: Path, inode: int) -> None:
+    """Remove the socket file at ``path`` if it is still ours (not one a newer process made)."""
+    try:
+        if os.lstat(path).st_ino == inode:
+            path.unlink()
+    except OSError:
+        pass

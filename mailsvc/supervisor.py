@@ -1,11 +1,12 @@
 """`mailsvc serve`: accept processes sharing the SMTP port, and decide worker processes.
 
-Accepting (SMTP, IMAP, API, relay) and deciding (parsing, linking, storing) run in separate
+Accepting (SMTP, LMTP, IMAP, API, relay) and deciding (parsing, linking, storing) run in separate
 processes, so decisions use every core. ``--workers N`` accept processes share the SMTP port through
 SO_REUSEPORT (the kernel spreads connections over them); ``MAILSVC_DECIDE_WORKERS`` decide workers
 (``mailsvc decide``) claim accepted mail from the store. Everything else is settled through the
-database, exactly like processes on several hosts. Accept worker 0 also runs the API and the IMAP
-pollers; the relay runs in every accept worker on PostgreSQL (rows are claimed with SKIP LOCKED)
+database, exactly like processes on several hosts. The LMTP TCP port is shared like the SMTP port.
+Accept worker 0 also runs the API, the IMAP pollers and the LMTP unix socket (a path has one
+listener); the relay runs in every accept worker on PostgreSQL (rows are claimed with SKIP LOCKED)
 and only in worker 0 on SQLite. The supervisor restarts a process that dies and forwards SIGTERM /
 Ctrl-C to all of them (each finishes what it has in hand).
 """
@@ -45,6 +46,8 @@ class WorkerPlan:
     api: bool
     imap: bool
     relay: bool
+    # A unix socket path has one listener: worker 0 owns it (the LMTP TCP port is shared).
+    lmtp_socket: bool = False
 
 
 def plan_worker(settings: Settings, index: int) -> WorkerPlan:
@@ -53,17 +56,20 @@ def plan_worker(settings: Settings, index: int) -> WorkerPlan:
         index=index,
         api=first and settings.api_enabled,
         imap=first,
+        lmtp_socket=first and settings.lmtp_socket is not None,
         relay=settings.amqp_url is not None and (first or not settings.is_sqlite),
     )
 
 
 def worker_settings(settings: Settings, plan: WorkerPlan) -> Settings:
-    """The settings a worker runs with: the port is shared and the schema is the supervisor's."""
+    """The settings a worker runs with: the ports are shared and the schema is the supervisor's."""
     update: dict[str, Any] = {"smtp_reuse_port": True, "auto_migrate": False}
     if not plan.api:
         update["api_enabled"] = False
     if not plan.imap:
         update["imap_mailboxes"] = ()
+    if not plan.lmtp_socket:
+        update["lmtp_socket"] = None
     return settings.model_copy(update=update)
 
 

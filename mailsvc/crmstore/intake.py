@@ -26,18 +26,24 @@ async def create_ticket_from_mail(
     session: AsyncSession, *, subject: str, description: str, requester_email: str,
     requester_name: str | None, account_id: int | None = None, contact_id: int | None = None,
     owner_id: int | None = None, type: str = "question", priority: str = "normal",
-    assigner: Assigner | None = None,
+    assigner: Assigner | None = None, closed_at: datetime | None = None,
 ) -> Ticket:
-    """A ticket for a new request; without an owner, ``assigner`` (the batch's) picks one."""
+    """A ticket for a new request; without an owner, ``assigner`` (the batch's) picks one.
+
+    With ``closed_at`` (a request from an archive) the ticket is made closed, created, changed
+    and closed at that time."""
     assigned = assigner.assign(type) if owner_id is None and assigner is not None else None
     if assigned is not None:
         owner_id = assigned.user_id
     ticket = Ticket(
         subject=subject[:500], description=description, type=type, priority=priority,
-        status=TicketStatus.OPEN, account_id=account_id, contact_id=contact_id,
+        status=TicketStatus.OPEN if closed_at is None else TicketStatus.CLOSED,
+        account_id=account_id, contact_id=contact_id,
         owner_id=owner_id, requester_email=requester_email.strip().lower(),
         requester_name=requester_name,
     )
+    if closed_at is not None:
+        ticket.created_at = ticket.updated_at = ticket.closed_at = closed_at
     session.add(ticket)
     await session.flush()
     record_event(
@@ -54,9 +60,10 @@ async def create_ticket_from_mail(
 
 async def append_ticket_update(
     session: AsyncSession, ticket_id: int, *, body: str, author: str | None,
-    email_id: int | None, reopen: bool,
+    email_id: int | None, reopen: bool, at: datetime | None = None,
 ) -> TicketUpdate | None:
-    """Log a mail on a ticket; ``reopen`` sets a resolved ticket back to open."""
+    """Log a mail on a ticket; ``reopen`` sets a resolved ticket back to open. ``at``: when the
+    entry was written (an archived mail's date; default now)."""
     ticket = await session.get(Ticket, ticket_id, with_for_update=True)
     if ticket is None:
         return None
@@ -67,6 +74,8 @@ async def append_ticket_update(
         status_from=str(before) if after != before else None,
         status_to=str(after) if after != before else None,
     )
+    if at is not None:
+        update.created_at = at
     if after != before:
         ticket.status = after
         ticket.resolved_at = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import insert
@@ -24,10 +25,27 @@ def record_event(
     if actor is not None and "actor" not in data:
         # The API or CLI put its caller on the session (services.common.act_as).
         data = {**data, "actor": actor.as_event()}
+    if session.info.get(HISTORICAL):
+        data = {**data, "historical": True}
     if batch is not None:
         batch.append({"type": event_type, "subject": subject, "data": dict(data)})
         return
     session.add(OutboxEvent(type=event_type, subject=subject, data=dict(data)))
+
+
+HISTORICAL = "mailsvc.historical"
+
+
+@contextmanager
+def historical_events(session: AsyncSession, on: bool = True) -> Iterator[None]:
+    """Events recorded meanwhile describe the past (mail of an archive import): their data says
+    ``"historical": true``, so consumers can keep them out of notifications and live counts."""
+    before = session.info.get(HISTORICAL, False)
+    session.info[HISTORICAL] = on
+    try:
+        yield
+    finally:
+        session.info[HISTORICAL] = before
 
 
 async def write_events(session: AsyncSession, batch: Sequence[Mapping[str, Any]]) -> None:

@@ -5,6 +5,10 @@ made (rule ``manual``) and the link to the record a mail created kept, and a hum
 records' timeline at the time it was sent (else received). The intake (``create=True``) also
 creates what the decision asks for (inbox lead, ticket), logs the mail on a ticket and marks
 bounced addresses; reprocessing changes links only.
+
+Mail of an archive import (``StoredMail.historical``) is history: what it creates is dated by the
+mail, a ticket is made closed, no ticket is reopened, no address is marked bouncing, and the
+events its records get say ``"historical": true``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mailsvc.crmstore.models import (
     Ticket,
     TicketUpdate,
 )
+from mailsvc.crmstore.outbox import historical_events
 from mailsvc.crmstore.services.emails import MANUAL
 from mailsvc.ingest.outcome import LINK_NAMES
 from mailsvc.ingest.sanitize import clean_text, column_length, fit
@@ -58,6 +63,7 @@ class StoredMail:
     received_at: datetime
     outcome: str | None = None
     links: tuple[EmailLink, ...] = ()
+    historical: bool = False  # from an archive import
 
     @property
     def timeline_at(self) -> datetime:
@@ -101,11 +107,14 @@ async def apply_decisions(
     """Apply each decision to its stored mail, in stages (one INSERT of links and one of
     timeline entries for the whole group)."""
     assigner = await _assigner(session, [d for _, d in decided]) if create else None
-    decisions = [
-        replace(decision, links=await _create_records(session, decision, assigner))
-        if create else decision
-        for _, decision in decided
-    ]
+    decisions: list[LinkDecision] = []
+    for mail, decision in decided:
+        if not create:
+            decisions.append(decision)
+            continue
+        with historical_events(session, mail.historical):
+            links = await _create_records(session, mail, decision, assigner)
+        decisions.append(replace(decision, links=links))
     applied: list[Applied] = []
     new_links: list[dict[str, Any]] = []
     for (mail, _), decision in zip(decided, decisions, strict=True):
@@ -116,7 +125,8 @@ async def apply_decisions(
         await session.execute(insert(EmailLink), new_links)
     if create:
         for (mail, _), decision in zip(decided, decisions, strict=True):
-            await _after_links(session, mail, decision)
+            with historical_events(session, mail.historical):
+                await _after_links(session, mail, decision)
     await _put_on_timeline(session, [
         (mail, done) for (mail, _), done in zip(decided, applied, strict=True)
         if done.changed and len(done.after) > len(done.kept) and on_timeline(done.decision)
@@ -136,10 +146,13 @@ async def _assigner(
 
 
 async def _create_records(
-    session: AsyncSession, decision: LinkDecision, assigner: services.Assigner | None,
+    session: AsyncSession, mail: StoredMail, decision: LinkDecision,
+    assigner: services.Assigner | None,
 ) -> Links:
-    """The inbox lead or ticket the decision asks for; its id joins the links."""
+    """The inbox lead or ticket the decision asks for; its id joins the links. From an archived
+    mail, both are dated by it and the ticket is closed."""
     links = decision.links
+    then = mail.timeline_at if mail.historical else None
     if decision.kind == "new_lead" and decision.lead is not None:
         draft = decision.lead
         leads = InboxLead.__table__
@@ -151,7 +164,7 @@ async def _create_records(
             last_name=fit(draft.last_name, column_length(leads, "last_name")),
             company=fit(draft.company, column_length(leads, "company")),
             phone=fit(draft.phone, column_length(leads, "phone")),
-            owner_id=links.owner, account_id=links.account,
+            owner_id=links.owner, account_id=links.account, created_at=then,
         )
         return replace(links, inbox_lead=lead.id)
     if decision.kind == "new_ticket" and decision.ticket is not None:
@@ -168,7 +181,7 @@ async def _create_records(
             ),
             account_id=links.account,
             contact_id=links.contact, owner_id=links.owner, type=ticket_draft.type,
-            priority=ticket_draft.priority, assigner=assigner,
+            priority=ticket_draft.priority, assigner=assigner, closed_at=then,
         )
         return replace(links, ticket=ticket.id)
     return links
@@ -205,15 +218,17 @@ async def _relink(
 
 
 async def _after_links(session: AsyncSession, mail: StoredMail, decision: LinkDecision) -> None:
-    """What the intake does besides links: the ticket's log entry and the bouncing marks."""
+    """What the intake does besides links: the ticket's log entry and the bouncing marks (an
+    archived mail reopens nothing and marks nothing: it tells of then, not of now)."""
     update = decision.ticket_update
     if decision.kind == "ticket_update" and update is not None:
         await intake.append_ticket_update(
             session, update.ticket_id, body=clean_text(update.body),
             author=fit(update.author, column_length(TicketUpdate.__table__, "author")),
-            email_id=mail.id, reopen=update.reopen,
+            email_id=mail.id, reopen=update.reopen and not mail.historical,
+            at=mail.timeline_at if mail.historical else None,
         )
-    if decision.bounced:
+    if decision.bounced and not mail.historical:
         await intake.mark_bouncing(session, decision.bounced, mail.id)
 
 

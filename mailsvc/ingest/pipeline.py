@@ -272,6 +272,8 @@ class Pipeline:
                 asyncio.shield(future), self._settings.accept_timeout_seconds
             )
         except TimeoutError:
+            # The commit goes on without us: its failure, if it fails, is nobody's to raise.
+            future.add_done_callback(_forget_outcome)
             raise StoreUnavailable(
                 f"accept not committed within {self._settings.accept_timeout_seconds:g}s"
             ) from None
@@ -636,6 +638,11 @@ class Pipeline:
         decision = decide(item.parsed, envelope, facts, self._policy, kind, reply,
                           sender_verified=item.sender_verified)
         return await store_email(session, item, decision)
+
+
+def _forget_outcome(future: asyncio.Future[Accepted]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def store_unavailable(exc: Exception) -> bool:

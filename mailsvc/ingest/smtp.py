@@ -74,29 +74,38 @@ def pick_role(recipients: list[str], roles: Mapping[str, Role]) -> Role:
 
 
 def envelope_of(
-    session: Session, envelope: Envelope, roles: Mapping[str, Role]
+    session: Session, envelope: Envelope, roles: Mapping[str, Role], source: str = "smtp"
 ) -> MailEnvelope:
-    """The transport facts of one SMTP transaction: sender, recipients, role, client, login."""
+    """The transport facts of one SMTP or LMTP transaction: sender, recipients, role, client
+    (None on a unix socket), login."""
     peer = session.peer
     login = session.auth_data if session.authenticated else None
     return MailEnvelope(
         mail_from=envelope.mail_from or None,
         rcpt_tos=tuple(r.lower() for r in envelope.rcpt_tos),
         role=pick_role(envelope.rcpt_tos, roles),
-        source="smtp",
+        source=source,
         peer=str(peer[0]) if isinstance(peer, tuple) and peer else None,
         authenticated=login if isinstance(login, str) else None,
     )
 
 
 class IntakeHandler:
-    """aiosmtpd handler: the protocol stays in aiosmtpd, the decisions stay in the pipeline."""
+    """aiosmtpd handler: the protocol stays in aiosmtpd, the decisions stay in the pipeline.
 
-    def __init__(self, pipeline: Pipeline, settings: Settings) -> None:
+    One handler serves the SMTP and the LMTP intake (``source`` names which, ``auth`` whether
+    SMTP AUTH is offered): same recipients, same limits, the same reply after the accept commit;
+    LMTP repeats that reply once per accepted recipient (``IntakeLMTP``)."""
+
+    def __init__(
+        self, pipeline: Pipeline, settings: Settings, *, source: str = "smtp",
+        auth: bool | None = None,
+    ) -> None:
         self._pipeline = pipeline
         self._roles = settings.intake_roles
         self._max_recipients = settings.max_recipients
-        self._auth = settings.smtp_auth_users is not None
+        self._auth = settings.smtp_auth_users is not None if auth is None else auth
+        self._source = source
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
@@ -139,15 +148,17 @@ class IntakeHandler:
     ) -> str:
         raw = RawMail(
             data=envelope.original_content or b"",
-            envelope=envelope_of(session, envelope, self._roles),
+            envelope=envelope_of(session, envelope, self._roles, self._source),
         )
         try:
             outcome = await self._pipeline.accept(raw)
         except StoreUnavailable as exc:
-            logger.error("451 for message from %s: %s", envelope.mail_from, exc)
+            logger.error("451 for message from %s (%s): %s", envelope.mail_from, self._source,
+                         exc)
             return STORAGE_FAILED
         except Exception:
-            logger.exception("451 for message from %s: unexpected error", envelope.mail_from)
+            logger.exception("451 for message from %s (%s): unexpected error",
+                             envelope.mail_from, self._source)
             return INTERNAL_ERROR
         if outcome.kind == "accepted":
             return f"250 2.0.0 Ok: queued as {outcome.intake_id}"
@@ -275,6 +286,9 @@ class IntakeSMTP(SMTP):
     """aiosmtpd's SMTP with connection and message limits, bare-LF-tolerant DATA and AUTH that
     checks passwords in a thread."""
 
+    # Every reply is counted by code; the LMTP intake counts in a series of its own.
+    count_reply = staticmethod(metrics.record_smtp_reply)
+
     def __init__(
         self, handler: Any, *, gate: Gate, users: AuthUsers | None, **kwargs: Any
     ) -> None:
@@ -289,8 +303,8 @@ class IntakeSMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         """Every reply goes out here: count it by code (mailsvc_smtp_replies_total)."""
-        metrics.record_smtp_reply(status if isinstance(status, str) else status.decode("ascii",
-                                                                                      "replace"))
+        self.count_reply(status if isinstance(status, str) else status.decode("ascii",
+                                                                                "replace"))
         await super().push(status)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -313,7 +327,7 @@ class IntakeSMTP(SMTP):
             refusal = self._gate.enter(ip)
             if refusal is not None:
                 logger.warning("refused a connection from %s: %s", ip, refusal)
-                metrics.record_smtp_reply(refusal)
+                self.count_reply(refusal)
                 self._refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(refusal.encode("ascii") + b"\r\n")
@@ -388,7 +402,13 @@ class IntakeSMTP(SMTP):
         finally:
             self._gate.release_data()
 
+    async def final_replies(self, status: str, recipients: int) -> None:
+        """The reply to the end of DATA: one in SMTP (LMTP gives one per accepted recipient)."""
+        await self.push(status)
+
     async def _data(self) -> None:
+        assert self.envelope is not None
+        recipients = len(self.envelope.rcpt_tos)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = DataReader(self._gate.limits.data(self.data_size_limit))
         try:
@@ -405,7 +425,7 @@ class IntakeSMTP(SMTP):
             return
         if reader.problem is not None:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push(reader.problem)
+            await self.final_replies(reader.problem, recipients)
             return
         assert self.envelope is not None
         content = reader.content()
@@ -419,7 +439,7 @@ class IntakeSMTP(SMTP):
         finally:
             self._reset_timeout()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
+        await self.final_replies("250 OK" if status is MISSING else status, recipients)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import Email, EmailAttachment, QuarantinedMail
-from mailsvc.crmstore.outbox import record_event, write_events
+from mailsvc.crmstore.outbox import historical_events, record_event, write_events
 from mailsvc.ingest.applier import StoredMail, apply_decisions
 from mailsvc.ingest.outcome import DROPPED, Outcome, OutcomeKind, QuarantineReason
 from mailsvc.ingest.sanitize import clean_text, fit_row
@@ -140,20 +140,23 @@ async def store_emails(
         assert item.parsed is not None
         row["id"] = ids[item.key]
         attachments += attachment_values(item.parsed, row["id"])
-        mails.append(StoredMail(row["id"], row["subject"], row["sent_at"], row["received_at"]))
+        mails.append(StoredMail(row["id"], row["subject"], row["sent_at"], row["received_at"],
+                                historical=item.raw.envelope.historical))
     if attachments:
         await session.execute(insert(EmailAttachment), attachments)
     applied = await apply_decisions(
         session, list(zip(mails, (d for _, d in decided), strict=True)), create=True
     )
-    for row, done in zip(rows, applied, strict=True):
-        # Outbound mail: acknowledge a new ticket, fail our own mail that bounced.
-        await outbound_after_intake(session, row, done.decision)
+    for row, done, mail in zip(rows, applied, mails, strict=True):
+        # Outbound mail: acknowledge a new ticket, fail our own mail that bounced; never for
+        # archived mail (its sender wrote long ago, its bounce is old news).
+        if not mail.historical:
+            await outbound_after_intake(session, row, done.decision)
     events: list[dict[str, Any]] = []
-    outcomes = [
-        _email_events(session, row, done.decision, events)
-        for row, done in zip(rows, applied, strict=True)
-    ]
+    outcomes: list[Outcome] = []
+    for row, done, mail in zip(rows, applied, mails, strict=True):
+        with historical_events(session, mail.historical):
+            outcomes.append(_email_events(session, row, done.decision, events))
     await write_events(session, events)
     return outcomes
 
@@ -199,12 +202,13 @@ async def quarantine(session: AsyncSession, item: Prepared, reason: QuarantineRe
     await session.flush()
     message_id = item.parsed.message_id if item.parsed else None
     outcome = Outcome("quarantined", message_id=message_id, quarantine_id=row.id, reason=reason)
-    record_event(
-        session, "email.quarantined",
-        {"quarantine_id": row.id, "reason": reason, "message_id": message_id,
-         "intake_role": str(envelope.role), "size": row.size},
-        subject=f"quarantine/{row.id}",
-    )
+    with historical_events(session, envelope.historical):
+        record_event(
+            session, "email.quarantined",
+            {"quarantine_id": row.id, "reason": reason, "message_id": message_id,
+             "intake_role": str(envelope.role), "size": row.size},
+            subject=f"quarantine/{row.id}",
+        )
     return outcome
 
 

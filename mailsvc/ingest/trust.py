@@ -89,8 +89,12 @@ def results_pass(mail: ParsedMail, envelope: Envelope, domain: str, policy: Trus
 
 
 def _relay_trusted(envelope: Envelope, networks: tuple[Network, ...]) -> bool:
-    """Over SMTP with trusted networks configured, only a client from them adds trusted headers."""
-    if envelope.source != "smtp" or not networks:
+    """Over SMTP or LMTP with trusted networks configured, only a client from them adds trusted
+    headers. The LMTP unix socket (no peer address) counts as trusted: its file mode decides who
+    may connect, as the pipe does for `mailsvc ingest`."""
+    if envelope.source not in ("smtp", "lmtp") or not networks:
+        return True
+    if envelope.source == "lmtp" and envelope.peer is None:
         return True
     if not envelope.peer:
         return False

@@ -19,11 +19,13 @@ from mailsvc.mail import Envelope, RawMail
 from tests.conftest import BCC, SALES, SUPPORT, corpus_messages
 
 
-def run_import(database_url: str, *args: str) -> tuple[int, str]:
+def run_import(
+    database_url: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     env = {
         "MAILSVC_DATABASE_URL": database_url, "MAILSVC_BCC_ADDRESS": BCC,
         "MAILSVC_SALES_ADDRESS": SALES, "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
-        "MAILSVC_LOG_LEVEL": "WARNING",
+        "MAILSVC_LOG_LEVEL": "WARNING", **(env or {}),
     }
     result = CliRunner().invoke(app, ["import", "--quiet", *args], env=env)
     return result.exit_code, result.output

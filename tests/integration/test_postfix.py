@@ -133,8 +133,12 @@ def bounced_lines(postfix: Postfix) -> list[str]:
 
 
 @asynccontextmanager
-async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[int]:
-    """`mailsvc serve` as a process, as an operator runs it; yields its SMTP port."""
+async def serve(
+    database_url: str, tmp_path: Path, extra: dict[str, str] | None = None,
+    listens_on: int | None = None,
+) -> AsyncIterator[int]:
+    """`mailsvc serve` as a process, as an operator runs it (``extra`` settings added); yields its
+    SMTP port once it (and ``listens_on``, e.g. an LMTP port) accepts connections."""
     port = free_port()
     env = {
         "PATH": os.environ["PATH"],
@@ -146,6 +150,7 @@ async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[int]:
         "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
         # These tests are about delivery through Postfix; sender trust is test_smtp_trust.py's.
         "MAILSVC_SENDER_VERIFICATION": "off",
+        **(extra or {}),
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:  # a file, not a pipe: nobody drains a pipe while mail flows
@@ -155,12 +160,13 @@ async def serve(database_url: str, tmp_path: Path) -> AsyncIterator[int]:
 
     async def listening() -> bool:
         assert process.returncode is None, log.read_text()
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        await writer.wait_closed()
+        for each in (port, listens_on or port):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", each)
+            except OSError:
+                return False
+            writer.close()
+            await writer.wait_closed()
         return True
 
     try:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,18 +43,23 @@ def _nobody_listens(port: int) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["supervised", "single"])
-@pytest.mark.parametrize("which", ["smtp", "api"])
+@pytest.mark.parametrize("which", ["smtp", "api", "lmtp"])
 def test_a_taken_port_is_one_line_and_exit_69(
     sqlite_url: str, taken: socket.socket, which: str, mode: str
 ) -> None:
     port = int(taken.getsockname()[1])
     other = free_port()
     smtp_port, api_port = (port, other) if which == "smtp" else (other, port)
+    lmtp_port = None
+    if which == "lmtp":
+        smtp_port, api_port, lmtp_port = other, free_port(), port
     # supervised: the default (accept and decide workers); single: one process deciding inside
-    process = _start(sqlite_url, smtp_port, api_port, decide_workers=mode == "supervised")
+    process = _start(sqlite_url, smtp_port, api_port, decide_workers=mode == "supervised",
+                     lmtp_port=lmtp_port)
     _, stderr = process.communicate(timeout=120)
     text = stderr.decode()
-    setting = "MAILSVC_SMTP_PORT" if which == "smtp" else "MAILSVC_API_PORT"
+    setting = {"smtp": "MAILSVC_SMTP_PORT", "api": "MAILSVC_API_PORT",
+               "lmtp": "MAILSVC_LMTP_PORT"}[which]
     assert process.returncode == EX_UNAVAILABLE, text
     assert text.strip().splitlines() == [_refusal(port, setting)], text
     if which == "api":
@@ -59,7 +67,8 @@ def test_a_taken_port_is_one_line_and_exit_69(
 
 
 def _start(
-    database_url: str, smtp_port: int, api_port: int, *, decide_workers: bool
+    database_url: str, smtp_port: int, api_port: int, *, decide_workers: bool,
+    lmtp_port: int | None = None, lmtp_socket: str | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         "PATH": os.environ["PATH"], "MAILSVC_DATABASE_URL": database_url,
@@ -68,6 +77,10 @@ def _start(
         "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
         "MAILSVC_DECIDE_WORKERS": "1" if decide_workers else "0",
     }
+    if lmtp_port is not None:
+        env["MAILSVC_LMTP_PORT"] = str(lmtp_port)
+    if lmtp_socket is not None:
+        env["MAILSVC_LMTP_SOCKET"] = lmtp_socket
     return subprocess.Popen([sys.executable, "-m", "mailsvc", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -114,3 +127,24 @@ def test_a_port_shared_on_purpose_is_not_refused() -> None:
         settings = settings.model_copy(update={"smtp_reuse_port": False})
         with pytest.raises(PortUnavailable, match="MAILSVC_SMTP_PORT"):
             check_free(serve_listeners(settings, shared_smtp=False))
+
+
+@pytest.mark.parametrize("mode", ["supervised", "single"])
+def test_a_socket_a_live_server_holds_is_one_line_and_exit_69(sqlite_url: str, mode: str) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="mailsvc-lmtp-"))
+    path = folder / "lmtp.sock"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+            live.bind(str(path))
+            live.listen()
+            process = _start(sqlite_url, free_port(), free_port(),
+                             decide_workers=mode == "supervised", lmtp_socket=str(path))
+            _, stderr = process.communicate(timeout=120)
+            text = stderr.decode()
+            assert process.returncode == EX_UNAVAILABLE, text
+            assert text.strip().splitlines() == [
+                f"cannot listen on {path} (MAILSVC_LMTP_SOCKET): another server listens on it"
+            ], text
+            assert path.exists()  # still the other server's
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

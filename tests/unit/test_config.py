@@ -34,6 +34,20 @@ def test_intake_addresses_take_several_comma_separated(monkeypatch: pytest.Monke
     assert settings.intake_roles["help@crm.example"] == "support"
 
 
+def test_lmtp_is_off_until_a_port_or_socket_is_set_and_the_mode_is_octal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings(_env_file=None)
+    assert (settings.lmtp_port, settings.lmtp_socket, settings.lmtp_socket_mode) == (
+        None, None, 0o660)
+    monkeypatch.setenv("MAILSVC_LMTP_PORT", "8024")
+    monkeypatch.setenv("MAILSVC_LMTP_SOCKET", "/run/mailsvc/lmtp.sock")
+    monkeypatch.setenv("MAILSVC_LMTP_SOCKET_MODE", "0666")
+    settings = load_settings(_env_file=None)
+    assert (settings.lmtp_port, str(settings.lmtp_socket), settings.lmtp_socket_mode) == (
+        8024, "/run/mailsvc/lmtp.sock", 0o666)
+
+
 def test_postgres_url_gets_the_async_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILSVC_DATABASE_URL", "postgresql://app@db/crm")
     assert load_settings(_env_file=None).database_url == "postgresql+asyncpg://app@db/crm"
@@ -50,6 +64,9 @@ def test_postgres_url_gets_the_async_driver(monkeypatch: pytest.MonkeyPatch) -> 
         ("MAILSVC_TICKET_PREFIX", "opp", "must differ"),
         ("MAILSVC_OPPORTUNITY_PREFIX", "1X", "MAILSVC_OPPORTUNITY_PREFIX"),
         ("MAILSVC_MAX_MESSAGE_BYTES", "10", "MAILSVC_MAX_MESSAGE_BYTES"),
+        ("MAILSVC_LMTP_PORT", "70000", "MAILSVC_LMTP_PORT"),
+        ("MAILSVC_LMTP_SOCKET_MODE", "0968", "not an octal file mode"),
+        ("MAILSVC_LMTP_SOCKET_MODE", "1777", "MAILSVC_LMTP_SOCKET_MODE"),
     ],
 )
 def test_wrong_values_fail_with_a_message_naming_the_variable(

@@ -92,7 +92,7 @@ def test_a_forged_header_beside_a_real_one_adds_nothing() -> None:
     assert not verdict(with_results(real, with_results(forged)))
 
 
-def test_over_smtp_trusted_networks_limit_who_may_add_results() -> None:
+def test_over_smtp_and_lmtp_trusted_networks_limit_who_may_add_results() -> None:
     data = with_results("mx.mailsvc.example; dmarc=pass header.from=mailsvc.example")
     policy = TrustPolicy(
         authserv_ids=TRUSTED.authserv_ids, verify_dkim=False,
@@ -103,6 +103,10 @@ def test_over_smtp_trusted_networks_limit_who_may_add_results() -> None:
     assert not verdict(data, policy, peer="192.0.2.7")
     assert not verdict(data, policy, peer=None)
     assert verdict(data, policy, source="imap")  # the provider's own header, no SMTP peer
+    # LMTP over TCP: the same rule; over the unix socket (no peer) its file mode decides.
+    assert verdict(data, policy, source="lmtp", peer="10.1.2.3")
+    assert not verdict(data, policy, source="lmtp", peer="192.0.2.7")
+    assert verdict(data, policy, source="lmtp", peer=None)
 
 
 def test_alignment() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -114,6 +115,7 @@ async def open_inbox_lead(
     owner_id: int | None = None, account_id: int | None = None, street: str | None = None,
     zip: str | None = None, city: str | None = None, budget: Decimal | None = None,
     campaign_id: int | None = None, notes: str | None = None, category: str | None = None,
+    created_at: datetime | None = None,
 ) -> InboxLead:
     """The one way an inbox lead is made (intake and API), with one ``inbox_lead.created`` event.
 
@@ -130,6 +132,8 @@ async def open_inbox_lead(
         account_id=account_id, street=street, zip=zip, city=city, budget=budget,
         campaign_id=campaign_id, notes=notes, category=category,
     )
+    if created_at is not None:  # a lead from an archived mail: made when the mail was
+        lead.created_at = created_at
     session.add(lead)
     await session.flush()
     record_event(
