@@ -40,6 +40,7 @@ from mailsvc.linking.model import (
 from mailsvc.linking.references import RecordId
 from mailsvc.linking.resolve import pattern_keys, user_domains
 from mailsvc.linking.rules import CHAIN_READS
+from mailsvc.mail import ARCHIVE_SOURCE
 
 OPEN_TICKET = (TicketStatus.OPEN, TicketStatus.IN_PROGRESS)
 
@@ -200,7 +201,9 @@ async def _recent_mail(
     intake role, and per opportunity or ticket they are linked to. Users' mail is not counted."""
     if not senders:
         return {}
-    recent = (Email.from_email.in_(senders), Email.received_at >= since)
+    # Archive mail is history: it was received long ago, whatever its row says.
+    recent = (Email.from_email.in_(senders), Email.received_at >= since,
+              Email.source != ARCHIVE_SOURCE)
     counted: dict[tuple[str, str], int] = {}
     by_role = await session.execute(
         select(Email.from_email, Email.intake_role, func.count())

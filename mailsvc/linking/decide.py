@@ -38,7 +38,7 @@ from mailsvc.linking.resolve import (
 )
 from mailsvc.linking.rules import RULES, Context, View
 from mailsvc.linking.text import Reply, body_text, split_reply
-from mailsvc.mail import Envelope, ParsedMail, split_extension
+from mailsvc.mail import ARCHIVE_SOURCE, Envelope, ParsedMail, split_extension
 
 __all__ = ["Policy", "address_ids", "context", "decide", "reply_of", "wanted"]
 
@@ -157,7 +157,7 @@ def context(
         mail_kind=kind.name, notes=view.notes + unknown, reply_text=view.reply.text,
     )
     return Context(mail, envelope.role, facts, policy, kind, view, ids, base, sender_verified,
-                   address_ids=named)
+                   address_ids=named, historical=envelope.source == ARCHIVE_SOURCE)
 
 
 def reply_of(mail: ParsedMail) -> Reply:

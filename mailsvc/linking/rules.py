@@ -63,6 +63,8 @@ class Context:
     sender_verified: bool = True
     # The records named by the intake addresses with an extension it was sent to (bcc+OPP-12@).
     address_ids: tuple[RecordId, ...] = ()
+    # Mail of an archive import: history, not a live loop.
+    historical: bool = False
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -188,10 +190,11 @@ def rate_limited(ctx: Context) -> LinkDecision | None:
     a mail loop: the mail is stored and linked to the record, contact, account or open inbox
     lead it names, as an automatic mail (note ``rate_limited``), but creates and updates nothing:
     no lead, no ticket, no ticket log, no reopening, no acknowledgement, nothing on the timeline.
-    Our users' mail and senders on ``MAILSVC_LOOP_GUARD_ALLOW`` are never held back."""
+    Our users' mail, senders on ``MAILSVC_LOOP_GUARD_ALLOW`` and mail of an archive import
+    (history, not a loop; it is not counted either) are never held back."""
     sender = ctx.mail.sender
     limit = ctx.policy.loop_guard_max
-    if limit <= 0 or sender is None or sender.email in ctx.facts.users:
+    if limit <= 0 or ctx.historical or sender is None or sender.email in ctx.facts.users:
         return None
     if matches(sender.email, ctx.policy.loop_guard_allow):
         return None

@@ -123,3 +123,27 @@ def test_without_archive_the_same_mail_is_live(database_url: str, tmp_path: Path
     assert utc(ticket.created_at) != ASKED
     assert [m.kind for m in read(database_url, OutboundMail)] == ["ack"]
     assert not any("historical" in e.data for e in read(database_url, OutboxEvent))
+
+
+def test_the_loop_guard_leaves_an_archive_alone(database_url: str, tmp_path: Path) -> None:
+    """Thirty old mails of one customer (each a new ticket) are history, not a mail loop: all
+    thirty tickets are created, and they count for nothing when that customer writes today."""
+    folder = tmp_path / "archive"
+    for n in range(30):
+        eml(folder, f"{n:03}.eml", sender="Busy <busy@customer.example>",
+            subject=f"Problem number {n}", message_id=f"busy-{n}@customer.example",
+            date=ASKED)
+    status, output = run_import(database_url, "--archive", "--to", "support@crm.example",
+                                str(folder))
+    assert status == 0, output
+    emails = read(database_url, Email)
+    assert len(emails) == 30
+    assert not any("rate_limited" in (e.notes or []) for e in emails)
+    assert len(read(database_url, Ticket)) == 30
+
+    live = tmp_path / "live"
+    eml(live, "live.eml", sender="Busy <busy@customer.example>", subject="A new problem today",
+        message_id="busy-live@customer.example", date=datetime.now(UTC))
+    status, output = run_import(database_url, "--to", "support@crm.example", str(live))
+    assert status == 0, output
+    assert len(read(database_url, Ticket)) == 31
