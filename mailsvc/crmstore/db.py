@@ -183,6 +183,14 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
             raise
 
 
+async def refresh_statistics(session: AsyncSession) -> None:
+    """SQLite keeps no table statistics unless asked; without them its planner may start a
+    lookup from an index that reads most of a large table. ANALYZE on a bounded sample
+    (``analysis_limit``) writes them to ``sqlite_stat1``. (PostgreSQL's autovacuum does this.)"""
+    await session.execute(text("PRAGMA analysis_limit=1000"))
+    await session.execute(text("ANALYZE"))
+
+
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

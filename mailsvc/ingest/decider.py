@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc import metrics
 from mailsvc.crmstore.base import utcnow
-from mailsvc.crmstore.db import end_stalled_transactions, read_session
+from mailsvc.crmstore.db import end_stalled_transactions, read_session, refresh_statistics
 from mailsvc.crmstore.intake_writer import decide_lock, sqlite_path
 from mailsvc.crmstore.models import IntakeMail
 from mailsvc.errors import StoreUnavailable
@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 APPLY_LOCK = 0x6D61696C737663
 # Fewer mails than this are parsed here: handing them to the parsing processes costs more.
 POOL_MIN_MAILS = 16
+# SQLite: planner statistics are refreshed when a decide loop starts and then every six hours.
+STATISTICS_EVERY = 6 * 3600.0
 # After a whole step failed, claim one mail at a time until past the failed batch.
 _SOLO = 1
 
@@ -178,7 +180,11 @@ class Decider:
 
     async def _run(self, stop: asyncio.Event) -> None:
         backoff = self._poll
+        statistics_due = 0.0  # SQLite: at once, then when idle every STATISTICS_EVERY seconds
         while not stop.is_set():
+            if self._pipeline.settings.is_sqlite and time.monotonic() >= statistics_due:
+                await self._refresh_statistics()
+                statistics_due = time.monotonic() + STATISTICS_EVERY
             try:
                 done = await self.step()
             except Exception as exc:
@@ -192,6 +198,18 @@ class Decider:
             backoff = self._poll
             if not done:
                 await self._idle(stop, self._poll)
+
+    async def _refresh_statistics(self) -> None:
+        """SQLite's planner statistics, so lookups stay index lookups as the store grows."""
+        started = time.perf_counter()
+        try:
+            async with self._sessions() as session, session.begin():
+                await refresh_statistics(session)
+        except SQLAlchemyError as exc:
+            logger.warning("refreshing SQLite's statistics failed: %r", exc)
+            return
+        logger.info("SQLite statistics refreshed in %.0f ms",
+                    1000 * (time.perf_counter() - started))
 
     async def drain(self, keys: Mapping[int, str]) -> dict[int, Outcome]:
         """Decide until the given intake rows are decided (by this process or another); their

@@ -258,24 +258,25 @@ async def _records(session: AsyncSession, ids: tuple[RecordId, ...]) -> dict[Rec
     return found
 
 
+_THREAD_TARGETS = frozenset({LinkTarget.OPPORTUNITY, LinkTarget.TICKET, LinkTarget.INBOX_LEAD})
+
+
 async def _thread(session: AsyncSession, message_ids: tuple[str, ...]) -> tuple[ThreadRef, ...]:
     """The record links of earlier mails, newest reference first (the last References entry)."""
     if not message_ids:
         return ()
+    # The link kinds are picked here, not in SQL: a condition on target_type leads SQLite's
+    # planner to start from the links' target index and read most of it on a large store.
     rows = await session.execute(
         select(Email.message_id, EmailLink.target_type, EmailLink.target_id)
         .join(EmailLink, EmailLink.email_id == Email.id)
-        .where(
-            Email.message_id.in_(message_ids),
-            EmailLink.target_type.in_(
-                [LinkTarget.OPPORTUNITY, LinkTarget.TICKET, LinkTarget.INBOX_LEAD]
-            ),
-        )
+        .where(Email.message_id.in_(message_ids))
     )
     links: dict[str, dict[str, int]] = defaultdict(dict)
     for message_id, target_type, target_id in rows:
         assert message_id is not None
-        links[message_id].setdefault(str(target_type), target_id)
+        if target_type in _THREAD_TARGETS:
+            links[message_id].setdefault(str(target_type), target_id)
     order = list(reversed(message_ids))
     return tuple(
         ThreadRef(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import asyncio
 
-from mailsvc.bootstrap import Services
+from sqlalchemy import select, text
+
+from mailsvc.bootstrap import Services, open_services
 from mailsvc.crmstore.models import IntakeMail
-from mailsvc.ingest.accept import accept_mails, raw_of
+from mailsvc.ingest.accept import accept_mails, decided_outcomes, raw_of
+from mailsvc.ingest.decider import Decider
 from mailsvc.mail import Envelope, RawMail, Role
-from tests.conftest import BCC
+from tests.conftest import BCC, base_settings
+from tests.support.waiting import wait_for
 
 
 def _mail(number: int) -> bytes:
@@ -45,3 +49,24 @@ async def test_a_stored_mail_is_a_duplicate_of_the_email(services: Services) -> 
     again = await accept_mails(services.pipeline.intake, [RawMail(_mail(3), envelope)])
     assert again[0].outcome.kind == "duplicate"
     assert again[0].outcome.email_id == outcome.email_id
+
+
+async def test_a_decide_loop_gives_sqlite_its_statistics(sqlite_url: str) -> None:
+    """Without statistics SQLite's planner may read most of a large table for a lookup."""
+    envelope = Envelope("a@example.com", (BCC,), Role.BCC, "smtp")
+    async with open_services(base_settings(sqlite_url), migrate=False) as services:
+        accepted = await services.pipeline.accept_many(
+            [RawMail(_mail(100 + n), envelope) for n in range(5)])
+        stop = asyncio.Event()
+        loop = asyncio.create_task(Decider(services.pipeline).run(stop))
+
+        async def decided() -> bool:
+            keys = {a.outcome.intake_id or 0: a.key for a in accepted}
+            return len(await decided_outcomes(services.pipeline.intake, keys)) == 5
+
+        await wait_for(decided, within=120, what="the decide loop to decide the mails")
+        stop.set()
+        await loop
+        async with services.sessions() as session:
+            tables = set(await session.scalars(text("SELECT DISTINCT tbl FROM sqlite_stat1")))
+    assert "intake" in tables
