@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mailsvc.config import Settings
+from mailsvc.config import EventsSettings, Settings, StoreSettings
 from mailsvc.crmstore.db import Timeouts, create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.crmstore.services.assignment import AssignmentPolicy, configure_assignment
@@ -37,7 +37,7 @@ class Services:
     mailboxes: list[MailboxPoller] = field(default_factory=list)
 
 
-async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
+async def ensure_schema(engine: AsyncEngine, store: StoreSettings) -> None:
     """Upgrade the schema (MAILSVC_AUTO_MIGRATE=true, the default) or refuse an old one.
 
     The usual case, a current schema, is told without loading Alembic: the database's
@@ -51,7 +51,7 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
     from mailsvc.crmstore.migrate import current_revision, head_revision, upgrade
 
     try:
-        if settings.auto_migrate:
+        if store.auto_migrate:
             await upgrade(engine)
             return
         current = await current_revision(engine)
@@ -64,48 +64,48 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
-def database_timeouts(settings: Settings) -> Timeouts:
+def database_timeouts(store: StoreSettings) -> Timeouts:
     """The bounds on every database wait, from the settings (docs/reliability.md)."""
     return Timeouts(
-        statement=settings.db_statement_timeout_seconds,
-        lock=settings.db_lock_timeout_seconds,
-        idle_in_transaction=settings.db_idle_in_transaction_timeout_seconds,
-        command=settings.db_command_timeout_seconds,
-        connect=settings.db_connect_timeout_seconds,
-        pool=settings.db_pool_timeout_seconds,
-        keepalive_idle=settings.db_tcp_keepalive_seconds,
-        sqlite_busy=settings.sqlite_busy_timeout_seconds,
+        statement=store.statement_timeout_seconds,
+        lock=store.lock_timeout_seconds,
+        idle_in_transaction=store.idle_in_transaction_timeout_seconds,
+        command=store.command_timeout_seconds,
+        connect=store.connect_timeout_seconds,
+        pool=store.pool_timeout_seconds,
+        keepalive_idle=store.tcp_keepalive_seconds,
+        sqlite_busy=store.sqlite_busy_timeout_seconds,
     )
 
 
-def build_relay(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Relay | None:
-    if settings.amqp_url is None:
+def build_relay(events: EventsSettings, sessions: async_sessionmaker[AsyncSession]) -> Relay | None:
+    if events.amqp_url is None:
         return None
     from mailsvc.events.relay import Relay
 
     return Relay(
         sessions,
-        settings.amqp_url.get_secret_value(),
-        settings.amqp_exchange,
-        batch_size=settings.relay_batch_size,
-        poll_seconds=settings.relay_poll_seconds,
-        publish_timeout=settings.relay_publish_timeout_seconds,
-        reconnect_max=settings.relay_reconnect_max_seconds,
-        unroutable_retry=settings.relay_unroutable_retry_seconds,
+        events.amqp_url.get_secret_value(),
+        events.exchange,
+        batch_size=events.batch_size,
+        poll_seconds=events.poll_seconds,
+        publish_timeout=events.publish_timeout_seconds,
+        reconnect_max=events.reconnect_max_seconds,
+        unroutable_retry=events.unroutable_retry_seconds,
     )
 
 
 @asynccontextmanager
 async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Services]:
-    engine = create_engine(settings.database_url, database_timeouts(settings))
+    engine = create_engine(settings.store.url, database_timeouts(settings.store))
     try:
         if migrate:
-            await ensure_schema(engine, settings)
+            await ensure_schema(engine, settings.store)
         sessions = create_session_factory(engine)
         configure_sessions(sessions, settings)  # outbound mail's policy (mailsvc/outbound)
         configure_assignment(sessions, AssignmentPolicy(
             mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
-        relay = build_relay(settings, sessions)
+        relay = build_relay(settings.events, sessions)
         pipeline = Pipeline(sessions, settings, on_commit=relay.wake if relay else None)
         yield Services(settings, engine, sessions, pipeline, relay)
     finally:

@@ -183,9 +183,9 @@ async def _migrate(settings: Settings) -> None:
     from mailsvc.bootstrap import ensure_schema
     from mailsvc.crmstore.db import create_engine
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.store.url)
     try:
-        await ensure_schema(engine, settings)
+        await ensure_schema(engine, settings.store)
     finally:
         await engine.dispose()
 
