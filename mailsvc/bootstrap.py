@@ -106,7 +106,10 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
         configure_assignment(sessions, AssignmentPolicy(
             mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
         relay = build_relay(settings.events, sessions)
-        pipeline = Pipeline(sessions, settings, on_commit=relay.wake if relay else None)
+        pipeline = Pipeline(
+            sessions, intake=settings.intake, linking=settings.linking, trust=settings.trust,
+            store=settings.store, on_commit=relay.wake if relay else None,
+        )
         yield Services(settings, engine, sessions, pipeline, relay)
     finally:
         await engine.dispose()

@@ -165,13 +165,13 @@ class Decider:
     ) -> None:
         self._pipeline = pipeline
         self._sessions = pipeline.sessions
-        settings = pipeline.settings
-        self._batch = settings.decide_batch_size
-        self._poll = settings.decide_poll_ms / 1000
-        self._max_attempts = settings.decide_max_attempts
-        self._stalled_after = settings.db_idle_in_transaction_timeout_seconds
+        intake, store = pipeline.intake, pipeline.store
+        self._batch = intake.decide_batch_size
+        self._poll = intake.decide_poll_ms / 1000
+        self._max_attempts = intake.decide_max_attempts
+        self._stalled_after = store.idle_in_transaction_timeout_seconds
         self._held: tuple[int, float] | None = None  # (lowest row another holds, seen since)
-        self._postgres = not settings.is_sqlite
+        self._postgres = not store.is_sqlite
         self._on_decided = on_decided
         self._pool = parse_pool
         self._jobs = max(1, getattr(parse_pool, "_max_workers", 1))

@@ -33,7 +33,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
-from mailsvc.config import Settings
+from mailsvc.config import IntakeSettings, LinkingSettings, StoreSettings, TrustSettings
 from mailsvc.crmstore.db import is_retryable, read_session
 from mailsvc.crmstore.models import IntakeMail, QuarantinedMail
 from mailsvc.errors import ParseError, StoreUnavailable
@@ -121,11 +121,11 @@ def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
         return item
 
 
-def policy_from(settings: Settings) -> Policy:
+def policy_from(linking: LinkingSettings) -> Policy:
     return Policy(
-        patterns=IdPatterns(settings.opportunity_prefix, settings.ticket_prefix),
-        intake_addresses=frozenset(settings.intake_roles),
-        internal_domains=frozenset(settings.internal_domains),
+        patterns=IdPatterns(linking.opportunity_prefix, linking.ticket_prefix),
+        intake_addresses=frozenset(linking.intake_roles),
+        internal_domains=frozenset(linking.internal_domains),
     )
 
 
@@ -141,24 +141,30 @@ class Pipeline:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
+        *,
+        intake: IntakeSettings,
+        linking: LinkingSettings,
+        trust: TrustSettings,
+        store: StoreSettings,
         on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
-        self._settings = settings
-        self._policy = policy_from(settings)
-        self._trust = trust_policy(settings)
+        self.intake = intake
+        self.linking = linking
+        self.store = store  # read by the decide loop
+        self._policy = policy_from(linking)
+        self._trust = trust_policy(trust)
         self._limits = ParseLimits(
-            settings.mime_max_depth, settings.mime_max_parts, settings.mime_max_attachments,
-            settings.mime_max_decoded_bytes,
+            trust.mime_max_depth, trust.mime_max_parts, trust.mime_max_attachments,
+            trust.mime_max_decoded_bytes,
         )
         self.options = PrepareOptions(
-            settings.max_message_bytes, settings.max_received_headers, self._policy,
+            intake.max_message_bytes, intake.max_received_headers, self._policy,
             self._limits, self._trust,
         )
         # Every intake role's default owner, looked up with each group's facts.
         self._owners = tuple(
-            sorted({o for r in Role if (o := settings.owner_for(r))})
+            sorted({o for r in Role if (o := linking.owner_for(r))})
         )
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -169,10 +175,6 @@ class Pipeline:
         # Adapters waiting for a decision: intake id -> (dedup key, futures).
         self._waiters: dict[int, tuple[str, list[asyncio.Future[Outcome]]]] = {}
         self._watcher: asyncio.Task[None] | None = None
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
@@ -232,11 +234,11 @@ class Pipeline:
         await self._queue.put(_Pending(raw, future))
         try:
             return await asyncio.wait_for(
-                asyncio.shield(future), self._settings.accept_timeout_seconds
+                asyncio.shield(future), self.intake.accept_timeout_seconds
             )
         except TimeoutError:
             raise StoreUnavailable(
-                f"accept not committed within {self._settings.accept_timeout_seconds:g}s"
+                f"accept not committed within {self.intake.accept_timeout_seconds:g}s"
             ) from None
 
     async def accept_many(self, raws: Sequence[RawMail]) -> list[Accepted]:
@@ -254,8 +256,8 @@ class Pipeline:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self._settings.batch_max_wait_ms / 1000
-            while len(batch) < self._settings.batch_max_size:
+            deadline = asyncio.get_running_loop().time() + self.intake.batch_max_wait_ms / 1000
+            while len(batch) < self.intake.batch_max_size:
                 timeout = deadline - asyncio.get_running_loop().time()
                 try:
                     batch.append(
@@ -351,7 +353,7 @@ class Pipeline:
         from mailsvc.ingest.decider import stored_outcomes
 
         while self._waiters:
-            await asyncio.sleep(self._settings.decide_poll_ms / 1000)
+            await asyncio.sleep(self.intake.decide_poll_ms / 1000)
             ids = list(self._waiters)
             try:
                 async with read_session(self._sessions) as session:
@@ -519,7 +521,7 @@ class Pipeline:
             assert item.parsed is not None
             kind, want, reply = inputs[n]
             envelope = item.raw.envelope
-            owner = self._settings.owner_for(envelope.role)
+            owner = self.linking.owner_for(envelope.role)
             mine = facts_for(facts, want, owners.get(owner) if owner else None)
             deps = dependencies(want, mine)
             if not changed.isdisjoint(deps):
@@ -535,7 +537,7 @@ class Pipeline:
     def _inputs(self, item: Prepared) -> tuple[MailKind, Wanted, Reply]:
         mail = item.parsed
         assert mail is not None
-        kind = item.kind or classify(mail, item.raw.envelope, self._settings.max_received_headers)
+        kind = item.kind or classify(mail, item.raw.envelope, self.intake.max_received_headers)
         return kind, item.want or wanted(mail, self._policy), item.reply or reply_of(mail)
 
     async def _apply_all(self, session: AsyncSession, items: Sequence[Prepared]) -> list[Outcome]:
@@ -590,7 +592,7 @@ class Pipeline:
             return await quarantine(session, item, item.problem or UNPARSEABLE)
         envelope = item.raw.envelope
         kind, want, reply = self._inputs(item)
-        facts = await load_facts(session, want, self._settings.owner_for(envelope.role))
+        facts = await load_facts(session, want, self.linking.owner_for(envelope.role))
         decision = decide(item.parsed, envelope, facts, self._policy, kind, reply,
                           sender_verified=item.sender_verified)
         return await store_email(session, item, decision)
