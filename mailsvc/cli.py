@@ -205,7 +205,7 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         # The API port is bound before SMTP accepts: a taken port stops the start, no mail taken.
         api_sockets = bind_listening(api_listener(settings)) if settings.api_enabled else []
         try:
-            smtp = await start_smtp(services.pipeline, settings)
+            smtp = await start_smtp(services.pipeline, settings.smtp)
         except PortUnavailable:
             for sock in api_sockets:
                 sock.close()
