@@ -210,7 +210,7 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
             for sock in api_sockets:
                 sock.close()
             raise
-        services.mailboxes = build_pollers(services.pipeline, services.sessions, settings)
+        services.mailboxes = build_pollers(services.pipeline, services.sessions, settings.imap)
         pollers = [
             asyncio.create_task(poller.run(), name=f"imap-{poller.mailbox.name}")
             for poller in services.mailboxes
