@@ -102,7 +102,8 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
         if migrate:
             await ensure_schema(engine, settings.store)
         sessions = create_session_factory(engine)
-        configure_sessions(sessions, settings)  # outbound mail's policy (mailsvc/outbound)
+        # outbound mail's policy (mailsvc/outbound)
+        configure_sessions(sessions, settings.outbound, settings.linking, settings.intake)
         configure_assignment(sessions, AssignmentPolicy(
             mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
         relay = build_relay(settings.events, sessions)

@@ -227,7 +227,7 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
             from mailsvc.outbound.sender import Sender
 
-            sender = Sender(services.sessions, settings)
+            sender = Sender(services.sessions, settings.outbound, hostname=settings.smtp.hostname)
             tasks.append(asyncio.create_task(sender.run(), name="sender"))
         await stop.wait()
         logger.info("shutting down: no new mail, finishing what is in flight")
@@ -614,7 +614,7 @@ def send(
 
     async def go() -> int:
         async with open_services(settings) as services:
-            sender = Sender(services.sessions, settings)
+            sender = Sender(services.sessions, settings.outbound, hostname=settings.smtp.hostname)
             if once:
                 total = 0
                 while (done := await sender.deliver_due()) > 0:

@@ -108,7 +108,8 @@ async def _send(
     if settings.outbound_smtp_url is None:
         raise Conflict("no outbound relay is configured (MAILSVC_OUTBOUND_SMTP_URL): "
                        "nothing was stored or sent")
-    policy = policy_of(session) or OutboundPolicy.from_settings(settings)
+    policy = policy_of(session) or OutboundPolicy.from_settings(
+        settings.outbound, settings.linking, settings.intake)
     context = await record_context(session, policy, target, record_id)
     actor = await _actor(session, acting, body.owner_id)
     if actor is None and context.owner_id is not None:
