@@ -223,7 +223,7 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
         if settings.api_enabled:
             tasks.append(asyncio.create_task(_serve_api(services, api_sockets), name="api"))
         if settings.retention_days is not None:
-            tasks.append(asyncio.create_task(retention_loop(services.sessions, settings)))
+            tasks.append(asyncio.create_task(retention_loop(services.sessions, settings.privacy)))
         if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
             from mailsvc.outbound.sender import Sender
 
@@ -849,7 +849,7 @@ def retention() -> None:
 
     async def go() -> dict[str, Any]:
         async with open_services(settings) as services:
-            report = await enforce_retention(services.sessions, settings)
+            report = await enforce_retention(services.sessions, settings.privacy)
         return {"emails": report.emails, "attachments": report.attachments,
                 "quarantined": report.quarantined,
                 "cutoff": report.cutoff.isoformat() if report.cutoff else None}
