@@ -107,7 +107,7 @@ def serve(
         _exit_now(EX_OK)
     count = workers or settings.workers
     single = count == 1 and decide_workers == 0
-    _check_ports(serve_listeners(settings, shared_smtp=not single))
+    _check_ports(serve_listeners(settings.api, settings.smtp, shared_smtp=not single))
     if single:
         _run(_serve(settings, decide_here=True))
         return
@@ -203,7 +203,7 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
     async with open_services(settings) as services:
         await services.pipeline.start(decide=decide_here)
         # The API port is bound before SMTP accepts: a taken port stops the start, no mail taken.
-        api_sockets = bind_listening(api_listener(settings)) if settings.api_enabled else []
+        api_sockets = bind_listening(api_listener(settings.api)) if settings.api.enabled else []
         try:
             smtp = await start_smtp(services.pipeline, settings.smtp)
         except PortUnavailable:
