@@ -105,7 +105,7 @@ async def open_services(settings: Settings, *, migrate: bool = True) -> AsyncIte
         # outbound mail's policy (mailsvc/outbound)
         configure_sessions(sessions, settings.outbound, settings.linking, settings.intake)
         configure_assignment(sessions, AssignmentPolicy(
-            mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
+            mode=settings.linking.ticket_assignment, by_type=settings.linking.ticket_assignees))
         relay = build_relay(settings.events, sessions)
         pipeline = Pipeline(
             sessions, intake=settings.intake, linking=settings.linking, trust=settings.trust,

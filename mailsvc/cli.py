@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mailsvc.bootstrap import Services, open_services
-from mailsvc.config import Settings, load_settings
+from mailsvc.config import LinkingSettings, Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
@@ -61,7 +61,7 @@ def _settings(config_exit: int = EX_CONFIG) -> Settings:
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(config_exit) from None
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.logging.level, settings.logging.format)
     return settings
 
 
@@ -98,14 +98,14 @@ def serve(
     )
 
     settings = _settings()
-    decide_workers = settings.effective_decide_workers
+    decide_workers = settings.intake.effective_decide_workers(settings.store)
     if worker_index is not None:
         exit_with_parent()
         plan = plan_worker(settings, worker_index)
         _run(_serve(worker_settings(settings, plan), relay=plan.relay,
                     decide_here=decide_workers == 0))
         _exit_now(EX_OK)
-    count = workers or settings.workers
+    count = workers or settings.intake.workers
     single = count == 1 and decide_workers == 0
     _check_ports(serve_listeners(settings.api, settings.smtp, shared_smtp=not single))
     if single:
@@ -147,7 +147,7 @@ def decide(
     from mailsvc.supervisor import decide_command, exit_with_parent, supervise
 
     settings = _settings()
-    count = workers or max(1, settings.effective_decide_workers)
+    count = workers or max(1, settings.intake.effective_decide_workers(settings.store))
     if count == 1:
         if not migrate:  # a supervised worker
             exit_with_parent()
@@ -167,7 +167,7 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     from mailsvc.ingest.decider import Decider, parse_pool
 
-    jobs = settings.effective_decide_jobs
+    jobs = settings.intake.effective_decide_jobs(settings.store)
     async with open_services(settings, migrate=migrate) as services:
         with parse_pool(jobs) as pool:
             decider = Decider(services.pipeline, parse_pool=pool)
@@ -220,11 +220,11 @@ async def _serve(settings: Settings, *, relay: bool = True, decide_here: bool = 
             tasks.append(asyncio.create_task(services.relay.run(), name="relay"))
         elif services.relay is None:
             logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
-        if settings.api_enabled:
+        if settings.api.enabled:
             tasks.append(asyncio.create_task(_serve_api(services, api_sockets), name="api"))
-        if settings.retention_days is not None:
+        if settings.privacy.retention_days is not None:
             tasks.append(asyncio.create_task(retention_loop(services.sessions, settings.privacy)))
-        if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
+        if settings.outbound.smtp_url is not None:  # outbound mail (docs/outbound.md)
             from mailsvc.outbound.sender import Sender
 
             sender = Sender(services.sessions, settings.outbound, hostname=settings.smtp.hostname)
@@ -249,11 +249,11 @@ async def _serve_api(services: Services, sockets: list[socket.socket]) -> None:
     await serve_api(services, sockets)
 
 
-def _role_for(settings: Settings, address: str | None) -> tuple[Role, str]:
-    address = (address or settings.bcc_address[0]).lower()
-    role = settings.intake_roles.get(address)
+def _role_for(linking: LinkingSettings, address: str | None) -> tuple[Role, str]:
+    address = (address or linking.bcc_address[0]).lower()
+    role = linking.intake_roles.get(address)
     if role is None:
-        known = ", ".join(sorted(settings.intake_roles))
+        known = ", ".join(sorted(linking.intake_roles))
         err.print(f"[red]--to {address} is not an intake address (known: {known})[/red]")
         raise typer.Exit(EX_USAGE)
     return role, address
@@ -277,7 +277,7 @@ def ingest(
 
     metrics.disable()  # one process per mail: nobody scrapes it
     settings = _settings(config_exit=EX_TEMPFAIL)
-    role, address = _role_for(settings, to)
+    role, address = _role_for(settings.linking, to)
     raws: list[RawMail] = []
     for name in files:
         try:
@@ -328,7 +328,7 @@ def import_mail(
     from mailsvc.ingest.files import Importer, discover
 
     settings = _settings()
-    role, address = _role_for(settings, to)
+    role, address = _role_for(settings.linking, to)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         err.print(f"[red]no such file or directory: {', '.join(missing)}[/red]")
@@ -401,7 +401,8 @@ def seed_demo(
             services.sessions() as session,
             session.begin(),
         ):
-            return await seed(session, settings.opportunity_prefix, settings.ticket_prefix)
+            linking = settings.linking
+            return await seed(session, linking.opportunity_prefix, linking.ticket_prefix)
 
     created = _run(go())
     if as_json:
@@ -461,7 +462,7 @@ def db_upgrade() -> None:
     settings = _settings()
 
     async def go() -> str | None:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.store.url)
         try:
             await upgrade(engine)
             return await current_revision(engine)
@@ -482,7 +483,7 @@ def db_current(
     settings = _settings()
 
     async def go() -> str | None:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.store.url)
         try:
             return await current_revision(engine)
         finally:
@@ -576,7 +577,7 @@ def status(
 def relay() -> None:
     """Run only the event relay (outbox -> RabbitMQ) until SIGTERM or Ctrl-C."""
     settings = _settings()
-    if settings.amqp_url is None:
+    if settings.events.amqp_url is None:
         err.print("[red]MAILSVC_AMQP_URL is not set[/red]")
         raise typer.Exit(EX_CONFIG)
 
@@ -608,7 +609,7 @@ def send(
     from mailsvc.outbound.sender import Sender
 
     settings = _settings()
-    if settings.outbound_smtp_url is None:
+    if settings.outbound.smtp_url is None:
         err.print("[red]MAILSVC_OUTBOUND_SMTP_URL is not set[/red]")
         raise typer.Exit(EX_CONFIG)
 
@@ -822,7 +823,7 @@ def erase(
             async with session.begin():
                 report = await run_erase(session, contact_id=contact, address=address,
                                          actor="cli", dry_run=dry_run,
-                                         protected=settings.intake_roles)
+                                         protected=settings.linking.intake_roles)
             return report.to_json()
 
     try:
@@ -844,7 +845,7 @@ def retention() -> None:
     from mailsvc.crmstore.privacy import enforce_retention
 
     settings = _settings()
-    if settings.retention_days is None:
+    if settings.privacy.retention_days is None:
         err.print("MAILSVC_RETENTION_DAYS is not set: all mail is kept")
 
     async def go() -> dict[str, Any]:

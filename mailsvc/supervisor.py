@@ -51,9 +51,9 @@ def plan_worker(settings: Settings, index: int) -> WorkerPlan:
     first = index == 0
     return WorkerPlan(
         index=index,
-        api=first and settings.api_enabled,
+        api=first and settings.api.enabled,
         imap=first,
-        relay=settings.amqp_url is not None and (first or not settings.is_sqlite),
+        relay=settings.events.amqp_url is not None and (first or not settings.store.is_sqlite),
     )
 
 

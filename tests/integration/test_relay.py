@@ -108,7 +108,7 @@ async def test_doctor_names_the_event_types_no_queue_is_bound_for(
 
     async with consumer(AMQP_URL, binding="bound.*") as received:
         settings = make_settings(amqp_url=AMQP_URL, amqp_exchange=received.exchange)
-        assert (await check_events(settings)).status == "ok"
+        assert (await check_events(settings.store, settings.events)).status == "ok"
         async with open_services(settings, migrate=False) as services:
             async with services.sessions() as session, session.begin():
                 record_event(session, "nobody.listens", {"n": 1})
@@ -118,7 +118,7 @@ async def test_doctor_names_the_event_types_no_queue_is_bound_for(
                 await relay.publish_pending()
             finally:
                 await relay.close()
-        finding = await check_events(settings)
+        finding = await check_events(settings.store, settings.events)
         assert finding.status == "warn"
         assert "nobody.listens (1)" in finding.detail
         assert received.exchange in finding.fix
