@@ -1,4 +1,4 @@
-"""The one settings object, read from ``MAILSVC_*`` environment variables (and an optional .env)."""
+"""The settings, read from ``MAILSVC_*`` variables (and an optional .env), and their groups."""
 
 from __future__ import annotations
 
