@@ -133,7 +133,7 @@ async def _serve_target(target: str, database_url: str | None, amqp_url: str | N
             demo = await seed(session, settings.opportunity_prefix, settings.ticket_prefix)
         deciders = _decide_processes(database_url, workers)
         await services.pipeline.start(decide=workers == 0)
-        server = await start_smtp(services.pipeline, settings)
+        server = await start_smtp(services.pipeline, settings.smtp)
         relay = asyncio.create_task(services.relay.run()) if services.relay else None
         conn.send({"port": server.sockets[0].getsockname()[1],
                    "opportunity": demo["opportunities"][0]["number"]})

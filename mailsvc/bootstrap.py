@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mailsvc.config import Settings
+from mailsvc.config import EventsSettings, Settings, StoreSettings
 from mailsvc.crmstore.db import create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.crmstore.services.assignment import AssignmentPolicy, configure_assignment
@@ -41,7 +41,7 @@ class Services:
     wakers: list[Callable[[], None]] = field(default_factory=list)
 
 
-async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
+async def ensure_schema(engine: AsyncEngine, store: StoreSettings) -> None:
     """Upgrade the schema (MAILSVC_AUTO_MIGRATE=true, the default) or refuse an old one.
 
     The usual case, a current schema, is told without loading Alembic: the database's
@@ -55,7 +55,7 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
     from mailsvc.crmstore.migrate import current_revision, head_revision, upgrade
 
     try:
-        if settings.auto_migrate:
+        if store.auto_migrate:
             await upgrade(engine)
             return
         current = await current_revision(engine)
@@ -68,20 +68,20 @@ async def ensure_schema(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
-def build_relay(settings: Settings, sessions: async_sessionmaker[AsyncSession]) -> Relay | None:
-    if settings.amqp_url is None:
+def build_relay(events: EventsSettings, sessions: async_sessionmaker[AsyncSession]) -> Relay | None:
+    if events.amqp_url is None:
         return None
     from mailsvc.events.relay import Relay
 
     return Relay(
         sessions,
-        settings.amqp_url.get_secret_value(),
-        settings.amqp_exchange,
-        batch_size=settings.relay_batch_size,
-        poll_seconds=settings.relay_poll_seconds,
-        publish_timeout=settings.relay_publish_timeout_seconds,
-        reconnect_max=settings.relay_reconnect_max_seconds,
-        unroutable_retry=settings.relay_unroutable_retry_seconds,
+        events.amqp_url.get_secret_value(),
+        events.exchange,
+        batch_size=events.batch_size,
+        poll_seconds=events.poll_seconds,
+        publish_timeout=events.publish_timeout_seconds,
+        reconnect_max=events.reconnect_max_seconds,
+        unroutable_retry=events.unroutable_retry_seconds,
     )
 
 
@@ -102,22 +102,26 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """The wired service; ``application_name`` names its PostgreSQL sessions (default
     ``mailsvc``; decide workers: ``mailsvc-decide``)."""
-    engine = create_engine(settings.database_url, database_timeouts(settings), application_name)
+    engine = create_engine(settings.store.url, database_timeouts(settings.store), application_name)
     try:
         if migrate:
-            await ensure_schema(engine, settings)
+            await ensure_schema(engine, settings.store)
         sessions = create_session_factory(engine)
-        configure_sessions(sessions, settings)  # outbound mail's policy (mailsvc/outbound)
+        # outbound mail's policy (mailsvc/outbound)
+        configure_sessions(sessions, settings.outbound, settings.linking, settings.intake)
         configure_assignment(sessions, AssignmentPolicy(
-            mode=settings.ticket_assignment, by_type=settings.ticket_assignees))
-        relay = build_relay(settings, sessions)
+            mode=settings.linking.ticket_assignment, by_type=settings.linking.ticket_assignees))
+        relay = build_relay(settings.events, sessions)
         wakers: list[Callable[[], None]] = [relay.wake] if relay else []
 
         def wake_all() -> None:
             for wake in wakers:
                 wake()
 
-        pipeline = Pipeline(sessions, settings, on_commit=wake_all)
+        pipeline = Pipeline(
+            sessions, intake=settings.intake, linking=settings.linking, trust=settings.trust,
+            store=settings.store, on_commit=wake_all,
+        )
         try:
             yield Services(settings, engine, sessions, pipeline, relay, wakers=wakers)
         finally:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mailsvc.bootstrap import Services, build_webhooks, open_services
-from mailsvc.config import Settings, load_settings
+from mailsvc.config import LinkingSettings, Settings, load_settings
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
@@ -61,7 +61,7 @@ def _settings(config_exit: int = EX_CONFIG) -> Settings:
     except ConfigError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(config_exit) from None
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.logging.level, settings.logging.format)
     return settings
 
 
@@ -98,16 +98,17 @@ def serve(
     )
 
     settings = _settings()
-    decide_workers = settings.effective_decide_workers
+    decide_workers = settings.intake.effective_decide_workers(settings.store)
     if worker_index is not None:
         exit_with_parent()
         plan = plan_worker(settings, worker_index)
         _run(_serve(worker_settings(settings, plan), relay=plan.relay,
                     webhooks=plan.index == 0, decide_here=decide_workers == 0))
         _exit_now(EX_OK)
-    count = workers or settings.workers
+    count = workers or settings.intake.workers
     single = count == 1 and decide_workers == 0
-    _check_ports(serve_listeners(settings, shared_smtp=not single), settings.lmtp_socket)
+    _check_ports(serve_listeners(settings.api, settings.smtp, shared_smtp=not single),
+                 settings.smtp.lmtp_socket)
     if single:
         _run(_serve(settings, decide_here=True))
         return
@@ -149,7 +150,7 @@ def decide(
     from mailsvc.supervisor import decide_command, exit_with_parent, supervise
 
     settings = _settings()
-    count = workers or max(1, settings.effective_decide_workers)
+    count = workers or max(1, settings.intake.effective_decide_workers(settings.store))
     if count == 1:
         if not migrate:  # a supervised worker
             exit_with_parent()
@@ -169,10 +170,10 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     from mailsvc.ingest.decider import Decider, parse_pool
 
-    jobs = settings.effective_decide_jobs
-    if settings.decide_nice:
+    jobs = settings.intake.effective_decide_jobs(settings.store)
+    if settings.intake.decide_nice:
         # Accepting answers SMTP clients while they wait; deciding catches up from the store.
-        os.nice(settings.decide_nice)  # before the parse pool starts: it inherits the priority
+        os.nice(settings.intake.decide_nice)  # before the parse pool: it inherits the priority
     from mailsvc.crmstore.intake_writer import DECIDE_APPLICATION
 
     async with open_services(settings, migrate=migrate,
@@ -191,9 +192,9 @@ async def _migrate(settings: Settings) -> None:
     from mailsvc.bootstrap import ensure_schema
     from mailsvc.crmstore.db import create_engine
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.store.url)
     try:
-        await ensure_schema(engine, settings)
+        await ensure_schema(engine, settings.store)
     finally:
         await engine.dispose()
 
@@ -212,21 +213,21 @@ async def _serve(settings: Settings, *, relay: bool = True, webhooks: bool = Tru
     async with open_services(settings) as services:
         await services.pipeline.start(decide=decide_here)
         # The API port is bound before SMTP accepts: a taken port stops the start, no mail taken.
-        api_sockets = bind_listening(api_listener(settings)) if settings.api_enabled else []
+        api_sockets = bind_listening(api_listener(settings.api)) if settings.api.enabled else []
         try:
-            smtp = await start_smtp(services.pipeline, settings)
+            smtp = await start_smtp(services.pipeline, settings.smtp)
         except PortUnavailable:
             for sock in api_sockets:
                 sock.close()
             raise
         try:
-            lmtp = await start_lmtp(services.pipeline, settings)
+            lmtp = await start_lmtp(services.pipeline, settings.smtp)
         except PortUnavailable:
             smtp.close()
             for sock in api_sockets:
                 sock.close()
             raise
-        services.mailboxes = build_pollers(services.pipeline, services.sessions, settings)
+        services.mailboxes = build_pollers(services.pipeline, services.sessions, settings.imap)
         pollers = [
             asyncio.create_task(poller.run(), name=f"imap-{poller.mailbox.name}")
             for poller in services.mailboxes
@@ -261,14 +262,14 @@ def _background_tasks(services: Services, settings: Settings, *, relay: bool, we
         logger.info("no MAILSVC_AMQP_URL: events wait in the outbox (`mailsvc events`)")
     if webhooks:  # with or without a broker (docs/events.md#webhooks)
         tasks.append(asyncio.create_task(build_webhooks(services).run(), name="webhooks"))
-    if settings.api_enabled:
+    if settings.api.enabled:
         tasks.append(asyncio.create_task(_serve_api(services, api_sockets), name="api"))
-    if settings.retention_days is not None:
-        tasks.append(asyncio.create_task(retention_loop(services.sessions, settings)))
-    if settings.outbound_smtp_url is not None:  # outbound mail (docs/outbound.md)
+    if settings.privacy.retention_days is not None:
+        tasks.append(asyncio.create_task(retention_loop(services.sessions, settings.privacy)))
+    if settings.outbound.smtp_url is not None:  # outbound mail (docs/outbound.md)
         from mailsvc.outbound.sender import Sender
 
-        sender = Sender(services.sessions, settings)
+        sender = Sender(services.sessions, settings.outbound, hostname=settings.smtp.hostname)
         tasks.append(asyncio.create_task(sender.run(), name="sender"))
     return tasks
 
@@ -279,11 +280,11 @@ async def _serve_api(services: Services, sockets: list[socket.socket]) -> None:
     await serve_api(services, sockets)
 
 
-def _role_for(settings: Settings, address: str | None) -> tuple[Role, str]:
-    address = (address or settings.bcc_address[0]).lower()
-    role = settings.intake_roles.role_of(address)
+def _role_for(linking: LinkingSettings, address: str | None) -> tuple[Role, str]:
+    address = (address or linking.bcc_address[0]).lower()
+    role = linking.intake_roles.role_of(address)
     if role is None:
-        known = ", ".join(sorted(settings.intake_roles))
+        known = ", ".join(sorted(linking.intake_roles))
         err.print(f"[red]--to {address} is not an intake address (known: {known})[/red]")
         raise typer.Exit(EX_USAGE)
     return role, address
@@ -306,7 +307,7 @@ def ingest(
     from mailsvc.ingest.handover import InputError, read_inputs
 
     settings = _settings(config_exit=EX_TEMPFAIL)
-    role, address = _role_for(settings, to)
+    role, address = _role_for(settings.linking, to)
     try:
         raws = read_inputs(files, address, role, sender)
     except InputError as exc:
@@ -324,7 +325,7 @@ def ingest_inline(settings: Settings, raws: list[RawMail]) -> int:
     from mailsvc.ingest.handover import print_outcomes
 
     metrics.disable()  # one process per mail: nobody scrapes it
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.logging.level, settings.logging.format)
     try:
         outcomes = _run(_ingest(settings, raws), config_exit=EX_TEMPFAIL)
     except typer.Exit as exc:
@@ -370,7 +371,7 @@ def import_mail(
     from mailsvc.ingest.files import Importer, discover
 
     settings = _settings()
-    role, address = _role_for(settings, to)
+    role, address = _role_for(settings.linking, to)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         err.print(f"[red]no such file or directory: {', '.join(missing)}[/red]")
@@ -444,7 +445,8 @@ def seed_demo(
             services.sessions() as session,
             session.begin(),
         ):
-            return await seed(session, settings.opportunity_prefix, settings.ticket_prefix)
+            linking = settings.linking
+            return await seed(session, linking.opportunity_prefix, linking.ticket_prefix)
 
     created = _run(go())
     if as_json:
@@ -504,7 +506,7 @@ def db_upgrade() -> None:
     settings = _settings()
 
     async def go() -> str | None:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.store.url)
         try:
             await upgrade(engine)
             return await current_revision(engine)
@@ -525,7 +527,7 @@ def db_current(
     settings = _settings()
 
     async def go() -> str | None:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.store.url)
         try:
             return await current_revision(engine)
         finally:
@@ -623,7 +625,7 @@ def relay(
     """Run only the event relay (outbox -> RabbitMQ) and the webhook dispatcher (outbox -> HTTP)
     until SIGTERM or Ctrl-C."""
     settings = _settings()
-    if settings.amqp_url is None and not webhooks:
+    if settings.events.amqp_url is None and not webhooks:
         err.print("[red]MAILSVC_AMQP_URL is not set (and --no-webhooks): nothing to do[/red]")
         raise typer.Exit(EX_CONFIG)
 
@@ -663,13 +665,13 @@ def send(
     from mailsvc.outbound.sender import Sender
 
     settings = _settings()
-    if settings.outbound_smtp_url is None:
+    if settings.outbound.smtp_url is None:
         err.print("[red]MAILSVC_OUTBOUND_SMTP_URL is not set[/red]")
         raise typer.Exit(EX_CONFIG)
 
     async def go() -> int:
         async with open_services(settings) as services:
-            sender = Sender(services.sessions, settings)
+            sender = Sender(services.sessions, settings.outbound, hostname=settings.smtp.hostname)
             if once:
                 total = 0
                 while (done := await sender.deliver_due()) > 0:
@@ -877,7 +879,7 @@ def erase(
             async with session.begin():
                 report = await run_erase(session, contact_id=contact, address=address,
                                          actor="cli", dry_run=dry_run,
-                                         protected=settings.intake_roles)
+                                         protected=settings.linking.intake_roles)
             return report.to_json()
 
     try:
@@ -899,12 +901,12 @@ def retention() -> None:
     from mailsvc.crmstore.privacy import enforce_retention
 
     settings = _settings()
-    if settings.retention_days is None:
+    if settings.privacy.retention_days is None:
         err.print("MAILSVC_RETENTION_DAYS is not set: all mail is kept")
 
     async def go() -> dict[str, Any]:
         async with open_services(settings) as services:
-            report = await enforce_retention(services.sessions, settings)
+            report = await enforce_retention(services.sessions, settings.privacy)
         return {"emails": report.emails, "attachments": report.attachments,
                 "quarantined": report.quarantined,
                 "cutoff": report.cutoff.isoformat() if report.cutoff else None}

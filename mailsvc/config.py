@@ -1,14 +1,16 @@
-"""The one settings object, read from ``MAILSVC_*`` environment variables (and an optional .env)."""
+"""The settings, read from ``MAILSVC_*`` variables (and an optional .env), and their groups."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -565,16 +567,11 @@ class Settings(BaseSettings):
     @property
     def outbound_message_id_domain(self) -> str:
         """Our Message-IDs' domain: MAILSVC_MESSAGE_ID_DOMAIN, else the first intake address's."""
-        if self.message_id_domain:
-            return self.message_id_domain.lower()
-        first = (*self.support_address, *self.sales_address, *self.bcc_address)[0]
-        return first.rpartition("@")[2]
+        return self.outbound.effective_message_id_domain(self.linking)
 
     @property
     def ticket_ack_enabled(self) -> bool:
-        if self.ticket_ack is None:
-            return self.outbound_smtp_url is not None
-        return self.ticket_ack and self.outbound_smtp_url is not None
+        return self.outbound.ticket_ack_enabled
 
     @model_validator(mode="after")
     def _smtp_tls(self) -> Settings:
@@ -606,6 +603,282 @@ class Settings(BaseSettings):
     @property
     def role_addresses(self) -> dict[Role, tuple[str, ...]]:
         """Each intake role's addresses."""
+        return self.linking.role_addresses
+
+    @property
+    def intake_roles(self) -> IntakeRoles:
+        """Intake address (lower case) -> role: ``bcc``, ``sales`` or ``support``; ``role_of``
+        also answers for an intake address with an extension (``bcc+OPP-12@...``)."""
+        return self.linking.intake_roles
+
+    def record_address(self, role: Role, label: str) -> str | None:
+        """A record's own address (``LinkingSettings.record_address``)."""
+        return self.linking.record_address(role, label)
+
+    def owner_for(self, role: Role | str) -> str | None:
+        """The default owner's address for mail arriving on the intake address of ``role``."""
+        return self.linking.owner_for(role)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.store.is_sqlite
+
+    @property
+    def effective_decide_jobs(self) -> int:
+        """Parsing processes per decide worker: as set, else one per core on SQLite, else 1."""
+        return self.intake.effective_decide_jobs(self.store)
+
+    @property
+    def effective_decide_workers(self) -> int:
+        """Decide worker processes: as set, else 1 on SQLite (one claimer) and one per core on
+        PostgreSQL."""
+        return self.intake.effective_decide_workers(self.store)
+
+    # --- the groups: each part of mailsvc is handed only the group(s) it reads ---------------
+    # Built once from the flat fields above; every flat field belongs to exactly one group
+    # (tests/unit/test_config_groups.py). docs/architecture.md, "Settings".
+
+    @cached_property
+    def store(self) -> StoreSettings:
+        return _group(StoreSettings, self)
+
+    @cached_property
+    def events(self) -> EventsSettings:
+        return _group(EventsSettings, self)
+
+    @cached_property
+    def smtp(self) -> SmtpSettings:
+        return _group(SmtpSettings, self)
+
+    @cached_property
+    def imap(self) -> ImapSettings:
+        return _group(ImapSettings, self)
+
+    @cached_property
+    def intake(self) -> IntakeSettings:
+        return _group(IntakeSettings, self)
+
+    @cached_property
+    def linking(self) -> LinkingSettings:
+        return _group(LinkingSettings, self)
+
+    @cached_property
+    def trust(self) -> TrustSettings:
+        return _group(TrustSettings, self)
+
+    @cached_property
+    def api(self) -> ApiSettings:
+        return _group(ApiSettings, self)
+
+    @cached_property
+    def outbound(self) -> OutboundSettings:
+        return _group(OutboundSettings, self)
+
+    @cached_property
+    def logging(self) -> LoggingSettings:
+        return _group(LoggingSettings, self)
+
+    @cached_property
+    def privacy(self) -> PrivacySettings:
+        return _group(PrivacySettings, self)
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> Settings:
+        """A copy whose groups are built again from its own (updated) flat fields."""
+        copied = super().model_copy(update=update, deep=deep)
+        for name in GROUPS:
+            copied.__dict__.pop(name, None)
+        return copied
+
+
+def _describe(location: tuple[int | str, ...], message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    if not location:
+        return message
+    return f"MAILSVC_{'_'.join(str(part) for part in location).upper()}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a wrong value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err["loc"], err["msg"]) for err in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    except SettingsError as exc:  # e.g. MAILSVC_IMAP_MAILBOXES that is not JSON
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"invalid configuration: {exc}{cause}") from None
+
+
+# ------------------------------------------------------------------------------ setting groups
+
+
+def flat(name: str) -> dict[str, str]:
+    """The metadata of a group field holding the flat setting ``name`` (``MAILSVC_<NAME>``)."""
+    return {"flat": name}
+
+
+def flat_name(group_field: Any) -> str:
+    """The flat setting a group field is read from."""
+    return str(group_field.metadata["flat"])
+
+
+_Group = TypeVar("_Group")
+
+
+def _group(cls: type[_Group], settings: Settings) -> _Group:
+    return cls(**{f.name: getattr(settings, flat_name(f)) for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The database: where it is, its schema, and the bound on every wait on it."""
+
+    url: str = field(metadata=flat("database_url"))
+    auto_migrate: bool = field(metadata=flat("auto_migrate"))
+    statement_timeout_seconds: float = field(metadata=flat("db_statement_timeout_seconds"))
+    lock_timeout_seconds: float = field(metadata=flat("db_lock_timeout_seconds"))
+    idle_in_transaction_timeout_seconds: float = field(
+        metadata=flat("db_idle_in_transaction_timeout_seconds"))
+    tcp_keepalive_seconds: int = field(metadata=flat("db_tcp_keepalive_seconds"))
+    command_timeout_seconds: float = field(metadata=flat("db_command_timeout_seconds"))
+    connect_timeout_seconds: float = field(metadata=flat("db_connect_timeout_seconds"))
+    pool_timeout_seconds: float = field(metadata=flat("db_pool_timeout_seconds"))
+    sqlite_busy_timeout_seconds: float = field(metadata=flat("sqlite_busy_timeout_seconds"))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+@dataclass(frozen=True, slots=True)
+class EventsSettings:
+    """Where events go: the broker the outbox relay publishes to (its pace and bounds), and
+    webhooks."""
+
+    amqp_url: SecretStr | None = field(metadata=flat("amqp_url"))
+    exchange: str = field(metadata=flat("amqp_exchange"))
+    batch_size: int = field(metadata=flat("relay_batch_size"))
+    poll_seconds: float = field(metadata=flat("relay_poll_seconds"))
+    publish_timeout_seconds: float = field(metadata=flat("relay_publish_timeout_seconds"))
+    reconnect_max_seconds: float = field(metadata=flat("relay_reconnect_max_seconds"))
+    unroutable_retry_seconds: float = field(metadata=flat("relay_unroutable_retry_seconds"))
+    # Webhooks, fed from the same outbox (docs/events.md#webhooks).
+    webhook_allow_private: bool = field(metadata=flat("webhook_allow_private"))
+    webhook_timeout_seconds: float = field(metadata=flat("webhook_timeout_seconds"))
+    webhook_max_attempts: int = field(metadata=flat("webhook_max_attempts"))
+    webhook_retry_initial_seconds: float = field(metadata=flat("webhook_retry_initial_seconds"))
+    webhook_retry_max_seconds: float = field(metadata=flat("webhook_retry_max_seconds"))
+    webhook_disable_after_failures: int = field(
+        metadata=flat("webhook_disable_after_failures"))
+    webhook_disable_after_hours: float = field(metadata=flat("webhook_disable_after_hours"))
+    webhook_poll_seconds: float = field(metadata=flat("webhook_poll_seconds"))
+    webhook_concurrency: int = field(metadata=flat("webhook_concurrency"))
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """The SMTP and LMTP intake: where they listen, TLS and AUTH, and the limits per
+    connection."""
+
+    host: str = field(metadata=flat("smtp_host"))
+    port: int = field(metadata=flat("smtp_port"))
+    hostname: str = field(metadata=flat("smtp_hostname"))
+    tls_cert: Path | None = field(metadata=flat("smtp_tls_cert"))
+    tls_key: Path | None = field(metadata=flat("smtp_tls_key"))
+    require_tls: bool = field(metadata=flat("smtp_require_tls"))
+    reuse_port: bool = field(metadata=flat("smtp_reuse_port"))
+    auth_users: Path | None = field(metadata=flat("smtp_auth_users"))
+    auth_allow_plaintext: bool = field(metadata=flat("smtp_auth_allow_plaintext"))
+    max_recipients: int = field(metadata=flat("max_recipients"))
+    max_connections: int = field(metadata=flat("smtp_max_connections"))
+    max_connections_per_ip: int = field(metadata=flat("smtp_max_connections_per_ip"))
+    max_concurrent_data: int = field(metadata=flat("smtp_max_concurrent_data"))
+    data_slot_wait: float = field(metadata=flat("smtp_data_slot_wait"))
+    max_line_bytes: int = field(metadata=flat("smtp_max_line_bytes"))
+    max_header_count: int = field(metadata=flat("smtp_max_header_count"))
+    max_header_bytes: int = field(metadata=flat("smtp_max_header_bytes"))
+    idle_timeout: float = field(metadata=flat("smtp_idle_timeout"))
+    data_timeout: float = field(metadata=flat("smtp_data_timeout"))
+    # The LMTP listener (same intake, same limits): TCP when a port is set, a unix socket.
+    lmtp_host: str = field(metadata=flat("lmtp_host"))
+    lmtp_port: int | None = field(metadata=flat("lmtp_port"))
+    lmtp_socket: Path | None = field(metadata=flat("lmtp_socket"))
+    lmtp_socket_mode: int = field(metadata=flat("lmtp_socket_mode"))
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings:
+    """The IMAP mailboxes the pollers watch."""
+
+    mailboxes: tuple[ImapMailbox, ...] = field(metadata=flat("imap_mailboxes"))
+    config: Path | None = field(metadata=flat("imap_config"))
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    """The staged intake every adapter feeds: size limits, accept batching, the decide workers,
+    and the `mailsvc serve` processes."""
+
+    workers: int = field(metadata=flat("workers"))
+    max_message_bytes: int = field(metadata=flat("max_message_bytes"))
+    max_received_headers: int = field(metadata=flat("max_received_headers"))
+    batch_max_size: int = field(metadata=flat("batch_max_size"))
+    batch_max_wait_ms: float = field(metadata=flat("batch_max_wait_ms"))
+    accept_timeout_seconds: float = field(metadata=flat("accept_timeout_seconds"))
+    decide_workers: int | None = field(metadata=flat("decide_workers"))
+    decide_batch_size: int = field(metadata=flat("decide_batch_size"))
+    decide_poll_ms: float = field(metadata=flat("decide_poll_ms"))
+    decide_max_attempts: int = field(metadata=flat("decide_max_attempts"))
+    decide_jobs: int | None = field(metadata=flat("decide_jobs"))
+    decide_nice: int = field(metadata=flat("decide_nice"))
+    ingest_wait_seconds: float = field(metadata=flat("ingest_wait_seconds"))
+
+    def effective_decide_jobs(self, store: StoreSettings) -> int:
+        """Parsing processes per decide worker: as set, else one per core on SQLite, else 1."""
+        if self.decide_jobs is not None:
+            return self.decide_jobs
+        return max(1, os.cpu_count() or 1) if store.is_sqlite else 1
+
+    def effective_decide_workers(self, store: StoreSettings) -> int:
+        """Decide worker processes: as set, else 1 on SQLite (one claimer) and one per core on
+        PostgreSQL."""
+        if self.decide_workers is not None:
+            return self.decide_workers
+        if store.is_sqlite:
+            return 1
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)  # no slots: intake_roles is cached
+class LinkingSettings:
+    """The intake addresses and their roles, our domains, and the records mail is linked to:
+    their number prefixes, default owners, how new tickets are assigned, and when a contact is
+    overdue."""
+
+    bcc_address: tuple[str, ...] = field(metadata=flat("bcc_address"))
+    sales_address: tuple[str, ...] = field(metadata=flat("sales_address"))
+    support_address: tuple[str, ...] = field(metadata=flat("support_address"))
+    internal_domains: tuple[str, ...] = field(metadata=flat("internal_domains"))
+    opportunity_prefix: str = field(metadata=flat("opportunity_prefix"))
+    ticket_prefix: str = field(metadata=flat("ticket_prefix"))
+    default_owner_email: str | None = field(metadata=flat("default_owner_email"))
+    bcc_owner: str | None = field(metadata=flat("bcc_owner"))
+    sales_owner: str | None = field(metadata=flat("sales_owner"))
+    support_owner: str | None = field(metadata=flat("support_owner"))
+    ticket_assignment: Literal["least_open", "off"] = field(metadata=flat("ticket_assignment"))
+    ticket_assignees: dict[str, tuple[str, ...]] = field(metadata=flat("ticket_assignees"))
+    stale_contact_days: int = field(metadata=flat("stale_contact_days"))
+    critical_contact_days: int = field(metadata=flat("critical_contact_days"))
+    recipient_delimiter: str = field(metadata=flat("recipient_delimiter"))
+    loop_guard_max: int = field(metadata=flat("loop_guard_max"))
+    loop_guard_minutes: float = field(metadata=flat("loop_guard_minutes"))
+    loop_guard_allow: tuple[str, ...] = field(metadata=flat("loop_guard_allow"))
+
+    @property
+    def role_addresses(self) -> dict[Role, tuple[str, ...]]:
+        """Each intake role's addresses."""
         return {Role.BCC: self.bcc_address, Role.SALES: self.sales_address,
                 Role.SUPPORT: self.support_address}
 
@@ -633,42 +906,101 @@ class Settings(BaseSettings):
         owner = owners.get(Role(role)) or self.default_owner_email
         return owner.strip().lower() if owner else None
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+
+@dataclass(frozen=True, slots=True)
+class TrustSettings:
+    """Who is believed (sender verification, Authentication-Results, DKIM) and how much hostile
+    MIME is parsed (docs/trust.md)."""
+
+    sender_verification: Literal["dmarc", "aligned", "off"] = field(
+        metadata=flat("sender_verification"))
+    trusted_authserv_ids: tuple[str, ...] = field(metadata=flat("trusted_authserv_ids"))
+    trusted_networks: tuple[IPv4Network | IPv6Network, ...] = field(
+        metadata=flat("trusted_networks"))
+    dkim_verify: bool = field(metadata=flat("dkim_verify"))
+    dkim_dns_timeout: float = field(metadata=flat("dkim_dns_timeout"))
+    mime_max_depth: int = field(metadata=flat("mime_max_depth"))
+    mime_max_parts: int = field(metadata=flat("mime_max_parts"))
+    mime_max_attachments: int = field(metadata=flat("mime_max_attachments"))
+    mime_max_decoded_bytes: int = field(metadata=flat("mime_max_decoded_bytes"))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The REST API and UI: where it listens, keys, request limits, what is open without a
+    key."""
+
+    enabled: bool = field(metadata=flat("api_enabled"))
+    host: str = field(metadata=flat("api_host"))
+    port: int = field(metadata=flat("api_port"))
+    keys: tuple[str, ...] = field(metadata=flat("api_keys"))
+    max_body_bytes: int = field(metadata=flat("api_max_body_bytes"))
+    auth_failures: int = field(metadata=flat("api_auth_failures"))
+    auth_failure_window_seconds: float = field(metadata=flat("api_auth_failure_window_seconds"))
+    public_docs: bool = field(metadata=flat("api_public_docs"))
+    metrics_public: bool = field(metadata=flat("metrics_public"))
+    readyz_detail_public: bool = field(metadata=flat("readyz_detail_public"))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    """Outbound mail: the relay, retries, our Message-IDs and ticket acknowledgements
+    (docs/outbound.md)."""
+
+    smtp_url: SecretStr | None = field(metadata=flat("outbound_smtp_url"))
+    retry_hours: float = field(metadata=flat("outbound_retry_hours"))
+    retry_initial_seconds: float = field(metadata=flat("outbound_retry_initial_seconds"))
+    poll_seconds: float = field(metadata=flat("outbound_poll_seconds"))
+    timeout_seconds: float = field(metadata=flat("outbound_timeout_seconds"))
+    message_id_domain: str | None = field(metadata=flat("message_id_domain"))
+    ticket_ack: bool | None = field(metadata=flat("ticket_ack"))
+    ack_window_minutes: int = field(metadata=flat("ack_window_minutes"))
+    ticket_ack_language: Literal["de", "en", "de+en"] = field(metadata=flat("ticket_ack_language"))
+    ticket_ack_template: Path | None = field(metadata=flat("ticket_ack_template"))
+
+    def effective_message_id_domain(self, linking: LinkingSettings) -> str:
+        """Our Message-IDs' domain: MAILSVC_MESSAGE_ID_DOMAIN, else the first intake address's."""
+        if self.message_id_domain:
+            return self.message_id_domain.lower()
+        first = (*linking.support_address, *linking.sales_address, *linking.bcc_address)[0]
+        return first.rpartition("@")[2]
 
     @property
-    def effective_decide_jobs(self) -> int:
-        """Parsing processes per decide worker: as set, else one per core on SQLite, else 1."""
-        if self.decide_jobs is not None:
-            return self.decide_jobs
-        return max(1, os.cpu_count() or 1) if self.is_sqlite else 1
-
-    @property
-    def effective_decide_workers(self) -> int:
-        """Decide worker processes: as set, else 1 on SQLite (one claimer) and one per core on
-        PostgreSQL."""
-        if self.decide_workers is not None:
-            return self.decide_workers
-        if self.is_sqlite:
-            return 1
-        return max(1, os.cpu_count() or 1)
+    def ticket_ack_enabled(self) -> bool:
+        if self.ticket_ack is None:
+            return self.smtp_url is not None
+        return self.ticket_ack and self.smtp_url is not None
 
 
-def _describe(location: tuple[int | str, ...], message: str) -> str:
-    message = message.removeprefix("Value error, ")
-    if not location:
-        return message
-    return f"MAILSVC_{'_'.join(str(part) for part in location).upper()}: {message}"
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """Log level and format, and the API's access log."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = field(
+        metadata=flat("log_level"))
+    format: Literal["text", "json"] = field(metadata=flat("log_format"))
+    api_access_log: bool = field(metadata=flat("api_access_log"))
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings; a wrong value raises ConfigError naming the variable."""
-    try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(_describe(err["loc"], err["msg"]) for err in exc.errors())
-        raise ConfigError(f"invalid configuration: {problems}") from None
-    except SettingsError as exc:  # e.g. MAILSVC_IMAP_MAILBOXES that is not JSON
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise ConfigError(f"invalid configuration: {exc}{cause}") from None
+@dataclass(frozen=True, slots=True)
+class PrivacySettings:
+    """How long mail content is kept (docs/privacy.md)."""
+
+    retention_days: int | None = field(metadata=flat("retention_days"))
+    retention_interval_seconds: float = field(metadata=flat("retention_interval_seconds"))
+
+
+# Settings attribute -> group class.
+GROUPS: dict[str, type] = {
+    "store": StoreSettings,
+    "events": EventsSettings,
+    "smtp": SmtpSettings,
+    "imap": ImapSettings,
+    "intake": IntakeSettings,
+    "linking": LinkingSettings,
+    "trust": TrustSettings,
+    "api": ApiSettings,
+    "outbound": OutboundSettings,
+    "logging": LoggingSettings,
+    "privacy": PrivacySettings,
+}

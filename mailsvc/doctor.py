@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mailsvc.config import ImapMailbox, Settings
+from mailsvc.config import (
+    EventsSettings,
+    ImapMailbox,
+    LinkingSettings,
+    Settings,
+    StoreSettings,
+)
 
 Status = Literal["ok", "warn", "fail"]
 CHECK_TIMEOUT_SECONDS = 10.0
@@ -36,12 +42,12 @@ class Finding:
 async def run_checks(settings: Settings) -> list[Finding]:
     """Every check, each bounded by a timeout, in a stable order."""
     checks: list[tuple[str, Callable[[], Awaitable[Finding]]]] = [
-        ("database", lambda: check_database(settings)),
-        ("broker", lambda: check_broker(settings)),
-        ("events", lambda: check_events(settings)),
-        *[(f"imap {m.name}", _imap_check(m)) for m in settings.imap_mailboxes],
+        ("database", lambda: check_database(settings.store)),
+        ("broker", lambda: check_broker(settings.events)),
+        ("events", lambda: check_events(settings.store, settings.events)),
+        *[(f"imap {m.name}", _imap_check(m)) for m in settings.imap.mailboxes],
     ]
-    findings = [check_intake_addresses(settings), check_disk(settings)]
+    findings = [check_intake_addresses(settings.linking), check_disk(settings.store)]
     for name, check in checks:
         try:
             findings.append(await asyncio.wait_for(check(), CHECK_TIMEOUT_SECONDS))
@@ -55,11 +61,11 @@ def _imap_check(mailbox: ImapMailbox) -> Callable[[], Awaitable[Finding]]:
     return lambda: asyncio.to_thread(check_imap, mailbox)
 
 
-async def check_database(settings: Settings) -> Finding:
+async def check_database(store: StoreSettings) -> Finding:
     from mailsvc.crmstore.db import create_engine
     from mailsvc.crmstore.migrate import current_revision, head_revision
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(store.url)
     try:
         current = await current_revision(engine)
     except Exception as exc:
@@ -74,12 +80,12 @@ async def check_database(settings: Settings) -> Finding:
     return Finding("database", "ok", f"reachable, schema at {current}")
 
 
-async def check_events(settings: Settings) -> Finding:
+async def check_events(store: StoreSettings, events: EventsSettings) -> Finding:
     """Events the broker returned because no queue is bound for their routing key."""
     from mailsvc.crmstore.db import create_engine, create_session_factory
     from mailsvc.events.relay import unroutable_types
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(store.url)
     try:
         waiting = await unroutable_types(create_session_factory(engine))
     except Exception as exc:
@@ -91,34 +97,34 @@ async def check_events(settings: Settings) -> Finding:
     kinds = ", ".join(f"{kind} ({count})" for kind, count in sorted(waiting.items()))
     return Finding(
         "events", "warn", f"no queue is bound for: {kinds}; these events wait in the outbox",
-        f"bind a queue to exchange {settings.amqp_exchange!r} for them (or a catch-all `#`)",
+        f"bind a queue to exchange {events.exchange!r} for them (or a catch-all `#`)",
     )
 
 
-async def check_broker(settings: Settings) -> Finding:
-    if settings.amqp_url is None:
+async def check_broker(events: EventsSettings) -> Finding:
+    if events.amqp_url is None:
         return Finding("broker", "warn", "MAILSVC_AMQP_URL is not set: events wait in the outbox",
                        "set MAILSVC_AMQP_URL to publish events")
     import aio_pika
 
     try:
-        connection = await aio_pika.connect(settings.amqp_url.get_secret_value(), timeout=5)
+        connection = await aio_pika.connect(events.amqp_url.get_secret_value(), timeout=5)
     except Exception as exc:
         return Finding("broker", "fail", f"cannot connect: {_short(exc)}",
                        "check MAILSVC_AMQP_URL and that RabbitMQ runs")
     try:
         channel = await connection.channel()
         try:
-            await channel.get_exchange(settings.amqp_exchange, ensure=True)
+            await channel.get_exchange(events.exchange, ensure=True)
         except Exception:
             return Finding(
                 "broker", "warn",
-                f"connected; exchange {settings.amqp_exchange!r} not declared yet",
+                f"connected; exchange {events.exchange!r} not declared yet",
                 "start `mailsvc serve` or `mailsvc relay` once: the relay declares it",
             )
     finally:
         await connection.close()
-    return Finding("broker", "ok", f"connected, exchange {settings.amqp_exchange!r} exists")
+    return Finding("broker", "ok", f"connected, exchange {events.exchange!r} exists")
 
 
 def check_imap(mailbox: ImapMailbox) -> Finding:
@@ -149,9 +155,9 @@ def check_imap(mailbox: ImapMailbox) -> Finding:
     return Finding(name, "ok", f"logged in at {where}, folder {mailbox.folder!r}")
 
 
-def check_intake_addresses(settings: Settings) -> Finding:
-    roles = {"bcc": settings.bcc_address, "sales": settings.sales_address,
-             "support": settings.support_address}
+def check_intake_addresses(linking: LinkingSettings) -> Finding:
+    roles = {"bcc": linking.bcc_address, "sales": linking.sales_address,
+             "support": linking.support_address}
     seen: dict[str, str] = {}
     for role, addresses in roles.items():
         for address in addresses:
@@ -164,8 +170,8 @@ def check_intake_addresses(settings: Settings) -> Finding:
     return Finding("intake addresses", "ok", listed)
 
 
-def check_disk(settings: Settings) -> Finding:
-    path = _database_dir(settings.database_url)
+def check_disk(store: StoreSettings) -> Finding:
+    path = _database_dir(store.url)
     free = shutil.disk_usage(path).free
     detail = f"{free / 1024**3:.1f} GiB free at {path}"
     if free < LOW_DISK_BYTES:

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailsvc.config import Settings
+from mailsvc.config import ApiSettings, SmtpSettings
 from mailsvc.errors import MailsvcError
 
 
@@ -105,28 +105,27 @@ def bind_listening(listener: Listener) -> list[socket.socket]:
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
-def api_bind_host(settings: Settings) -> str:
+def api_bind_host(api: ApiSettings) -> str:
     """Where the API listens: its host, but loopback only while no API key is configured (an
     open API must not be reachable from elsewhere)."""
-    if not settings.api_keys and settings.api_host not in LOOPBACK_HOSTS:
+    if not api.keys and api.host not in LOOPBACK_HOSTS:
         return "127.0.0.1"
-    return settings.api_host
+    return api.host
 
 
-def api_listener(settings: Settings) -> Listener:
-    return Listener(api_bind_host(settings), settings.api_port, "MAILSVC_API_PORT")
+def api_listener(api: ApiSettings) -> Listener:
+    return Listener(api_bind_host(api), api.port, "MAILSVC_API_PORT")
 
 
-def serve_listeners(settings: Settings, *, shared_smtp: bool) -> list[Listener]:
+def serve_listeners(api: ApiSettings, smtp: SmtpSettings, *, shared_smtp: bool) -> list[Listener]:
     """Every TCP address `mailsvc serve` listens on: the API first (it is checked before SMTP
     accepts), then SMTP and LMTP (shared through SO_REUSEPORT by the workers when
     ``shared_smtp``, or with other processes on the host when MAILSVC_SMTP_REUSE_PORT says so)."""
-    found = [api_listener(settings)] if settings.api_enabled else []
-    shared = shared_smtp or settings.smtp_reuse_port
-    found.append(Listener(settings.smtp_host, settings.smtp_port, "MAILSVC_SMTP_PORT",
-                          reuse_port=shared))
-    if settings.lmtp_port is not None:
-        found.append(Listener(settings.lmtp_host, settings.lmtp_port, "MAILSVC_LMTP_PORT",
+    found = [api_listener(api)] if api.enabled else []
+    shared = shared_smtp or smtp.reuse_port
+    found.append(Listener(smtp.host, smtp.port, "MAILSVC_SMTP_PORT", reuse_port=shared))
+    if smtp.lmtp_port is not None:
+        found.append(Listener(smtp.lmtp_host, smtp.lmtp_port, "MAILSVC_LMTP_PORT",
                               reuse_port=shared))
     return found
 

@@ -54,10 +54,10 @@ def plan_worker(settings: Settings, index: int) -> WorkerPlan:
     first = index == 0
     return WorkerPlan(
         index=index,
-        api=first and settings.api_enabled,
+        api=first and settings.api.enabled,
         imap=first,
-        lmtp_socket=first and settings.lmtp_socket is not None,
-        relay=settings.amqp_url is not None and (first or not settings.is_sqlite),
+        lmtp_socket=first and settings.smtp.lmtp_socket is not None,
+        relay=settings.events.amqp_url is not None and (first or not settings.store.is_sqlite),
     )
 
 

@@ -72,21 +72,21 @@ def create_app(services: Services) -> FastAPI:
     register()  # the intake metrics exist from the start
     app.add_middleware(CsvExport)  # ?format=csv / Accept: text/csv on every list and report
 
-    config = services.settings
+    config = services.settings.api
     policy = AccessPolicy(
-        keys=tuple(parse_configured_key(key) for key in config.api_keys),
+        keys=tuple(parse_configured_key(key) for key in config.keys),
         docs_paths=docs_paths((app.openapi_url, app.docs_url, app.redoc_url,
                                app.swagger_ui_oauth2_redirect_url, *ROOT_DOCS)),
-        public_docs=config.api_public_docs, public_metrics=config.metrics_public,
+        public_docs=config.public_docs, public_metrics=config.metrics_public,
         public_readyz_detail=config.readyz_detail_public,
         # The triage page signs people in itself (a cookie session) and checks CSRF.
         own_sign_in=(ui.router.prefix,),
     )
-    limiter = FailureLimiter(config.api_auth_failures, config.api_auth_failure_window_seconds)
+    limiter = FailureLimiter(config.auth_failures, config.auth_failure_window_seconds)
     app.state.auth_failures = limiter  # the triage page's sign-in counts its failures here too
     # The last added runs first: count everything, then let only what may pass reach the app.
     app.add_middleware(Guard, policy=policy, limiter=limiter,
-                       max_body_bytes=config.api_max_body_bytes,
+                       max_body_bytes=config.max_body_bytes,
                        user_key=partial(user_key_valid, services))
     modules = (people, opportunities, inbox, tickets, activities, documents, emails, mailfiles,
                settings, reports, privacy, webhooks, never_log)

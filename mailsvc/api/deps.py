@@ -10,7 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.bootstrap import Services
-from mailsvc.config import Settings
+from mailsvc.config import (
+    ApiSettings,
+    IntakeSettings,
+    LinkingSettings,
+    OutboundSettings,
+    Settings,
+)
 from mailsvc.crmstore.db import READ_ONLY, read_session
 from mailsvc.crmstore.models import UserRole
 from mailsvc.crmstore.services.access import may, resolve_api_key
@@ -26,7 +32,24 @@ def get_services(request: Request) -> Services:
 
 
 def get_settings(request: Request) -> Settings:
+    """All settings: for wiring; a route takes the group it reads (below)."""
     return get_services(request).settings
+
+
+def get_api_settings(request: Request) -> ApiSettings:
+    return get_settings(request).api
+
+
+def get_linking_settings(request: Request) -> LinkingSettings:
+    return get_settings(request).linking
+
+
+def get_outbound_settings(request: Request) -> OutboundSettings:
+    return get_settings(request).outbound
+
+
+def get_intake_settings(request: Request) -> IntakeSettings:
+    return get_settings(request).intake
 
 
 async def get_session(
@@ -65,7 +88,7 @@ async def require_api_key(
 
 
 async def _resolve_caller(request: Request, supplied: str) -> Actor:
-    keys = get_settings(request).api_keys
+    keys = get_api_settings(request).keys
     if supplied:
         if matches_any(supplied, (parse_configured_key(key) for key in keys)):
             return Actor(user_id=None, role=UserRole.ADMIN.value, via="bootstrap-key")
@@ -84,3 +107,6 @@ Caller = Annotated[Actor, Depends(require_api_key)]
 
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings)]
+LinkingConfig = Annotated[LinkingSettings, Depends(get_linking_settings)]
+OutboundConfig = Annotated[OutboundSettings, Depends(get_outbound_settings)]
+IntakeConfig = Annotated[IntakeSettings, Depends(get_intake_settings)]

@@ -28,27 +28,27 @@ class EmbeddedServer(uvicorn.Server):
 async def serve_api(services: Services, sockets: list[socket.socket] | None = None) -> None:
     """Serve the API until cancelled; on ``sockets`` bound beforehand (`mailsvc serve` binds
     them before SMTP accepts, so a taken port stops the start), else on a port bound here."""
-    settings = services.settings
-    host = api_bind_host(settings)
-    if host != settings.api_host:
+    api, logs = services.settings.api, services.settings.logging
+    host = api_bind_host(api)
+    if host != api.host:
         logger.warning(
-            "no MAILSVC_API_KEYS: the API binds to 127.0.0.1 instead of %s", settings.api_host
+            "no MAILSVC_API_KEYS: the API binds to 127.0.0.1 instead of %s", api.host
         )
-    if not settings.api_keys:
+    if not api.keys:
         logger.warning(
             "no MAILSVC_API_KEYS: the API is open without authentication, on loopback only (%s)",
             host,
         )
     if sockets is None:
-        sockets = bind_listening(api_listener(settings))
+        sockets = bind_listening(api_listener(api))
     config = uvicorn.Config(
-        create_app(services), host=host, port=settings.api_port,
-        log_level=settings.log_level.lower(), lifespan="off",
+        create_app(services), host=host, port=api.port,
+        log_level=logs.level.lower(), lifespan="off",
         # The process's own handler (mailsvc/logs.py) formats uvicorn's lines too.
-        log_config=None, access_log=settings.api_access_log,
+        log_config=None, access_log=logs.api_access_log,
     )
     server = EmbeddedServer(config)
-    logger.info("API listening on http://%s:%s", host, settings.api_port)
+    logger.info("API listening on http://%s:%s", host, api.port)
     try:
         await server.serve(sockets=sockets)
     except asyncio.CancelledError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from mailsvc.api import schemas as s
-from mailsvc.config import Settings
+from mailsvc.config import LinkingSettings
 from mailsvc.crmstore import services
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
@@ -43,26 +43,26 @@ def contact(row: Contact, duplicate_of: int | None = None) -> s.ContactOut:
 
 
 def opportunity(
-    row: Opportunity, settings: Settings, now: datetime | None = None
+    row: Opportunity, linking: LinkingSettings, now: datetime | None = None
 ) -> s.OpportunityOut:
     skip = {"number", "weighted_value", "tags", "subscriber_ids", "traffic_light", "mail_address"}
     data = {name: getattr(row, name) for name in s.OpportunityOut.model_fields if name not in skip}
-    number = f"{settings.opportunity_prefix}-{row.id}"
+    number = f"{linking.opportunity_prefix}-{row.id}"
     return s.OpportunityOut(
-        **data, number=number, mail_address=settings.record_address(Role.BCC, number),
+        **data, number=number, mail_address=linking.record_address(Role.BCC, number),
         weighted_value=services.weighted_value(row), tags=[t.name for t in row.tags],
         subscriber_ids=[sub.user_id for sub in row.subscribers],
-        traffic_light=services.traffic_light(row, now or utcnow(), settings.stale_contact_days,
-                                             settings.critical_contact_days),
+        traffic_light=services.traffic_light(row, now or utcnow(), linking.stale_contact_days,
+                                             linking.critical_contact_days),
     )
 
 
-def ticket(row: Ticket, settings: Settings) -> s.TicketOut:
+def ticket(row: Ticket, linking: LinkingSettings) -> s.TicketOut:
     data = {name: getattr(row, name) for name in s.TicketOut.model_fields
             if name not in ("number", "mail_address")}
-    number = f"{settings.ticket_prefix}-{row.id}"
+    number = f"{linking.ticket_prefix}-{row.id}"
     return s.TicketOut(**data, number=number,
-                       mail_address=settings.record_address(Role.SUPPORT, number))
+                       mail_address=linking.record_address(Role.SUPPORT, number))
 
 
 def inbox_lead(row: InboxLead) -> s.InboxLeadOut:

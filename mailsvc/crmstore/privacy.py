@@ -61,7 +61,7 @@ from mailsvc.crmstore.outbox import record_event
 from mailsvc.errors import NotFound, RuleViolation
 
 if TYPE_CHECKING:
-    from mailsvc.config import Settings
+    from mailsvc.config import PrivacySettings
 
 logger = logging.getLogger(__name__)
 
@@ -511,16 +511,16 @@ async def expire_content(
 
 
 async def enforce_retention(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, *,
+    sessions: async_sessionmaker[AsyncSession], privacy: PrivacySettings, *,
     now: datetime | None = None, batch: int = CHUNK,
 ) -> RetentionReport:
     """Remove raw bytes, headers, bodies and attachments of mail older than
     ``MAILSVC_RETENTION_DAYS`` (nothing when unset), in short transactions of ``batch`` mails,
     with one audit row when anything was removed."""
-    if settings.retention_days is None:
+    if privacy.retention_days is None:
         return RetentionReport(0, 0, 0, None)
     now = now or utcnow()
-    cutoff = now - timedelta(days=settings.retention_days)
+    cutoff = now - timedelta(days=privacy.retention_days)
     emails = attachments = quarantined = 0
     while True:
         async with sessions() as session, session.begin():
@@ -533,21 +533,21 @@ async def enforce_retention(
         async with sessions() as session, session.begin():
             session.add(Erasure(kind="retention", actor="retention", created_at=now, counts={
                 "emails": emails, "attachments": attachments, "quarantined": quarantined,
-                "retention_days": settings.retention_days}))
+                "retention_days": privacy.retention_days}))
     return RetentionReport(emails, attachments, quarantined, cutoff)
 
 
 async def retention_loop(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings,
+    sessions: async_sessionmaker[AsyncSession], privacy: PrivacySettings,
 ) -> None:
     """``enforce_retention`` now and every ``MAILSVC_RETENTION_INTERVAL_SECONDS`` until
     cancelled; a failed run is logged and tried again at the next interval."""
     while True:
         try:
-            report = await enforce_retention(sessions, settings)
+            report = await enforce_retention(sessions, privacy)
             if report.emails or report.quarantined:
                 logger.info("retention: content of %d mail(s) and %d quarantined mail(s) "
                             "removed", report.emails, report.quarantined)
         except Exception:
             logger.exception("retention run failed; trying again later")
-        await asyncio.sleep(settings.retention_interval_seconds)
+        await asyncio.sleep(privacy.retention_interval_seconds)

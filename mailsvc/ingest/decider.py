@@ -138,13 +138,13 @@ class Decider:
     ) -> None:
         self._pipeline = pipeline
         self._sessions = pipeline.sessions
-        settings = pipeline.settings
-        self._batch = settings.decide_batch_size
-        self._poll = settings.decide_poll_ms / 1000
-        self._max_attempts = settings.decide_max_attempts
-        self._stalled_after = settings.db_idle_in_transaction_timeout_seconds
+        intake, store = pipeline.intake, pipeline.store
+        self._batch = intake.decide_batch_size
+        self._poll = intake.decide_poll_ms / 1000
+        self._max_attempts = intake.decide_max_attempts
+        self._stalled_after = store.idle_in_transaction_timeout_seconds
         self._held: tuple[int, float] | None = None  # (lowest row another holds, seen since)
-        self._postgres = not settings.is_sqlite
+        self._postgres = not store.is_sqlite
         self._on_decided = on_decided
         self._pool = parse_pool
         self._jobs = max(1, getattr(parse_pool, "_max_workers", 1))
@@ -174,15 +174,15 @@ class Decider:
     async def run(self, stop: asyncio.Event) -> None:
         """Decide until ``stop`` is set (the current step finishes first). On SQLite the decide
         lock is held meanwhile: `mailsvc ingest` then leaves deciding to this loop."""
-        settings = self._pipeline.settings
-        with decide_lock(sqlite_path(settings.database_url) if settings.is_sqlite else None):
+        store = self._pipeline.store
+        with decide_lock(sqlite_path(store.url) if store.is_sqlite else None):
             await self._run(stop)
 
     async def _run(self, stop: asyncio.Event) -> None:
         backoff = self._poll
         statistics_due = 0.0  # SQLite: at once, then when idle every STATISTICS_EVERY seconds
         while not stop.is_set():
-            if self._pipeline.settings.is_sqlite and time.monotonic() >= statistics_due:
+            if self._pipeline.store.is_sqlite and time.monotonic() >= statistics_due:
                 await self._refresh_statistics()
                 statistics_due = time.monotonic() + STATISTICS_EVERY
             try:
@@ -232,7 +232,7 @@ class Decider:
                     results[intake_id] = done[intake_id]
                     del pending[intake_id]
             if pending and not done:  # decided by another process?
-                elsewhere = await decided_outcomes(self._pipeline.intake, pending)
+                elsewhere = await decided_outcomes(self._pipeline.writer, pending)
                 results.update(elsewhere)
                 for intake_id in elsewhere:
                     del pending[intake_id]

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailsvc.config import Settings
+from mailsvc.config import Settings, StoreSettings
 from mailsvc.crmstore.intake_writer import (
     IntakeUnavailable,
     IntakeWriter,
@@ -47,17 +47,17 @@ class InputError(Exception):
     """A message file cannot be read: the message names it."""
 
 
-def database_timeouts(settings: Settings) -> Timeouts:
+def database_timeouts(store: StoreSettings) -> Timeouts:
     """The bounds on every database wait, from the settings (docs/reliability.md)."""
     return Timeouts(
-        statement=settings.db_statement_timeout_seconds,
-        lock=settings.db_lock_timeout_seconds,
-        idle_in_transaction=settings.db_idle_in_transaction_timeout_seconds,
-        command=settings.db_command_timeout_seconds,
-        connect=settings.db_connect_timeout_seconds,
-        pool=settings.db_pool_timeout_seconds,
-        keepalive_idle=settings.db_tcp_keepalive_seconds,
-        sqlite_busy=settings.sqlite_busy_timeout_seconds,
+        statement=store.statement_timeout_seconds,
+        lock=store.lock_timeout_seconds,
+        idle_in_transaction=store.idle_in_transaction_timeout_seconds,
+        command=store.command_timeout_seconds,
+        connect=store.connect_timeout_seconds,
+        pool=store.pool_timeout_seconds,
+        keepalive_idle=store.tcp_keepalive_seconds,
+        sqlite_busy=store.sqlite_busy_timeout_seconds,
     )
 
 
@@ -94,8 +94,8 @@ async def hand_over(settings: Settings, raws: Sequence[RawMail]) -> list[Outcome
         accepted = await accept_mails(writer, raws)
         waiting = {i: a.key for a in accepted
                    if a.outcome.kind == "accepted" and (i := a.outcome.intake_id) is not None}
-        decided = await _decisions(writer, waiting, settings.ingest_wait_seconds,
-                                   settings.decide_poll_ms / 1000)
+        decided = await _decisions(writer, waiting, settings.intake.ingest_wait_seconds,
+                                   settings.intake.decide_poll_ms / 1000)
         return [decided.get(a.outcome.intake_id or 0, a.outcome) if a.outcome.kind == "accepted"
                 else a.outcome for a in accepted]
 
@@ -117,10 +117,10 @@ async def _decisions(writer: IntakeWriter, waiting: dict[int, str], wait: float,
 @contextlib.asynccontextmanager
 async def _writer(settings: Settings) -> AsyncIterator[IntakeWriter]:
     """An intake writer on a connection of this process's own."""
-    timeouts = database_timeouts(settings)
-    if settings.is_sqlite:
-        writer: IntakeWriter = SqliteIntake(sqlite_path(settings.database_url),
-                                            timeouts.sqlite_busy)
+    store = settings.store
+    timeouts = database_timeouts(store)
+    if store.is_sqlite:
+        writer: IntakeWriter = SqliteIntake(sqlite_path(store.url), timeouts.sqlite_busy)
         try:
             yield writer
         finally:
@@ -128,7 +128,7 @@ async def _writer(settings: Settings) -> AsyncIterator[IntakeWriter]:
         return
     import asyncpg  # type: ignore[import-untyped]
 
-    dsn = "postgresql://" + settings.database_url.split("://", 1)[1]
+    dsn = "postgresql://" + store.url.split("://", 1)[1]
     try:
         connection = await asyncpg.connect(dsn, **postgres_connect_args(timeouts))
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
-from mailsvc.config import ImapMailbox, Settings
+from mailsvc.config import ImapMailbox, ImapSettings
 from mailsvc.crmstore.models import MailboxState
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.oauth2 import AccessToken, TokenError, TokenSource, renew_at
@@ -524,13 +524,15 @@ def _text(exc: BaseException) -> str:
 
 
 def build_pollers(
-    pipeline: Pipeline, sessions: async_sessionmaker[AsyncSession], settings: Settings
+    pipeline: Pipeline, sessions: async_sessionmaker[AsyncSession], imap: ImapSettings
 ) -> list[MailboxPoller]:
-    """One poller per configured mailbox; its role's first intake address is the recipient."""
+    """One poller per configured mailbox; its role's first intake address (the pipeline's) is
+    the recipient."""
+    addresses = pipeline.linking.role_addresses
     return [
         MailboxPoller(
-            mailbox, pipeline, sessions, getattr(settings, f"{mailbox.role}_address")[0],
-            max_bytes=settings.max_message_bytes,
+            mailbox, pipeline, sessions, addresses[mailbox.role][0],
+            max_bytes=pipeline.intake.max_message_bytes,
         )
-        for mailbox in settings.imap_mailboxes
+        for mailbox in imap.mailboxes
     ]

@@ -20,7 +20,7 @@ from pathlib import Path
 from aiosmtpd.lmtp import LMTP
 
 from mailsvc import metrics
-from mailsvc.config import Settings
+from mailsvc.config import SmtpSettings
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.ingest.smtp import Gate, IntakeHandler, IntakeSMTP, SmtpLimits
 from mailsvc.ports import Listener, PortUnavailable, bind_unix, remove_socket
@@ -39,19 +39,19 @@ class IntakeLMTP(IntakeSMTP, LMTP):
             await self.push(status)
 
 
-def lmtp_factory(pipeline: Pipeline, settings: Settings, gate: Gate) -> partial[IntakeLMTP]:
+def lmtp_factory(pipeline: Pipeline, smtp: SmtpSettings, gate: Gate) -> partial[IntakeLMTP]:
     """A protocol factory for ``create_server`` / ``create_unix_server`` (one per connection).
 
     No STARTTLS and no AUTH: LMTP is for a local MTA, on loopback or a unix socket."""
     return partial(
         IntakeLMTP,
-        IntakeHandler(pipeline, settings, source="lmtp", auth=False),
+        IntakeHandler(pipeline, smtp, source="lmtp", auth=False),
         gate=gate,
         users=None,
-        data_size_limit=settings.max_message_bytes,
+        data_size_limit=pipeline.intake.max_message_bytes,
         enable_SMTPUTF8=True,
         decode_data=False,
-        hostname=settings.smtp_hostname,
+        hostname=smtp.hostname,
         ident="mailsvc LMTP",
         auth_exclude_mechanism=("PLAIN", "LOGIN"),
     )
@@ -87,34 +87,34 @@ class LmtpIntake:
             await server.wait_closed()
 
 
-async def start_lmtp(pipeline: Pipeline, settings: Settings) -> LmtpIntake:
+async def start_lmtp(pipeline: Pipeline, smtp: SmtpSettings) -> LmtpIntake:
     """Listen for LMTP as configured (nothing when neither port nor socket is set);
     ``PortUnavailable`` (one line naming the setting) when an address is taken."""
     intake = LmtpIntake()
-    if settings.lmtp_port is None and settings.lmtp_socket is None:
+    if smtp.lmtp_port is None and smtp.lmtp_socket is None:
         return intake
     loop = asyncio.get_running_loop()
     # One gate for both listeners: the SMTP limits hold for the LMTP intake as a whole.
-    factory = lmtp_factory(pipeline, settings, Gate(SmtpLimits.from_settings(settings)))
+    factory = lmtp_factory(pipeline, smtp, Gate(SmtpLimits.from_settings(smtp)))
     try:
-        if settings.lmtp_port is not None:
+        if smtp.lmtp_port is not None:
             try:
                 intake.servers.append(await loop.create_server(
-                    factory, host=settings.lmtp_host, port=settings.lmtp_port,
-                    reuse_port=settings.smtp_reuse_port,
+                    factory, host=smtp.lmtp_host, port=smtp.lmtp_port,
+                    reuse_port=smtp.reuse_port,
                 ))
             except OSError as exc:
-                listener = Listener(settings.lmtp_host, settings.lmtp_port, "MAILSVC_LMTP_PORT")
+                listener = Listener(smtp.lmtp_host, smtp.lmtp_port, "MAILSVC_LMTP_PORT")
                 raise PortUnavailable(listener.refusal(exc)) from None
-            logger.info("LMTP intake listening on %s:%s", settings.lmtp_host, intake.port)
-        if settings.lmtp_socket is not None:
-            path = settings.lmtp_socket
-            sock = bind_unix(path, settings.lmtp_socket_mode)
+            logger.info("LMTP intake listening on %s:%s", smtp.lmtp_host, intake.port)
+        if smtp.lmtp_socket is not None:
+            path = smtp.lmtp_socket
+            sock = bind_unix(path, smtp.lmtp_socket_mode)
             # The file's inode (not the socket's): on shutdown only our own file is removed.
             intake.socket_path, intake.socket_inode = path, os.lstat(path).st_ino
             intake.servers.append(await loop.create_unix_server(factory, sock=sock))
             logger.info("LMTP intake listening on %s (mode %04o)", path,
-                        settings.lmtp_socket_mode)
+                        smtp.lmtp_socket_mode)
     except BaseException:
         intake.close()
         await intake.wait_closed()

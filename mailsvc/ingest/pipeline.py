@@ -35,7 +35,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailsvc import metrics
-from mailsvc.config import Settings
+from mailsvc.config import IntakeSettings, LinkingSettings, StoreSettings, TrustSettings
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.db import driver_connection, is_retryable
 from mailsvc.crmstore.intake_writer import (
@@ -131,15 +131,15 @@ def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
         return item
 
 
-def policy_from(settings: Settings) -> Policy:
+def policy_from(linking: LinkingSettings) -> Policy:
     return Policy(
-        patterns=IdPatterns(settings.opportunity_prefix, settings.ticket_prefix),
-        intake_addresses=frozenset(settings.intake_roles),
-        internal_domains=frozenset(settings.internal_domains),
-        recipient_delimiter=settings.recipient_delimiter,
-        intake_roles=tuple(sorted((a, str(r)) for a, r in settings.intake_roles.items())),
-        loop_guard_max=settings.loop_guard_max,
-        loop_guard_allow=frozenset(settings.loop_guard_allow),
+        patterns=IdPatterns(linking.opportunity_prefix, linking.ticket_prefix),
+        intake_addresses=frozenset(linking.intake_roles),
+        internal_domains=frozenset(linking.internal_domains),
+        recipient_delimiter=linking.recipient_delimiter,
+        intake_roles=tuple(sorted((a, str(r)) for a, r in linking.intake_roles.items())),
+        loop_guard_max=linking.loop_guard_max,
+        loop_guard_allow=frozenset(linking.loop_guard_allow),
     )
 
 
@@ -149,11 +149,11 @@ class _Pending:
     future: asyncio.Future[Accepted]
 
 
-def intake_writer(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> IntakeWriter:
+def intake_writer(sessions: async_sessionmaker[AsyncSession], store: StoreSettings
+                  ) -> IntakeWriter:
     """SQLite: a connection and thread of its own; PostgreSQL: connections of the pool."""
-    if settings.is_sqlite:
-        return SqliteIntake(sqlite_path(settings.database_url),
-                            settings.sqlite_busy_timeout_seconds)
+    if store.is_sqlite:
+        return SqliteIntake(sqlite_path(store.url), store.sqlite_busy_timeout_seconds)
     engine = sessions.kw["bind"]
     return PostgresIntake(partial(driver_connection, engine))
 
@@ -164,24 +164,30 @@ class Pipeline:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        settings: Settings,
+        *,
+        intake: IntakeSettings,
+        linking: LinkingSettings,
+        trust: TrustSettings,
+        store: StoreSettings,
         on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
-        self._settings = settings
-        self._policy = policy_from(settings)
-        self._trust = trust_policy(settings)
+        self.intake = intake
+        self.linking = linking
+        self.store = store  # read by the decide loop
+        self._policy = policy_from(linking)
+        self._trust = trust_policy(trust)
         self._limits = ParseLimits(
-            settings.mime_max_depth, settings.mime_max_parts, settings.mime_max_attachments,
-            settings.mime_max_decoded_bytes,
+            trust.mime_max_depth, trust.mime_max_parts, trust.mime_max_attachments,
+            trust.mime_max_decoded_bytes,
         )
         self.options = PrepareOptions(
-            settings.max_message_bytes, settings.max_received_headers, self._policy,
+            intake.max_message_bytes, intake.max_received_headers, self._policy,
             self._limits, self._trust,
         )
         # Every intake role's default owner, looked up with each group's facts.
         self._owners = tuple(
-            sorted({o for r in Role if (o := settings.owner_for(r))})
+            sorted({o for r in Role if (o := linking.owner_for(r))})
         )
         self._on_commit = on_commit
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -192,28 +198,25 @@ class Pipeline:
         # Adapters waiting for a decision: intake id -> (dedup key, futures).
         self._waiters: dict[int, tuple[str, list[asyncio.Future[Outcome]]]] = {}
         self._watcher: asyncio.Task[None] | None = None
-        self._intake: IntakeWriter | None = None
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
+        self._writer: IntakeWriter | None = None
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         return self._sessions
 
     @property
-    def intake(self) -> IntakeWriter:
-        """What writes accepted mail (made on first use; ``close`` releases it)."""
-        if self._intake is None:
-            self._intake = intake_writer(self._sessions, self._settings)
-        return self._intake
+    def writer(self) -> IntakeWriter:
+        """What writes accepted mail and reads decisions back (made on first use; ``close``
+        releases it)."""
+        if self._writer is None:
+            self._writer = intake_writer(self._sessions, self.store)
+        return self._writer
 
     async def close(self) -> None:
         """Release the intake writer's connection and thread."""
-        if self._intake is not None:
-            await self._intake.close()
-            self._intake = None
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
 
     @property
     def decider(self) -> Decider:
@@ -269,19 +272,19 @@ class Pipeline:
         await self._queue.put(_Pending(raw, future))
         try:
             return await asyncio.wait_for(
-                asyncio.shield(future), self._settings.accept_timeout_seconds
+                asyncio.shield(future), self.intake.accept_timeout_seconds
             )
         except TimeoutError:
             # The commit goes on without us: its failure, if it fails, is nobody's to raise.
             future.add_done_callback(_forget_outcome)
             raise StoreUnavailable(
-                f"accept not committed within {self._settings.accept_timeout_seconds:g}s"
+                f"accept not committed within {self.intake.accept_timeout_seconds:g}s"
             ) from None
 
     async def accept_many(self, raws: Sequence[RawMail]) -> list[Accepted]:
         """Accept mails in one transaction of the caller's (no queue, no group commit)."""
         try:
-            return await accept_mails(self.intake, raws)
+            return await accept_mails(self.writer, raws)
         except IntakeUnavailable as exc:
             logger.error("accept failed for %d message(s): %s", len(raws), exc)
             raise StoreUnavailable(f"accept failed: {exc}") from exc
@@ -295,8 +298,8 @@ class Pipeline:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            deadline = asyncio.get_running_loop().time() + self._settings.batch_max_wait_ms / 1000
-            while len(batch) < self._settings.batch_max_size:
+            deadline = asyncio.get_running_loop().time() + self.intake.batch_max_wait_ms / 1000
+            while len(batch) < self.intake.batch_max_size:
                 timeout = deadline - asyncio.get_running_loop().time()
                 try:
                     batch.append(
@@ -390,10 +393,10 @@ class Pipeline:
     async def _watch(self) -> None:
         """Resolve waiters whose mail another process decided: its intake row is gone."""
         while self._waiters:
-            await asyncio.sleep(self._settings.decide_poll_ms / 1000)
+            await asyncio.sleep(self.intake.decide_poll_ms / 1000)
             waiting = {i: key for i, (key, _) in self._waiters.items()}
             try:
-                found = await decided_outcomes(self.intake, waiting)
+                found = await decided_outcomes(self.writer, waiting)
             except IntakeUnavailable as exc:
                 logger.warning("watching for decisions failed: %s", exc)
                 continue
@@ -557,7 +560,7 @@ class Pipeline:
             assert item.parsed is not None
             kind, want, reply = inputs[n]
             envelope = item.raw.envelope
-            owner = self._settings.owner_for(envelope.role)
+            owner = self.linking.owner_for(envelope.role)
             mine = facts_for(facts, want, owners.get(owner) if owner else None)
             deps = dependencies(want, mine)
             if not changed.isdisjoint(deps):
@@ -572,12 +575,12 @@ class Pipeline:
 
     def loop_guard_since(self) -> datetime:
         """Where the loop guard's window starts: mails stored since then are counted."""
-        return utcnow() - timedelta(minutes=self._settings.loop_guard_minutes)
+        return utcnow() - timedelta(minutes=self.linking.loop_guard_minutes)
 
     def _inputs(self, item: Prepared) -> tuple[MailKind, Wanted, Reply]:
         mail = item.parsed
         assert mail is not None
-        kind = item.kind or classify(mail, item.raw.envelope, self._settings.max_received_headers)
+        kind = item.kind or classify(mail, item.raw.envelope, self.intake.max_received_headers)
         want = item.want or wanted(mail, self._policy, item.raw.envelope)
         return kind, want, item.reply or reply_of(mail)
 
@@ -633,7 +636,7 @@ class Pipeline:
             return await quarantine(session, item, item.problem or UNPARSEABLE)
         envelope = item.raw.envelope
         kind, want, reply = self._inputs(item)
-        facts = await load_facts(session, want, self._settings.owner_for(envelope.role),
+        facts = await load_facts(session, want, self.linking.owner_for(envelope.role),
                                  since=self.loop_guard_since())
         decision = decide(item.parsed, envelope, facts, self._policy, kind, reply,
                           sender_verified=item.sender_verified)

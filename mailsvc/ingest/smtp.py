@@ -25,7 +25,7 @@ import bcrypt
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailsvc import metrics
-from mailsvc.config import Settings
+from mailsvc.config import SmtpSettings
 from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.ingest.sanitize import bad_address
@@ -98,13 +98,13 @@ class IntakeHandler:
     LMTP repeats that reply once per accepted recipient (``IntakeLMTP``)."""
 
     def __init__(
-        self, pipeline: Pipeline, settings: Settings, *, source: str = "smtp",
+        self, pipeline: Pipeline, smtp: SmtpSettings, *, source: str = "smtp",
         auth: bool | None = None,
     ) -> None:
         self._pipeline = pipeline
-        self._roles = settings.intake_roles
-        self._max_recipients = settings.max_recipients
-        self._auth = settings.smtp_auth_users is not None if auth is None else auth
+        self._roles = pipeline.linking.intake_roles
+        self._max_recipients = smtp.max_recipients
+        self._auth = smtp.auth_users is not None if auth is None else auth
         self._source = source
 
     async def handle_EHLO(
@@ -186,17 +186,17 @@ class SmtpLimits:
                           max_size)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SmtpLimits:
+    def from_settings(cls, smtp: SmtpSettings) -> SmtpLimits:
         return cls(
-            max_connections=settings.smtp_max_connections,
-            max_connections_per_ip=settings.smtp_max_connections_per_ip,
-            max_concurrent_data=settings.smtp_max_concurrent_data,
-            data_slot_wait=settings.smtp_data_slot_wait,
-            max_line_bytes=settings.smtp_max_line_bytes,
-            max_header_count=settings.smtp_max_header_count,
-            max_header_bytes=settings.smtp_max_header_bytes,
-            idle_timeout=settings.smtp_idle_timeout,
-            data_timeout=settings.smtp_data_timeout,
+            max_connections=smtp.max_connections,
+            max_connections_per_ip=smtp.max_connections_per_ip,
+            max_concurrent_data=smtp.max_concurrent_data,
+            data_slot_wait=smtp.data_slot_wait,
+            max_line_bytes=smtp.max_line_bytes,
+            max_header_count=smtp.max_header_count,
+            max_header_bytes=smtp.max_header_bytes,
+            idle_timeout=smtp.idle_timeout,
+            data_timeout=smtp.data_timeout,
         )
 
 
@@ -442,45 +442,46 @@ class IntakeSMTP(SMTP):
         await self.final_replies("250 OK" if status is MISSING else status, recipients)
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:
     """The STARTTLS context from the configured certificate and key, if any."""
-    if settings.smtp_tls_cert is None or settings.smtp_tls_key is None:
+    if smtp.tls_cert is None or smtp.tls_key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.smtp_tls_cert, settings.smtp_tls_key)
+    context.load_cert_chain(smtp.tls_cert, smtp.tls_key)
     return context
 
 
-def smtp_factory(pipeline: Pipeline, settings: Settings) -> partial[IntakeSMTP]:
-    """A protocol factory for ``loop.create_server`` (one SMTP object per connection)."""
-    users = AuthUsers(settings.smtp_auth_users) if settings.smtp_auth_users else None
+def smtp_factory(pipeline: Pipeline, smtp: SmtpSettings) -> partial[IntakeSMTP]:
+    """A protocol factory for ``loop.create_server`` (one SMTP object per connection); the
+    intake addresses and the size limit are the pipeline's."""
+    users = AuthUsers(smtp.auth_users) if smtp.auth_users else None
     return partial(
         IntakeSMTP,
-        IntakeHandler(pipeline, settings),
-        gate=Gate(SmtpLimits.from_settings(settings)),
+        IntakeHandler(pipeline, smtp),
+        gate=Gate(SmtpLimits.from_settings(smtp)),
         users=users,
-        data_size_limit=settings.max_message_bytes,
+        data_size_limit=pipeline.intake.max_message_bytes,
         enable_SMTPUTF8=True,
         decode_data=False,
-        hostname=settings.smtp_hostname,
+        hostname=smtp.hostname,
         ident="mailsvc ESMTP",
-        tls_context=tls_context(settings),
-        require_starttls=settings.smtp_require_tls,
-        auth_require_tls=not settings.smtp_auth_allow_plaintext,
+        tls_context=tls_context(smtp),
+        require_starttls=smtp.require_tls,
+        auth_require_tls=not smtp.auth_allow_plaintext,
         auth_exclude_mechanism=() if users else ("PLAIN", "LOGIN"),
     )
 
 
-async def start_smtp(pipeline: Pipeline, settings: Settings) -> asyncio.Server:
+async def start_smtp(pipeline: Pipeline, smtp: SmtpSettings) -> asyncio.Server:
     """Listen for SMTP; ``PortUnavailable`` (one line naming the setting) when the port is taken."""
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(
-            smtp_factory(pipeline, settings), host=settings.smtp_host, port=settings.smtp_port,
-            reuse_port=settings.smtp_reuse_port,
+            smtp_factory(pipeline, smtp), host=smtp.host, port=smtp.port,
+            reuse_port=smtp.reuse_port,
         )
     except OSError as exc:
-        listener = Listener(settings.smtp_host, settings.smtp_port, "MAILSVC_SMTP_PORT")
+        listener = Listener(smtp.host, smtp.port, "MAILSVC_SMTP_PORT")
         raise PortUnavailable(listener.refusal(exc)) from None
-    logger.info("SMTP intake listening on %s:%s", settings.smtp_host, settings.smtp_port)
+    logger.info("SMTP intake listening on %s:%s", smtp.host, smtp.port)
     return server

@@ -28,7 +28,7 @@ import authres
 import dkim
 import dkim.dnsplug
 
-from mailsvc.config import Settings
+from mailsvc.config import TrustSettings
 from mailsvc.mail import Envelope, ParsedMail, RawMail
 
 logger = logging.getLogger(__name__)
@@ -216,11 +216,11 @@ def cached_dns(name: bytes | str, timeout: float = 5) -> bytes | str | None:
     return value
 
 
-def trust_policy(settings: Settings) -> TrustPolicy:
+def trust_policy(trust: TrustSettings) -> TrustPolicy:
     return TrustPolicy(
-        level=settings.sender_verification,
-        authserv_ids=frozenset(settings.trusted_authserv_ids),
-        trusted_networks=tuple(settings.trusted_networks),
-        verify_dkim=settings.dkim_verify,
-        dns_timeout=settings.dkim_dns_timeout,
+        level=trust.sender_verification,
+        authserv_ids=frozenset(trust.trusted_authserv_ids),
+        trusted_networks=tuple(trust.trusted_networks),
+        verify_dkim=trust.dkim_verify,
+        dns_timeout=trust.dkim_dns_timeout,
     )

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailsvc.config import Settings
+from mailsvc.config import IntakeSettings, LinkingSettings, OutboundSettings
 from mailsvc.crmstore import intake, services
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import (
@@ -68,31 +68,38 @@ class OutboundPolicy:
     ack_template: str | None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OutboundPolicy:
+    def from_settings(
+        cls, outbound: OutboundSettings, linking: LinkingSettings, intake: IntakeSettings
+    ) -> OutboundPolicy:
+        """Outbound's own settings, the intake addresses and prefixes (linking), and the size
+        limit of the intake, which our own mail keeps too."""
         template = None
-        if settings.ticket_ack_template is not None:
+        if outbound.ticket_ack_template is not None:
             try:
-                template = settings.ticket_ack_template.read_text(encoding="utf-8")
+                template = outbound.ticket_ack_template.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"MAILSVC_TICKET_ACK_TEMPLATE: cannot read it: {exc}") from None
         return cls(
-            enabled=settings.outbound_smtp_url is not None,
-            domain=settings.outbound_message_id_domain,
-            senders={"support": settings.support_address[0], "sales": settings.sales_address[0]},
-            patterns=IdPatterns(settings.opportunity_prefix, settings.ticket_prefix),
-            intake_addresses=frozenset(settings.intake_roles),
-            max_bytes=settings.max_message_bytes,
-            ack=settings.ticket_ack_enabled,
-            ack_window=timedelta(minutes=settings.ack_window_minutes),
-            ack_language=settings.ticket_ack_language,
+            enabled=outbound.smtp_url is not None,
+            domain=outbound.effective_message_id_domain(linking),
+            senders={"support": linking.support_address[0], "sales": linking.sales_address[0]},
+            patterns=IdPatterns(linking.opportunity_prefix, linking.ticket_prefix),
+            intake_addresses=frozenset(linking.intake_roles),
+            max_bytes=intake.max_message_bytes,
+            ack=outbound.ticket_ack_enabled,
+            ack_window=timedelta(minutes=outbound.ack_window_minutes),
+            ack_language=outbound.ticket_ack_language,
             ack_template=template,
         )
 
 
-def configure_sessions(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+def configure_sessions(
+    sessions: async_sessionmaker[AsyncSession], outbound: OutboundSettings,
+    linking: LinkingSettings, intake: IntakeSettings,
+) -> None:
     """Every session of the factory carries the outbound policy (the intake's acknowledgement
     and bounce handling read it there, in the intake's own transaction)."""
-    sessions.configure(info={POLICY_KEY: OutboundPolicy.from_settings(settings)})
+    sessions.configure(info={POLICY_KEY: OutboundPolicy.from_settings(outbound, linking, intake)})
 
 
 def policy_of(session: AsyncSession) -> OutboundPolicy | None:

@@ -19,7 +19,7 @@ import aiosmtplib
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mailsvc.config import Settings
+from mailsvc.config import OutboundSettings
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.models import Email
 from mailsvc.crmstore.outbound_models import DeliveryStatus, OutboundMail
@@ -53,18 +53,19 @@ class Attempt:
 
 class Sender:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], settings: Settings,
-        batch_size: int = 20,
+        self, sessions: async_sessionmaker[AsyncSession], outbound: OutboundSettings,
+        *, hostname: str, batch_size: int = 20,
     ) -> None:
-        if settings.outbound_smtp_url is None:
+        """``hostname``: the name we greet the relay with (MAILSVC_SMTP_HOSTNAME)."""
+        if outbound.smtp_url is None:
             raise ValueError("the sender needs MAILSVC_OUTBOUND_SMTP_URL")
         self._sessions = sessions
-        self._target: RelayTarget = parse_relay_url(settings.outbound_smtp_url.get_secret_value())
-        self._hostname = settings.smtp_hostname
-        self._timeout = settings.outbound_timeout_seconds
-        self._retry_for = timedelta(hours=settings.outbound_retry_hours)
-        self._initial = settings.outbound_retry_initial_seconds
-        self._poll = settings.outbound_poll_seconds
+        self._target: RelayTarget = parse_relay_url(outbound.smtp_url.get_secret_value())
+        self._hostname = hostname
+        self._timeout = outbound.timeout_seconds
+        self._retry_for = timedelta(hours=outbound.retry_hours)
+        self._initial = outbound.retry_initial_seconds
+        self._poll = outbound.poll_seconds
         # A claimed mail is left alone this long: a send takes at most a few timeouts.
         self._lease = timedelta(seconds=4 * self._timeout + 60)
         self._batch_size = batch_size

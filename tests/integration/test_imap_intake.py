@@ -71,7 +71,7 @@ async def polling(
     """The pipeline and the IMAP pollers, as `mailsvc serve` runs them (or of a test's kind)."""
     async with open_services(settings, migrate=False) as services:
         await services.pipeline.start()
-        pollers = build_pollers(services.pipeline, services.sessions, settings)
+        pollers = build_pollers(services.pipeline, services.sessions, settings.imap)
         if poller_type is not None:
             pollers = [poller_type(p.mailbox, services.pipeline, services.sessions, BCC,
                                    max_bytes=settings.max_message_bytes) for p in pollers]

@@ -25,10 +25,10 @@ async def test_rows_read_back_as_accepted(services: Services) -> None:
     envelope = Envelope("Sender@Example.com\x00", (BCC,), Role.BCC, "smtp", peer="192.0.2.7",
                         authenticated="anna")
     raws = [RawMail(_mail(1), envelope), RawMail(_mail(2), envelope), RawMail(_mail(1), envelope)]
-    first = await accept_mails(services.pipeline.intake, raws)
+    first = await accept_mails(services.pipeline.writer, raws)
     assert [a.outcome.kind for a in first] == ["accepted", "accepted", "duplicate"]
     assert first[2].outcome.intake_id == first[0].outcome.intake_id
-    again = await accept_mails(services.pipeline.intake, raws[:1])
+    again = await accept_mails(services.pipeline.writer, raws[:1])
     assert again[0].outcome.kind == "duplicate"
     assert again[0].outcome.intake_id == first[0].outcome.intake_id
 
@@ -46,7 +46,7 @@ async def test_a_stored_mail_is_a_duplicate_of_the_email(services: Services) -> 
     envelope = Envelope("a@example.com", (BCC,), Role.BCC, "smtp")
     outcome = await services.pipeline.submit(RawMail(_mail(3), envelope))
     assert outcome.email_id is not None
-    again = await accept_mails(services.pipeline.intake, [RawMail(_mail(3), envelope)])
+    again = await accept_mails(services.pipeline.writer, [RawMail(_mail(3), envelope)])
     assert again[0].outcome.kind == "duplicate"
     assert again[0].outcome.email_id == outcome.email_id
 
@@ -62,7 +62,7 @@ async def test_a_decide_loop_gives_sqlite_its_statistics(sqlite_url: str) -> Non
 
         async def decided() -> bool:
             keys = {a.outcome.intake_id or 0: a.key for a in accepted}
-            return len(await decided_outcomes(services.pipeline.intake, keys)) == 5
+            return len(await decided_outcomes(services.pipeline.writer, keys)) == 5
 
         await wait_for(decided, within=120, what="the decide loop to decide the mails")
         stop.set()

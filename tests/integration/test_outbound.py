@@ -127,8 +127,11 @@ async def world_factory(
         context = open_services(settings, migrate=False)
         svc = await context.__aenter__()
         await svc.pipeline.start()
-        tasks = [asyncio.create_task(Sender(svc.sessions, settings).run())
-                 for _ in range(senders)]
+        tasks = [
+            asyncio.create_task(
+                Sender(svc.sessions, settings.outbound, hostname=settings.smtp.hostname).run())
+            for _ in range(senders)
+        ]
         transport = httpx.ASGITransport(app=create_app(svc))
         client = httpx.AsyncClient(transport=transport, base_url="http://test/api/v1")
         for task in tasks:
@@ -478,7 +481,8 @@ async def test_mailsvc_send_once_delivers_what_is_due(
     async with (open_services(settings, migrate=False) as svc, svc.sessions() as session,
                 session.begin()):
         ticket = await crm.create_ticket(session, "Printer", requester_email="j@example.org")
-        policy = OutboundPolicy.from_settings(settings)
+        policy = OutboundPolicy.from_settings(
+            settings.outbound, settings.linking, settings.intake)
         context = await record_context(session, policy, LinkTarget.TICKET, ticket.id)
         queued = await enqueue(session, policy, context, text="Hello")
     env = {**os.environ, "MAILSVC_DATABASE_URL": database_url, "MAILSVC_BCC_ADDRESS": BCC,

@@ -24,7 +24,7 @@ def _services(url: str) -> Services:
     settings = base_settings(url, outbound_smtp_url="smtp://127.0.0.1:9")
     engine = create_engine(url, poolclass=NullPool)
     sessions = create_session_factory(engine)
-    configure_sessions(sessions, settings)
+    configure_sessions(sessions, settings.outbound, settings.linking, settings.intake)
     return Services(settings, engine, sessions, pipeline=None, relay=None)  # type: ignore[arg-type]
 
 

@@ -261,12 +261,13 @@ async def test_retention_removes_old_content_only(services: Services) -> None:
             row.received_at = old
         session.add(QuarantinedMail(dedup_key="q-old", reason="x", raw=b"old bytes", size=9,
                                     intake_role="bcc", received_at=old))
-    unset = await enforce_retention(services.sessions, services.settings)
+    unset = await enforce_retention(services.sessions, services.settings.privacy)
     assert unset.emails == 0 and unset.cutoff is None
     settings = base_settings(services.settings.database_url, retention_days=30)
-    report = await enforce_retention(services.sessions, settings, batch=1)
+    report = await enforce_retention(services.sessions, settings.privacy, batch=1)
     assert report.emails == 2 and report.attachments == 1 and report.quarantined == 1
-    assert (await enforce_retention(services.sessions, settings)).emails == 0  # done already
+    again = await enforce_retention(services.sessions, settings.privacy)
+    assert again.emails == 0  # done already
     async with services.sessions() as session:
         for email_id in (world.ticket_mail, world.private_mail):
             row = await session.get(Email, email_id)

@@ -36,7 +36,7 @@ async def test_an_event_no_queue_is_bound_for_stays_pending_and_does_not_block_o
             async with services.sessions() as session, session.begin():
                 record_event(session, "nobody.listens", {"n": 1})
                 record_event(session, "bound.first", {"n": 2})
-            relay = build_relay(settings, services.sessions)
+            relay = build_relay(settings.events, services.sessions)
             assert relay is not None
             try:
                 assert await relay.publish_pending() == 1
@@ -77,7 +77,7 @@ async def test_broker_status_is_ok_only_after_a_round_trip_and_not_when_unreacha
 ) -> None:
     settings = make_settings(amqp_url=AMQP_URL, amqp_exchange="mailsvc.test.status")
     async with open_services(settings, migrate=False) as services:
-        relay = build_relay(settings, services.sessions)
+        relay = build_relay(settings.events, services.sessions)
         assert relay is not None
         assert relay.status().state == "connecting"
         task = asyncio.create_task(relay.run())
@@ -108,17 +108,17 @@ async def test_doctor_names_the_event_types_no_queue_is_bound_for(
 
     async with consumer(AMQP_URL, binding="bound.*") as received:
         settings = make_settings(amqp_url=AMQP_URL, amqp_exchange=received.exchange)
-        assert (await check_events(settings)).status == "ok"
+        assert (await check_events(settings.store, settings.events)).status == "ok"
         async with open_services(settings, migrate=False) as services:
             async with services.sessions() as session, session.begin():
                 record_event(session, "nobody.listens", {"n": 1})
-            relay = build_relay(settings, services.sessions)
+            relay = build_relay(settings.events, services.sessions)
             assert relay is not None
             try:
                 await relay.publish_pending()
             finally:
                 await relay.close()
-        finding = await check_events(settings)
+        finding = await check_events(settings.store, settings.events)
         assert finding.status == "warn"
         assert "nobody.listens (1)" in finding.detail
         assert received.exchange in finding.fix
@@ -146,7 +146,7 @@ async def test_the_relay_counts_published_and_failed_events_and_times_its_batche
                 record_event(session, "nobody.listens", {"n": 1})
                 record_event(session, "bound.first", {"n": 2})
                 record_event(session, "bound.second", {"n": 3})
-            relay = build_relay(settings, services.sessions)
+            relay = build_relay(settings.events, services.sessions)
             assert relay is not None
             try:
                 assert await relay.publish_pending() == 2

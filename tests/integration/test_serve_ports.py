@@ -123,10 +123,10 @@ def test_a_port_shared_on_purpose_is_not_refused() -> None:
         port = int(other.getsockname()[1])
         settings = base_settings("sqlite+aiosqlite:///unused.db", smtp_port=port,
                                  smtp_reuse_port=True, api_enabled=False)
-        check_free(serve_listeners(settings, shared_smtp=False))
+        check_free(serve_listeners(settings.api, settings.smtp, shared_smtp=False))
         settings = settings.model_copy(update={"smtp_reuse_port": False})
         with pytest.raises(PortUnavailable, match="MAILSVC_SMTP_PORT"):
-            check_free(serve_listeners(settings, shared_smtp=False))
+            check_free(serve_listeners(settings.api, settings.smtp, shared_smtp=False))
 
 
 @pytest.mark.parametrize("mode", ["supervised", "single"])

@@ -31,7 +31,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[Services, int]]:
     """The intake as `mailsvc serve` runs it: pipeline, SMTP server and (if configured) relay."""
     async with open_services(settings, migrate=False) as services:
         await services.pipeline.start()
-        server = await start_smtp(services.pipeline, settings)
+        server = await start_smtp(services.pipeline, settings.smtp)
         port = server.sockets[0].getsockname()[1]
         relay = asyncio.create_task(services.relay.run()) if services.relay else None
         try:

@@ -103,7 +103,7 @@ async def smtp_intake(
 ) -> AsyncIterator[tuple[Services, int]]:
     async with open_services(settings, migrate=False) as services:
         await services.pipeline.start(decide=decide)
-        server = await start_smtp(services.pipeline, settings)
+        server = await start_smtp(services.pipeline, settings.smtp)
         try:
             yield services, server.sockets[0].getsockname()[1]
         finally:

@@ -42,7 +42,7 @@ def test_migrations_have_no_statement_bound_but_wait_for_the_lock_at_most_ten_mi
 def test_settings_reach_the_bounds() -> None:
     settings = load_settings(_env_file=None, db_command_timeout_seconds=3,
                              db_statement_timeout_seconds=2, sqlite_busy_timeout_seconds=1)
-    bounds = database_timeouts(settings)
+    bounds = database_timeouts(settings.store)
     assert (bounds.command, bounds.statement, bounds.sqlite_busy) == (3, 2, 1)
 
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import AppSettings, Caller, Session
+from mailsvc.api.deps import Caller, LinkingConfig, Session
 from mailsvc.api.listing import equality_filters, page
 from mailsvc.api.routes.common import PathId, add_timeline, mine
 from mailsvc.crmstore import services
@@ -100,12 +100,12 @@ async def create_person(lead_id: PathId, session: Session) -> s.CreatedFromLeadO
 @router.post("/inbox-leads/{lead_id}/convert", status_code=201,
              summary="Convert into an opportunity (title, budget, contact data carried over)")
 async def convert(
-    lead_id: PathId, body: s.ConvertLeadIn, session: Session, settings: AppSettings
+    lead_id: PathId, body: s.ConvertLeadIn, session: Session, linking: LinkingConfig
 ) -> s.ConvertLeadOut:
     opportunity, warnings = await services.convert_inbox_lead(session, lead_id,
                                                               **body.model_dump())
     lead = await get_or_404(session, InboxLead, lead_id)
-    return s.ConvertLeadOut(opportunity=views.opportunity(opportunity, settings),
+    return s.ConvertLeadOut(opportunity=views.opportunity(opportunity, linking),
                             inbox_lead=views.inbox_lead(lead), warnings=warnings)
 
 

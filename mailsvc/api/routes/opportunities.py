@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import AppSettings, Caller, Session
+from mailsvc.api.deps import Caller, LinkingConfig, Session
 from mailsvc.api.listing import equality_filters, page
 from mailsvc.api.routes.common import PathId, add_timeline, mine
 from mailsvc.crmstore import services
@@ -55,7 +55,7 @@ class OpportunityQuery(s.ListQuery):
 @router.get("/opportunities")
 async def list_opportunities(
     query: Annotated[OpportunityQuery, Query()], session: Session, caller: Caller,
-    settings: AppSettings,
+    linking: LinkingConfig,
 ) -> s.Page[s.OpportunityOut]:
     conditions = equality_filters(Opportunity, query)
     conditions += mine(Opportunity, query, caller)
@@ -74,8 +74,8 @@ async def list_opportunities(
     now = utcnow()
     if query.traffic_light:
         last = func.coalesce(Opportunity.last_contact_at, Opportunity.created_at)
-        stale = now - timedelta(days=settings.stale_contact_days)
-        critical = now - timedelta(days=settings.critical_contact_days)
+        stale = now - timedelta(days=linking.stale_contact_days)
+        critical = now - timedelta(days=linking.critical_contact_days)
         conditions.append(Opportunity.status == OpportunityStatus.OPEN)
         conditions.append({"red": last <= critical,
                            "yellow": (last <= stale) & (last > critical),
@@ -86,32 +86,32 @@ async def list_opportunities(
         sorts=("id", "title", "amount", "probability", "close_date", "created_at",
                "updated_at", "last_contact_at"),
     )
-    return s.Page(items=[views.opportunity(r, settings, now) for r in rows], total=total,
+    return s.Page(items=[views.opportunity(r, linking, now) for r in rows], total=total,
                   limit=query.limit, offset=query.offset)
 
 
 @router.post("/opportunities", status_code=201)
 async def create_opportunity(
-    body: s.OpportunityIn, session: Session, settings: AppSettings
+    body: s.OpportunityIn, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.create_opportunity(session, **body.model_dump())
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.get("/opportunities/{opportunity_id}")
 async def get_opportunity(
-    opportunity_id: PathId, session: Session, settings: AppSettings
+    opportunity_id: PathId, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
-    return views.opportunity(await get_or_404(session, Opportunity, opportunity_id), settings)
+    return views.opportunity(await get_or_404(session, Opportunity, opportunity_id), linking)
 
 
 @router.patch("/opportunities/{opportunity_id}")
 async def update_opportunity(
-    opportunity_id: PathId, body: s.OpportunityPatch, session: Session, settings: AppSettings
+    opportunity_id: PathId, body: s.OpportunityPatch, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.update_opportunity(session, opportunity_id,
                                                     body.model_dump(exclude_unset=True))
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.delete("/opportunities/{opportunity_id}", status_code=204,
@@ -124,54 +124,54 @@ async def delete_opportunity(opportunity_id: PathId, session: Session) -> Respon
 
 @router.post("/opportunities/{opportunity_id}/stage", summary="Move to another stage")
 async def change_stage(
-    opportunity_id: PathId, body: s.StageChangeIn, session: Session, settings: AppSettings
+    opportunity_id: PathId, body: s.StageChangeIn, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.change_stage(session, opportunity_id, body.stage_id,
                                               probability=body.probability)
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.post("/opportunities/{opportunity_id}/convert-to-deal", summary="Turn a lead into a deal")
 async def convert_to_deal(
-    opportunity_id: PathId, body: s.ConvertToDealIn, session: Session, settings: AppSettings
+    opportunity_id: PathId, body: s.ConvertToDealIn, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.convert_to_deal(session, opportunity_id,
                                                  pipeline_id=body.pipeline_id,
                                                  stage_id=body.stage_id)
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.post("/opportunities/{opportunity_id}/won", summary="Mark as won")
 async def mark_won(
-    opportunity_id: PathId, body: s.WonIn, session: Session, settings: AppSettings
+    opportunity_id: PathId, body: s.WonIn, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.mark_won(session, opportunity_id, close_date=body.close_date)
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.post("/opportunities/{opportunity_id}/lost", summary="Mark as lost (needs a reason)")
 async def mark_lost(
-    opportunity_id: PathId, body: s.LostIn, session: Session, settings: AppSettings
+    opportunity_id: PathId, body: s.LostIn, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.mark_lost(session, opportunity_id, body.loss_reason_id,
                                            note=body.note, close_date=body.close_date)
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.post("/opportunities/{opportunity_id}/subscribers", summary="Follow")
 async def subscribe(
-    opportunity_id: PathId, body: s.SubscriberIn, session: Session, settings: AppSettings
+    opportunity_id: PathId, body: s.SubscriberIn, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.subscribe(session, opportunity_id, body.user_id)
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.delete("/opportunities/{opportunity_id}/subscribers/{user_id}", summary="Unfollow")
 async def unsubscribe(
-    opportunity_id: PathId, user_id: PathId, session: Session, settings: AppSettings
+    opportunity_id: PathId, user_id: PathId, session: Session, linking: LinkingConfig
 ) -> s.OpportunityOut:
     opportunity = await services.unsubscribe(session, opportunity_id, user_id)
-    return views.opportunity(opportunity, settings)
+    return views.opportunity(opportunity, linking)
 
 
 @router.get("/opportunities/{opportunity_id}/stage-history")

@@ -10,14 +10,13 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 from sqlalchemy import func, select
 
 from mailsvc.api import schemas as s
-from mailsvc.api.deps import AppSettings, Session
+from mailsvc.api.deps import IntakeConfig, LinkingConfig, OutboundConfig, Session
 from mailsvc.api.routes.common import PathId
-from mailsvc.config import Settings
 from mailsvc.crmstore.models import LinkTarget, User, UserEmail
 from mailsvc.errors import Conflict, RuleViolation
 from mailsvc.outbound.compose import OutgoingAttachment
@@ -101,14 +100,23 @@ async def _actor(session: Session, header: str | None, owner_id: int | None) -> 
     return None
 
 
+def outbound_policy(
+    session: Session, outbound: OutboundConfig, linking: LinkingConfig, intake: IntakeConfig,
+) -> OutboundPolicy:
+    """The policy the session carries (mailsvc/outbound/queue.py), else one from the groups."""
+    return policy_of(session) or OutboundPolicy.from_settings(outbound, linking, intake)
+
+
+Policy = Annotated[OutboundPolicy, Depends(outbound_policy)]
+
+
 async def _send(
-    session: Session, settings: Settings, target: LinkTarget, record_id: int, body: OutboundIn,
-    acting: str | None,
+    session: Session, policy: OutboundPolicy, target: LinkTarget, record_id: int,
+    body: OutboundIn, acting: str | None,
 ) -> QueuedOut:
-    if settings.outbound_smtp_url is None:
+    if not policy.enabled:
         raise Conflict("no outbound relay is configured (MAILSVC_OUTBOUND_SMTP_URL): "
                        "nothing was stored or sent")
-    policy = policy_of(session) or OutboundPolicy.from_settings(settings)
     context = await record_context(session, policy, target, record_id)
     actor = await _actor(session, acting, body.owner_id)
     if actor is None and context.owner_id is not None:
@@ -127,25 +135,25 @@ async def _send(
 @router.post("/tickets/{record_id}/replies", status_code=202, responses=RESPONSES,
              summary="Answer the ticket's requester by e-mail (queued, then sent)")
 async def reply_to_ticket(
-    record_id: PathId, body: OutboundIn, session: Session, settings: AppSettings,
+    record_id: PathId, body: OutboundIn, session: Session, policy: Policy,
     acting: ActingUser = None,
 ) -> QueuedOut:
-    return await _send(session, settings, LinkTarget.TICKET, record_id, body, acting)
+    return await _send(session, policy, LinkTarget.TICKET, record_id, body, acting)
 
 
 @router.post("/opportunities/{record_id}/emails", status_code=202, responses=RESPONSES,
              summary="Write to the opportunity's contact by e-mail (queued, then sent)")
 async def email_from_opportunity(
-    record_id: PathId, body: OutboundIn, session: Session, settings: AppSettings,
+    record_id: PathId, body: OutboundIn, session: Session, policy: Policy,
     acting: ActingUser = None,
 ) -> QueuedOut:
-    return await _send(session, settings, LinkTarget.OPPORTUNITY, record_id, body, acting)
+    return await _send(session, policy, LinkTarget.OPPORTUNITY, record_id, body, acting)
 
 
 @router.post("/inbox-leads/{record_id}/replies", status_code=202, responses=RESPONSES,
              summary="Answer the inbox lead by e-mail (queued, then sent)")
 async def reply_to_inbox_lead(
-    record_id: PathId, body: OutboundIn, session: Session, settings: AppSettings,
+    record_id: PathId, body: OutboundIn, session: Session, policy: Policy,
     acting: ActingUser = None,
 ) -> QueuedOut:
-    return await _send(session, settings, LinkTarget.INBOX_LEAD, record_id, body, acting)
+    return await _send(session, policy, LinkTarget.INBOX_LEAD, record_id, body, acting)

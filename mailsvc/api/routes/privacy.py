@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from sqlalchemy import func, select
 
 from mailsvc.api import schemas as s
-from mailsvc.api.deps import AppSettings, Session
+from mailsvc.api.deps import LinkingConfig, Session
 from mailsvc.api.routes.common import Limit, Offset
 from mailsvc.crmstore import privacy
 from mailsvc.crmstore.models import Erasure
@@ -52,14 +52,14 @@ class ErasureOut(s.Out):
 
 @router.post("/erasures", status_code=201, summary="Erase a person's personal data",
              responses={200: {"model": ErasureResult, "description": "dry run: the counts"}})
-async def erase(body: ErasureIn, session: Session, settings: AppSettings,
+async def erase(body: ErasureIn, session: Session, linking: LinkingConfig,
                 response: Response) -> ErasureResult:
     """Removes the person's mail content, contact data and what pending events say about
     them; leaves an audit entry and a `privacy.erased` event (docs/privacy.md). With
     `dry_run` nothing changes and the answer is 200 with the counts."""
     report = await privacy.erase(session, contact_id=body.contact_id, address=body.address,
                                  actor="api", dry_run=body.dry_run,
-                                 protected=settings.intake_roles)
+                                 protected=linking.intake_roles)
     if body.dry_run:
         response.status_code = 200
     return ErasureResult(**report.to_json())

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from mailsvc.api import schemas as s
-from mailsvc.api.deps import AppSettings, Caller, Session
+from mailsvc.api.deps import Caller, LinkingConfig, Session
 from mailsvc.api.routes.common import my_id
 from mailsvc.crmstore import reports
 from mailsvc.crmstore.base import utcnow
@@ -35,7 +35,7 @@ def _period(date_from: date | None, date_to: date | None) -> reports.Period:
 @router.get("/reports/dashboard", summary="Every dashboard KPI for a period (default: this "
             "month), optionally for one owner")
 async def dashboard(
-    session: Session, settings: AppSettings, caller: Caller,
+    session: Session, linking: LinkingConfig, caller: Caller,
     date_from: Annotated[s.Day | None, Query()] = None,
     date_to: Annotated[s.Day | None, Query()] = None,
     owner_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
@@ -44,7 +44,7 @@ async def dashboard(
 ) -> dict[str, Any]:
     return await reports.dashboard(
         session, _period(date_from, date_to), my_id(caller) if mine else owner_id, now=utcnow(),
-        inactive_days=inactive_days or settings.stale_contact_days,
+        inactive_days=inactive_days or linking.stale_contact_days,
     )
 
 

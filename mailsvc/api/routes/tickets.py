@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from mailsvc.api import schemas as s
 from mailsvc.api import views
-from mailsvc.api.deps import AppSettings, Caller, Session
+from mailsvc.api.deps import Caller, LinkingConfig, Session
 from mailsvc.api.listing import equality_filters, page
 from mailsvc.api.routes.common import PathId, add_timeline, mine
 from mailsvc.crmstore import services
@@ -35,7 +35,7 @@ class TicketQuery(s.ListQuery):
 @router.get("/tickets")
 async def list_tickets(
     query: Annotated[TicketQuery, Query()], session: Session, caller: Caller,
-    settings: AppSettings,
+    linking: LinkingConfig,
 ) -> s.Page[s.TicketOut]:
     conditions = [*equality_filters(Ticket, query), *mine(Ticket, query, caller)]
     rows, total = await page(
@@ -43,27 +43,27 @@ async def list_tickets(
         search=(Ticket.subject, Ticket.requester_email, Ticket.requester_name),
         sorts=("id", "subject", "created_at", "updated_at", "value_eur", "priority"),
     )
-    return s.Page(items=[views.ticket(r, settings) for r in rows], total=total,
+    return s.Page(items=[views.ticket(r, linking) for r in rows], total=total,
                   limit=query.limit, offset=query.offset)
 
 
 @router.post("/tickets", status_code=201)
-async def create_ticket(body: s.TicketIn, session: Session, settings: AppSettings) -> s.TicketOut:
+async def create_ticket(body: s.TicketIn, session: Session, linking: LinkingConfig) -> s.TicketOut:
     ticket = await services.create_ticket(session, **body.model_dump())
-    return views.ticket(ticket, settings)
+    return views.ticket(ticket, linking)
 
 
 @router.get("/tickets/{ticket_id}")
-async def get_ticket(ticket_id: PathId, session: Session, settings: AppSettings) -> s.TicketOut:
-    return views.ticket(await get_or_404(session, Ticket, ticket_id), settings)
+async def get_ticket(ticket_id: PathId, session: Session, linking: LinkingConfig) -> s.TicketOut:
+    return views.ticket(await get_or_404(session, Ticket, ticket_id), linking)
 
 
 @router.patch("/tickets/{ticket_id}")
 async def update_ticket(
-    ticket_id: PathId, body: s.TicketPatch, session: Session, settings: AppSettings
+    ticket_id: PathId, body: s.TicketPatch, session: Session, linking: LinkingConfig
 ) -> s.TicketOut:
     ticket = await services.update_ticket(session, ticket_id, body.model_dump(exclude_unset=True))
-    return views.ticket(ticket, settings)
+    return views.ticket(ticket, linking)
 
 
 @router.get("/tickets/{ticket_id}/updates")

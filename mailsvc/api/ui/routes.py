@@ -57,7 +57,7 @@ def _secret(request: Request) -> bytes:
 
 
 def _keys(request: Request) -> tuple[str, ...]:
-    return tuple(get_services(request).settings.api_keys)
+    return tuple(get_services(request).settings.api.keys)
 
 
 def _session(request: Request) -> UiSession:
