@@ -125,6 +125,7 @@ async def open_services(
         try:
             yield Services(settings, engine, sessions, pipeline, relay, wakers=wakers)
         finally:
+            await pipeline.stop()  # a no-op when the caller stopped it (or never started it)
             await pipeline.close()
     finally:
         await engine.dispose()

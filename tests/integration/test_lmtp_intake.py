@@ -45,7 +45,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[Services, LmtpIntak
     """The LMTP intake as `mailsvc serve` runs it: pipeline (deciding too) and the servers."""
     async with open_services(settings, migrate=False) as services:
         await services.pipeline.start()
-        intake = await start_lmtp(services.pipeline, settings)
+        intake = await start_lmtp(services.pipeline, settings.smtp)
         try:
             yield services, intake
         finally:
@@ -152,7 +152,7 @@ async def test_unix_socket_delivers_and_is_made_replaced_and_removed(
         assert stat.S_IMODE(path.stat().st_mode) == 0o660
         # A live server's socket is never taken over.
         with pytest.raises(PortUnavailable, match=r"MAILSVC_LMTP_SOCKET.*another server"):
-            await start_lmtp(services.pipeline, settings)
+            await start_lmtp(services.pipeline, settings.smtp)
         done = await asyncio.to_thread(
             deliver, str(path), message("unix-1@acme.example"), [SUPPORT, SALES])
         assert [code for code, _ in done.data] == [250, 250]

@@ -33,7 +33,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[Services, int]]:
     """Pipeline with its decide loop and the SMTP intake on a free port."""
     async with open_services(settings, migrate=False) as services:
         await services.pipeline.start()
-        server = await start_smtp(services.pipeline, settings)
+        server = await start_smtp(services.pipeline, settings.smtp)
         try:
             yield services, server.sockets[0].getsockname()[1]
         finally:
