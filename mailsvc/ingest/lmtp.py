@@ -22,7 +22,7 @@ from aiosmtpd.lmtp import LMTP
 from mailsvc import metrics
 from mailsvc.config import SmtpSettings
 from mailsvc.ingest.pipeline import Pipeline
-from mailsvc.ingest.smtp import Gate, IntakeHandler, IntakeSMTP, SmtpLimits
+from mailsvc.ingest.smtp import Gate, IntakeSMTP, SmtpLimits, intake_protocol
 from mailsvc.ports import Listener, PortUnavailable, bind_unix, remove_socket
 
 logger = logging.getLogger(__name__)
@@ -45,14 +45,8 @@ def lmtp_factory(pipeline: Pipeline, smtp: SmtpSettings, gate: Gate) -> partial[
     No STARTTLS and no AUTH: LMTP is for a local MTA, on loopback or a unix socket."""
     return partial(
         IntakeLMTP,
-        IntakeHandler(pipeline, smtp, source="lmtp", auth=False),
-        gate=gate,
+        **intake_protocol(pipeline, smtp, source="lmtp", ident="mailsvc LMTP", gate=gate),
         users=None,
-        data_size_limit=pipeline.intake.max_message_bytes,
-        enable_SMTPUTF8=True,
-        decode_data=False,
-        hostname=smtp.hostname,
-        ident="mailsvc LMTP",
         auth_exclude_mechanism=("PLAIN", "LOGIN"),
     )
 

@@ -451,20 +451,28 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:
     return context
 
 
+def intake_protocol(pipeline: Pipeline, smtp: SmtpSettings, *, source: str, ident: str,
+                    gate: Gate) -> dict[str, Any]:
+    """What the SMTP and the LMTP protocol objects share: one handler, the gate of their
+    listener, the pipeline's size limit, raw bytes, the hostname they greet with. AUTH is
+    offered over SMTP only (when configured)."""
+    auth = None if source == "smtp" else False
+    return {
+        "handler": IntakeHandler(pipeline, smtp, source=source, auth=auth),
+        "gate": gate, "data_size_limit": pipeline.intake.max_message_bytes,
+        "enable_SMTPUTF8": True, "decode_data": False, "hostname": smtp.hostname, "ident": ident,
+    }
+
+
 def smtp_factory(pipeline: Pipeline, smtp: SmtpSettings) -> partial[IntakeSMTP]:
     """A protocol factory for ``loop.create_server`` (one SMTP object per connection); the
     intake addresses and the size limit are the pipeline's."""
     users = AuthUsers(smtp.auth_users) if smtp.auth_users else None
     return partial(
         IntakeSMTP,
-        IntakeHandler(pipeline, smtp),
-        gate=Gate(SmtpLimits.from_settings(smtp)),
+        **intake_protocol(pipeline, smtp, source="smtp", ident="mailsvc ESMTP",
+                          gate=Gate(SmtpLimits.from_settings(smtp))),
         users=users,
-        data_size_limit=pipeline.intake.max_message_bytes,
-        enable_SMTPUTF8=True,
-        decode_data=False,
-        hostname=smtp.hostname,
-        ident="mailsvc ESMTP",
         tls_context=tls_context(smtp),
         require_starttls=smtp.require_tls,
         auth_require_tls=not smtp.auth_allow_plaintext,
