@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -16,79 +17,139 @@ from mailsvc.crmstore.models import (
     TicketStatus,
     TicketUpdate,
 )
-from mailsvc.crmstore.outbox import record_event
-from mailsvc.crmstore.services.assignment import Assigner
+from mailsvc.crmstore.outbox import historical_events, record_event
+from mailsvc.crmstore.services.assignment import Assigner, Assignment
 
 EMAIL_SOURCE = "e-mail"
 
 
-async def create_ticket_from_mail(
-    session: AsyncSession, *, subject: str, description: str, requester_email: str,
-    requester_name: str | None, account_id: int | None = None, contact_id: int | None = None,
-    owner_id: int | None = None, type: str = "question", priority: str = "normal",
-    assigner: Assigner | None = None, closed_at: datetime | None = None,
-) -> Ticket:
-    """A ticket for a new request; without an owner, ``assigner`` (the batch's) picks one.
+@dataclass(frozen=True, slots=True)
+class TicketRequest:
+    """A new ticket a mail asks for. ``closed_at``: a request from an archive, made closed and
+    dated then; ``historical`` flags its event."""
 
-    With ``closed_at`` (a request from an archive) the ticket is made closed, created, changed
-    and closed at that time."""
-    assigned = assigner.assign(type) if owner_id is None and assigner is not None else None
-    if assigned is not None:
-        owner_id = assigned.user_id
-    ticket = Ticket(
-        subject=subject[:500], description=description, type=type, priority=priority,
-        status=TicketStatus.OPEN if closed_at is None else TicketStatus.CLOSED,
-        account_id=account_id, contact_id=contact_id,
-        owner_id=owner_id, requester_email=requester_email.strip().lower(),
-        requester_name=requester_name,
-    )
-    if closed_at is not None:
-        ticket.created_at = ticket.updated_at = ticket.closed_at = closed_at
-    session.add(ticket)
+    subject: str
+    description: str
+    requester_email: str
+    requester_name: str | None
+    account_id: int | None = None
+    contact_id: int | None = None
+    owner_id: int | None = None
+    type: str = "question"
+    priority: str = "normal"
+    closed_at: datetime | None = None
+    historical: bool = False
+
+
+async def create_tickets_from_mail(
+    session: AsyncSession, requests: Sequence[TicketRequest], assigner: Assigner | None = None,
+) -> list[Ticket]:
+    """Tickets for new requests, in order, inserted together; one without an owner goes to the
+    user ``assigner`` (the batch's) picks. Each records ``ticket.created``."""
+    made: list[tuple[Ticket, Assignment | None, TicketRequest]] = []
+    for request in requests:
+        assigned = (assigner.assign(request.type)
+                    if request.owner_id is None and assigner is not None else None)
+        ticket = Ticket(
+            subject=request.subject[:500], description=request.description,
+            type=request.type, priority=request.priority,
+            status=TicketStatus.OPEN if request.closed_at is None else TicketStatus.CLOSED,
+            account_id=request.account_id, contact_id=request.contact_id,
+            owner_id=assigned.user_id if assigned is not None else request.owner_id,
+            requester_email=request.requester_email.strip().lower(),
+            requester_name=request.requester_name,
+        )
+        if request.closed_at is not None:
+            ticket.created_at = ticket.updated_at = ticket.closed_at = request.closed_at
+        made.append((ticket, assigned, request))
+    session.add_all([ticket for ticket, _, _ in made])
     await session.flush()
-    record_event(
-        session, "ticket.created",
-        {"id": ticket.id, "subject": ticket.subject, "type": type, "priority": priority,
-         "status": str(ticket.status), "account_id": account_id, "contact_id": contact_id,
-         "owner_id": owner_id, "requester_email": ticket.requester_email,
-         "requester_name": requester_name, "source": EMAIL_SOURCE,
-         "assigned_by": assigned.rule if assigned is not None else None},
-        subject=f"ticket/{ticket.id}",
-    )
-    return ticket
+    for ticket, assigned, request in made:
+        with historical_events(session, request.historical):
+            record_event(
+                session, "ticket.created",
+                {"id": ticket.id, "subject": ticket.subject, "type": request.type,
+                 "priority": request.priority, "status": str(ticket.status),
+                 "account_id": request.account_id, "contact_id": request.contact_id,
+                 "owner_id": ticket.owner_id, "requester_email": ticket.requester_email,
+                 "requester_name": request.requester_name, "source": EMAIL_SOURCE,
+                 "assigned_by": assigned.rule if assigned is not None else None},
+                subject=f"ticket/{ticket.id}",
+            )
+    return [ticket for ticket, _, _ in made]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketLogEntry:
+    """A mail to log on a ticket. ``reopen`` sets a resolved ticket back to open; ``at``: when
+    the entry was written (an archived mail's date; default now); ``historical`` flags its
+    event."""
+
+    ticket_id: int
+    body: str
+    author: str | None
+    email_id: int | None
+    reopen: bool
+    at: datetime | None = None
+    historical: bool = False
+
+
+async def append_ticket_updates(
+    session: AsyncSession, entries: Sequence[TicketLogEntry]
+) -> list[TicketUpdate | None]:
+    """Log mails on their tickets, in order (the tickets locked once, in id order, the entries
+    inserted together); None for a ticket that is gone. Each records ``ticket.updated``."""
+    ids = sorted({entry.ticket_id for entry in entries})
+    tickets = {ticket.id: ticket for ticket in await session.scalars(
+        select(Ticket).where(Ticket.id.in_(ids)).order_by(Ticket.id).with_for_update())}
+    updates: list[TicketUpdate | None] = []
+    statuses: list[TicketStatus | None] = []  # each ticket's status after its entry
+    for entry in entries:
+        ticket = tickets.get(entry.ticket_id)
+        if ticket is None:
+            updates.append(None)
+            statuses.append(None)
+            continue
+        before = ticket.status
+        after = TicketStatus.OPEN if entry.reopen and before == TicketStatus.RESOLVED else before
+        update = TicketUpdate(
+            ticket_id=entry.ticket_id, body=entry.body, author=entry.author,
+            email_id=entry.email_id,
+            status_from=str(before) if after != before else None,
+            status_to=str(after) if after != before else None,
+        )
+        if entry.at is not None:
+            update.created_at = entry.at
+        if after != before:
+            ticket.status = after
+            ticket.resolved_at = None
+        updates.append(update)
+        statuses.append(after)
+    session.add_all([update for update in updates if update is not None])
+    await session.flush()
+    for entry, logged, status in zip(entries, updates, statuses, strict=True):
+        if logged is None:
+            continue
+        update = logged
+        with historical_events(session, entry.historical):
+            record_event(
+                session, "ticket.updated",
+                {"id": entry.ticket_id, "update_id": update.id, "email_id": entry.email_id,
+                 "author": entry.author, "status": str(status),
+                 "status_from": update.status_from, "status_to": update.status_to,
+                 "reopened": update.status_to is not None},
+                subject=f"ticket/{entry.ticket_id}",
+            )
+    return updates
 
 
 async def append_ticket_update(
     session: AsyncSession, ticket_id: int, *, body: str, author: str | None,
     email_id: int | None, reopen: bool, at: datetime | None = None,
 ) -> TicketUpdate | None:
-    """Log a mail on a ticket; ``reopen`` sets a resolved ticket back to open. ``at``: when the
-    entry was written (an archived mail's date; default now)."""
-    ticket = await session.get(Ticket, ticket_id, with_for_update=True)
-    if ticket is None:
-        return None
-    before = ticket.status
-    after = TicketStatus.OPEN if reopen and before == TicketStatus.RESOLVED else before
-    update = TicketUpdate(
-        ticket_id=ticket_id, body=body, author=author, email_id=email_id,
-        status_from=str(before) if after != before else None,
-        status_to=str(after) if after != before else None,
-    )
-    if at is not None:
-        update.created_at = at
-    if after != before:
-        ticket.status = after
-        ticket.resolved_at = None
-    session.add(update)
-    await session.flush()
-    record_event(
-        session, "ticket.updated",
-        {"id": ticket_id, "update_id": update.id, "email_id": email_id, "author": author,
-         "status": str(after), "status_from": update.status_from, "status_to": update.status_to,
-         "reopened": after != before},
-        subject=f"ticket/{ticket_id}",
-    )
-    return update
+    """Log one mail on a ticket (``append_ticket_updates``)."""
+    entry = TicketLogEntry(ticket_id, body, author, email_id, reopen, at)
+    return (await append_ticket_updates(session, [entry]))[0]
 
 
 async def mark_bouncing(

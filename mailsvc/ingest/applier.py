@@ -34,7 +34,7 @@ from mailsvc.crmstore.outbox import historical_events
 from mailsvc.crmstore.services.emails import MANUAL
 from mailsvc.ingest.outcome import LINK_NAMES
 from mailsvc.ingest.sanitize import clean_text, column_length, fit
-from mailsvc.linking.model import LinkDecision, Links
+from mailsvc.linking.model import LeadDraft, LinkDecision, Links, TicketDraft
 
 # The record a mail created is its own: reapplying keeps that link (and the outcome saying so).
 CREATED_BY_MAIL = {"lead_created": LinkTarget.INBOX_LEAD, "ticket_created": LinkTarget.TICKET}
@@ -107,14 +107,8 @@ async def apply_decisions(
     """Apply each decision to its stored mail, in stages (one INSERT of links and one of
     timeline entries for the whole group)."""
     assigner = await _assigner(session, [d for _, d in decided]) if create else None
-    decisions: list[LinkDecision] = []
-    for mail, decision in decided:
-        if not create:
-            decisions.append(decision)
-            continue
-        with historical_events(session, mail.historical):
-            links = await _create_records(session, mail, decision, assigner)
-        decisions.append(replace(decision, links=links))
+    decisions = (await _create_records(session, decided, assigner) if create
+                 else [decision for _, decision in decided])
     applied: list[Applied] = []
     new_links: list[dict[str, Any]] = []
     for (mail, _), decision in zip(decided, decisions, strict=True):
@@ -124,9 +118,8 @@ async def apply_decisions(
     if new_links:
         await session.execute(insert(EmailLink), new_links)
     if create:
-        for (mail, _), decision in zip(decided, decisions, strict=True):
-            with historical_events(session, mail.historical):
-                await _after_links(session, mail, decision)
+        await _after_links(session, list(zip((mail for mail, _ in decided), decisions,
+                                             strict=True)))
     await _put_on_timeline(session, [
         (mail, done) for (mail, _), done in zip(decided, applied, strict=True)
         if done.changed and len(done.after) > len(done.kept) and on_timeline(done.decision)
@@ -146,45 +139,58 @@ async def _assigner(
 
 
 async def _create_records(
-    session: AsyncSession, mail: StoredMail, decision: LinkDecision,
+    session: AsyncSession, decided: Sequence[tuple[StoredMail, LinkDecision]],
     assigner: services.Assigner | None,
-) -> Links:
-    """The inbox lead or ticket the decision asks for; its id joins the links. From an archived
-    mail, both are dated by it and the ticket is closed."""
-    links = decision.links
-    then = mail.timeline_at if mail.historical else None
-    if decision.kind == "new_lead" and decision.lead is not None:
-        draft = decision.lead
-        leads = InboxLead.__table__
-        lead = await services.open_inbox_lead(
-            session, title=fit(draft.title, column_length(leads, "title")) or "",
-            email=fit(draft.email, column_length(leads, "open_key")) or "",
-            source=intake.EMAIL_SOURCE,
-            first_name=fit(draft.first_name, column_length(leads, "first_name")),
-            last_name=fit(draft.last_name, column_length(leads, "last_name")),
-            company=fit(draft.company, column_length(leads, "company")),
-            phone=fit(draft.phone, column_length(leads, "phone")),
-            owner_id=links.owner, account_id=links.account, created_at=then,
-        )
-        return replace(links, inbox_lead=lead.id)
-    if decision.kind == "new_ticket" and decision.ticket is not None:
-        ticket_draft = decision.ticket
-        tickets = Ticket.__table__
-        ticket = await intake.create_ticket_from_mail(
-            session, subject=fit(ticket_draft.subject, column_length(tickets, "subject")) or "",
-            description=clean_text(ticket_draft.description),
-            requester_email=fit(
-                ticket_draft.requester_email, column_length(tickets, "requester_email")
-            ) or "",
-            requester_name=fit(
-                ticket_draft.requester_name, column_length(tickets, "requester_name")
-            ),
-            account_id=links.account,
-            contact_id=links.contact, owner_id=links.owner, type=ticket_draft.type,
-            priority=ticket_draft.priority, assigner=assigner, closed_at=then,
-        )
-        return replace(links, ticket=ticket.id)
-    return links
+) -> list[LinkDecision]:
+    """The inbox leads and tickets the decisions ask for (the tickets inserted together); their
+    ids join the links. From an archived mail, both are dated by it and the ticket is closed."""
+    links = [decision.links for _, decision in decided]
+    requests: list[tuple[int, intake.TicketRequest]] = []
+    for n, (mail, decision) in enumerate(decided):
+        then = mail.timeline_at if mail.historical else None
+        if decision.kind == "new_lead" and decision.lead is not None:
+            with historical_events(session, mail.historical):
+                lead = await _open_lead(session, decision.lead, links[n], then)
+            links[n] = replace(links[n], inbox_lead=lead.id)
+        elif decision.kind == "new_ticket" and decision.ticket is not None:
+            requests.append((n, _ticket_request(decision.ticket, links[n], then,
+                                                mail.historical)))
+    if requests:
+        tickets = await intake.create_tickets_from_mail(
+            session, [request for _, request in requests], assigner)
+        for (n, _), ticket in zip(requests, tickets, strict=True):
+            links[n] = replace(links[n], ticket=ticket.id)
+    return [replace(decision, links=made)
+            for (_, decision), made in zip(decided, links, strict=True)]
+
+
+async def _open_lead(session: AsyncSession, draft: LeadDraft, links: Links,
+                     then: datetime | None) -> InboxLead:
+    leads = InboxLead.__table__
+    return await services.open_inbox_lead(
+        session, title=fit(draft.title, column_length(leads, "title")) or "",
+        email=fit(draft.email, column_length(leads, "open_key")) or "",
+        source=intake.EMAIL_SOURCE,
+        first_name=fit(draft.first_name, column_length(leads, "first_name")),
+        last_name=fit(draft.last_name, column_length(leads, "last_name")),
+        company=fit(draft.company, column_length(leads, "company")),
+        phone=fit(draft.phone, column_length(leads, "phone")),
+        owner_id=links.owner, account_id=links.account, created_at=then,
+    )
+
+
+def _ticket_request(draft: TicketDraft, links: Links, then: datetime | None,
+                    historical: bool) -> intake.TicketRequest:
+    tickets = Ticket.__table__
+    return intake.TicketRequest(
+        subject=fit(draft.subject, column_length(tickets, "subject")) or "",
+        description=clean_text(draft.description),
+        requester_email=fit(draft.requester_email, column_length(tickets, "requester_email"))
+        or "",
+        requester_name=fit(draft.requester_name, column_length(tickets, "requester_name")),
+        account_id=links.account, contact_id=links.contact, owner_id=links.owner,
+        type=draft.type, priority=draft.priority, closed_at=then, historical=historical,
+    )
 
 
 async def _relink(
@@ -217,19 +223,27 @@ async def _relink(
     return Applied(decision, before, after, True, kept_rows), rows
 
 
-async def _after_links(session: AsyncSession, mail: StoredMail, decision: LinkDecision) -> None:
-    """What the intake does besides links: the ticket's log entry and the bouncing marks (an
-    archived mail reopens nothing and marks nothing: it tells of then, not of now)."""
-    update = decision.ticket_update
-    if decision.kind == "ticket_update" and update is not None:
-        await intake.append_ticket_update(
-            session, update.ticket_id, body=clean_text(update.body),
-            author=fit(update.author, column_length(TicketUpdate.__table__, "author")),
+async def _after_links(
+    session: AsyncSession, decided: Sequence[tuple[StoredMail, LinkDecision]]
+) -> None:
+    """What the intake does besides links: the tickets' log entries (inserted together) and the
+    bouncing marks (an archived mail reopens nothing and marks nothing: it tells of then, not of
+    now)."""
+    author_length = column_length(TicketUpdate.__table__, "author")
+    entries = [
+        intake.TicketLogEntry(
+            update.ticket_id, clean_text(update.body), fit(update.author, author_length),
             email_id=mail.id, reopen=update.reopen and not mail.historical,
-            at=mail.timeline_at if mail.historical else None,
+            at=mail.timeline_at if mail.historical else None, historical=mail.historical,
         )
-    if decision.bounced and not mail.historical:
-        await intake.mark_bouncing(session, decision.bounced, mail.id)
+        for mail, decision in decided
+        if decision.kind == "ticket_update" and (update := decision.ticket_update) is not None
+    ]
+    if entries:
+        await intake.append_ticket_updates(session, entries)
+    for mail, decision in decided:
+        if decision.bounced and not mail.historical:
+            await intake.mark_bouncing(session, decision.bounced, mail.id)
 
 
 def _timeline_links(applied: Applied) -> dict[str, int]:
