@@ -587,7 +587,8 @@ def events(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
-    """The intake backlog (accepted, not decided yet), events waiting, quarantined mail."""
+    """The intake backlog (accepted, not decided yet), whether a decide worker runs, events
+    waiting, quarantined mail."""
     from sqlalchemy import func, select
 
     from mailsvc.crmstore.db import read_session
@@ -603,6 +604,7 @@ def status(
                 waiting = await backlog(session)
                 quarantined = await session.scalar(select(func.count(QuarantinedMail.id)))
             return {"intake_backlog": waiting.to_json(),
+                    "decide_workers_running": await services.pipeline.writer.deciders_running(),
                     "outbox_pending": await pending_count(services.sessions),
                     "quarantined": int(quarantined or 0)}
 
@@ -613,6 +615,8 @@ def status(
     waiting = found["intake_backlog"]
     typer.echo(f"intake backlog: {waiting['count']} mail(s) accepted, not decided yet; "
                f"oldest {waiting['oldest_age_seconds']:.1f}s")
+    typer.echo("decide workers: " + ("running" if found["decide_workers_running"] else
+                                     "none running (`mailsvc ingest` decides itself)"))
     typer.echo(f"outbox: {found['outbox_pending']} event(s) waiting")
     typer.echo(f"quarantine: {found['quarantined']} mail(s)")
 

@@ -93,6 +93,10 @@ async def test_the_worker_decides_and_ingest_prints_its_decision(
     assert status == 0, outcomes
     assert outcomes[0]["outcome"] == "lead_created" and outcomes[0]["email_id"]
     assert loaded == []  # accepted without the ORM, the parser, migrations, API or broker
+    status_report = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "mailsvc", "status", "--json"],
+        env=_environment(database_url), capture_output=True, check=True, timeout=120)
+    assert json.loads(status_report.stdout)["decide_workers_running"] is True
     status, outcomes, _ = await _ingest(database_url, _mail("second"))
     assert outcomes[0]["outcome"] == "linked" and outcomes[0]["rule"] == "open_lead"
     status, outcomes, _ = await _ingest(database_url, _mail("second"))

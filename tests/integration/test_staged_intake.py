@@ -243,6 +243,7 @@ async def test_the_backlog_is_visible_in_readyz_metrics_and_the_cli(
             capture_output=True, check=True, timeout=120,
         )
         assert json.loads(status.stdout)["intake_backlog"]["count"] == 3
+        assert json.loads(status.stdout)["decide_workers_running"] is False
         await services.pipeline.decider.drain({})  # nothing asked for: returns at once
         while await services.pipeline.decider.step():
             pass
