@@ -76,7 +76,7 @@ def ingest_mails(settings: Settings, raws: Sequence[RawMail]) -> int:
     try:
         outcomes = asyncio.run(hand_over(settings, raws))
     except IntakeUnavailable as exc:
-        sys.stderr.write(f"temporary failure: {exc}\n")
+        sys.stderr.write(f"store unavailable: {exc}\n")
         return EX_TEMPFAIL
     if outcomes is None:
         from mailsvc.cli import ingest_inline

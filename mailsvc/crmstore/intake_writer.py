@@ -305,7 +305,11 @@ def decide_lock(database: str | None) -> Iterator[None]:
     if database is None:
         yield
         return
-    descriptor = os.open(decide_lock_path(database), os.O_RDWR | os.O_CREAT, 0o600)
+    try:  # readable by all: `mailsvc ingest` may run as another user (an MTA's pipe user)
+        descriptor = os.open(decide_lock_path(database), os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:  # no lock, no hand-over: `mailsvc ingest` then decides itself
+        yield
+        return
     try:
         fcntl.flock(descriptor, fcntl.LOCK_SH)
         yield
@@ -316,8 +320,8 @@ def decide_lock(database: str | None) -> Iterator[None]:
 def held_elsewhere(path: str) -> bool:
     """Whether another process holds a lock on ``path`` (an exclusive one cannot be had)."""
     try:
-        descriptor = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # not there, or not ours to read: nobody we can hand over to
         return False
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
