@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
@@ -229,18 +230,19 @@ class SqliteIntake:
             raise sqlite3.OperationalError(
                 "an in-memory SQLite database cannot take mail: name a file in the URL")
         if self._connection is None:
-            connection = sqlite3.connect(self._path, isolation_level=None,
-                                         timeout=self._busy_ms / 1000)
+            # No busy timeout: SQLite's busy handler sleeps ever longer between tries (up to
+            # 100 ms), so a group that found the decide step writing would wait long after the
+            # lock is free. ``_begin`` tries again every millisecond instead.
+            connection = sqlite3.connect(self._path, isolation_level=None, timeout=0)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             self._connection = connection
         return self._connection
 
     def _write(self, rows: list[IntakeRow]) -> list[Written]:
         try:
             connection = self._connect()
-            connection.execute("BEGIN IMMEDIATE")
+            self._begin(connection)
             try:
                 known = self._known(connection, sorted({row.dedup_key for row in rows}))
                 fresh = _fresh(rows, known)
@@ -254,6 +256,20 @@ class SqliteIntake:
             self._close()  # a new connection next time: this one's state is unknown
             raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return settle(rows, known, inserted)
+
+    def _begin(self, connection: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE (the write lock), tried every millisecond up to the busy timeout."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.001)
 
     @staticmethod
     def _known(connection: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[Where, int]]:

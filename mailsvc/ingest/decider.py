@@ -272,19 +272,23 @@ class Decider:
             return {}
         claimed = await self._parse(rows, await self._take_ahead())
         self._parse_ahead(max(claimed))
+        return await self._apply_claimed(claimed)
+
+    async def _apply_claimed(self, claimed: dict[int, Claimed]) -> dict[int, Outcome]:
+        """Apply the claimed rows (and any row below them not claimed yet) in one transaction,
+        in arrival order."""
         started = time.perf_counter()
         async with self._sessions() as session, session.begin():  # BEGIN IMMEDIATE
             top = max(claimed)
-            present = {row_id: attempts for row_id, attempts in await session.execute(
-                select(IntakeMail.id, IntakeMail.attempts).where(IntakeMail.id <= top)
-            )}
-            claimed = {i: c for i, c in claimed.items() if i in present}  # others decided them
+            present = set(await session.scalars(
+                select(IntakeMail.id).where(IntakeMail.id <= top)))
+            batch = {i: c for i, c in claimed.items() if i in present}  # others decided them
             missing = [i for i in present if i not in claimed]
             if missing:  # accepted below our batch and not in it: decide them first, here
                 more = await session.scalars(select(IntakeMail).where(IntakeMail.id.in_(missing)))
-                claimed.update(await self._parse(list(more)))
-            outcomes = await self._apply(session, [claimed[i] for i in sorted(claimed)])
-        self._done(claimed, outcomes, started)
+                batch.update(await self._parse(list(more)))
+            outcomes = await self._apply(session, [batch[i] for i in sorted(batch)])
+        self._done(batch, outcomes, started)
         return outcomes
 
     async def _step_postgres(self) -> dict[int, Outcome]:
