@@ -38,6 +38,7 @@ from mailsvc.mail import Envelope, RawMail, Role
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+HANDOVER_POLL = 0.005  # seconds between looks for the worker's decision
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_TEMPFAIL = 75
@@ -94,8 +95,10 @@ async def hand_over(settings: Settings, raws: Sequence[RawMail]) -> list[Outcome
         accepted = await accept_mails(writer, raws)
         waiting = {i: a.key for a in accepted
                    if a.outcome.kind == "accepted" and (i := a.outcome.intake_id) is not None}
+        # Looked for more often than the worker polls: its decision is printed as soon as it is
+        # committed (one small read each time).
         decided = await _decisions(writer, waiting, settings.intake.ingest_wait_seconds,
-                                   settings.intake.decide_poll_ms / 1000)
+                                   min(settings.intake.decide_poll_ms / 1000, HANDOVER_POLL))
         return [decided.get(a.outcome.intake_id or 0, a.outcome) if a.outcome.kind == "accepted"
                 else a.outcome for a in accepted]
 
