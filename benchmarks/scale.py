@@ -292,6 +292,7 @@ async def _import(services: Any, mails: list[tuple[str, bytes]], jobs: int) -> C
     counts: Counter[str] = Counter()
     with parse_pool(jobs) as pool:
         decider = Decider(services.pipeline, parse_pool=pool)
+        await decider.refresh_statistics()  # as `mailsvc import` and every decide loop do
         try:
             for role in ("bcc", "sales", "support"):
                 refs = [MessageRef(f"{role}-{n}", lambda raw=raw: raw)
@@ -545,7 +546,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drop-cache", action="store_true",
                         help="remove the cached stores and exit")
     parser.add_argument("--sqlite-analyze", action="store_true",
-                        help="ANALYZE the SQLite stores before the runs (mailsvc does not)")
+                        help="a full ANALYZE of the SQLite stores before the runs (mailsvc "
+                             "itself samples: analysis_limit)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser.parse_args(argv)
 

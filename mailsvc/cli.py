@@ -396,6 +396,7 @@ def import_mail(
             parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
             with parse_pool(parallel) as pool:
                 decider = Decider(services.pipeline, parse_pool=pool)
+                await decider.refresh_statistics()  # SQLite: lookups stay index lookups
                 source = ARCHIVE_SOURCE if archive else "file"
                 run = Importer(services.pipeline, Envelope(None, (address,), role, source),
                                batch_size, on_progress=lambda n: progress.advance(task, n),

@@ -182,8 +182,8 @@ class Decider:
         backoff = self._poll
         statistics_due = 0.0  # SQLite: at once, then when idle every STATISTICS_EVERY seconds
         while not stop.is_set():
-            if self._pipeline.store.is_sqlite and time.monotonic() >= statistics_due:
-                await self._refresh_statistics()
+            if time.monotonic() >= statistics_due:
+                await self.refresh_statistics()
                 statistics_due = time.monotonic() + STATISTICS_EVERY
             try:
                 done = await self.step()
@@ -199,8 +199,11 @@ class Decider:
             if not done:
                 await self._idle(stop, self._poll)
 
-    async def _refresh_statistics(self) -> None:
-        """SQLite's planner statistics, so lookups stay index lookups as the store grows."""
+    async def refresh_statistics(self) -> None:
+        """SQLite's planner statistics, so lookups stay index lookups as the store grows (on
+        PostgreSQL autovacuum keeps them)."""
+        if not self._pipeline.store.is_sqlite:
+            return
         started = time.perf_counter()
         try:
             async with self._sessions() as session, session.begin():
