@@ -298,7 +298,8 @@ def ingest(
     ] = None,
     sender: Annotated[str | None, typer.Option("--from", help="The envelope sender.")] = None,
 ) -> None:
-    """Process messages through the pipeline; prints one JSON object per message.
+    """Process messages through the pipeline; prints one JSON object per message. Beside a
+    running decide worker they are only accepted here and the worker's decisions are printed.
 
     Exit status (sysexits): 0 done, 65 a message had nothing usable (it is kept in quarantine),
     66 a file is missing, 75 try again later: the store is unavailable or the configuration is
