@@ -161,11 +161,10 @@ def _timed_ingests(url: str, repeats: int, first: int) -> tuple[list[float], lis
 
 
 def _decide_lock_held(url: str) -> bool:
-    path = url.partition(":///")[2] + "-decide.lock"
-    check = subprocess.run([sys.executable, "-c", (
-        "import sys; from mailsvc.crmstore.intake_writer import held_elsewhere; "
-        "sys.exit(0 if held_elsewhere(sys.argv[1]) else 1)"), path], check=False)
-    return check.returncode == 0
+    from mailsvc.crmstore.intake_writer import decide_lock_path, held_elsewhere, sqlite_path
+
+    path = sqlite_path(url)
+    return path is not None and held_elsewhere(decide_lock_path(path))
 
 
 def ingest_rows(repeats: int, workdir: Path) -> list[dict[str, Any]]:

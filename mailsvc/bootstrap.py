@@ -16,7 +16,6 @@ from mailsvc.crmstore.db import create_engine, create_session_factory
 from mailsvc.crmstore.revision import database_revision, script_head
 from mailsvc.crmstore.services.assignment import AssignmentPolicy, configure_assignment
 from mailsvc.errors import ConfigError, StoreUnavailable
-from mailsvc.ingest.handover import database_timeouts
 from mailsvc.ingest.pipeline import Pipeline
 from mailsvc.outbound.queue import configure_sessions
 
@@ -102,7 +101,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """The wired service; ``application_name`` names its PostgreSQL sessions (default
     ``mailsvc``; decide workers: ``mailsvc-decide``)."""
-    engine = create_engine(settings.store.url, database_timeouts(settings.store), application_name)
+    engine = create_engine(settings.store.url, settings.store.timeouts(), application_name)
     try:
         if migrate:
             await ensure_schema(engine, settings.store)

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from mailsvc.crmstore.timeouts import Timeouts
 from mailsvc.errors import ConfigError
 from mailsvc.keys import parse_configured_key
 from mailsvc.mail import IntakeRoles, Role
@@ -750,6 +751,19 @@ class StoreSettings:
     @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
+
+    def timeouts(self) -> Timeouts:
+        """The bounds on every database wait (docs/reliability.md)."""
+        return Timeouts(
+            statement=self.statement_timeout_seconds,
+            lock=self.lock_timeout_seconds,
+            idle_in_transaction=self.idle_in_transaction_timeout_seconds,
+            command=self.command_timeout_seconds,
+            connect=self.connect_timeout_seconds,
+            pool=self.pool_timeout_seconds,
+            keepalive_idle=self.tcp_keepalive_seconds,
+            sqlite_busy=self.sqlite_busy_timeout_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,13 +19,15 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+_T = TypeVar("_T")
+_V = TypeVar("_V")
 Where = Literal["intake", "email", "quarantine"]
 # The application name decide worker processes connect to PostgreSQL with: while one is connected,
 # `mailsvc ingest` only accepts and lets it decide.
@@ -154,71 +156,61 @@ class SqliteIntake:
         self._connection: sqlite3.Connection | None = None
 
     async def write(self, rows: Sequence[IntakeRow]) -> list[Written]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._write, list(rows))
+        return await self._call(self._write, list(rows))
+
+    async def decisions(self, keys: Sequence[str]) -> dict[str, Decision]:
+        """How the mails with these dedup keys were decided (keys not decided yet are left out)."""
+        return await self._call(self._decisions, list(keys))
+
+    async def still_accepted(self, ids: Sequence[int]) -> set[int]:
+        """Which of these intake rows are still there (not decided yet)."""
+        return await self._call(self._still_accepted, list(ids))
+
+    async def revision(self) -> str | None:
+        """The schema revision in ``alembic_version`` (None: not there)."""
+        return await self._call(self._revision)
+
+    async def deciders_running(self) -> bool:
+        """Whether a decide loop holds the database's decide lock (``decide_lock``)."""
+        return self._path is not None and held_elsewhere(decide_lock_path(self._path))
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
 
-    async def decisions(self, keys: Sequence[str]) -> dict[str, Decision]:
-        """How the mails with these dedup keys were decided (keys not decided yet are left out)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._decisions, list(keys))
+    async def _call(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(connection, *args)`` in the writer's thread; a database error closes the
+        connection (its state is unknown) and is raised as ``IntakeUnavailable``."""
+        def guarded() -> _T:
+            try:
+                return work(self._connect(), *args)
+            except sqlite3.Error as exc:
+                self._close()
+                raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    def _decisions(self, keys: list[str]) -> dict[str, Decision]:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, guarded)
+
+    def _decisions(self, connection: sqlite3.Connection, keys: list[str]
+                   ) -> dict[str, Decision]:
         found: dict[str, Decision] = {}
-        try:
-            connection = self._connect()
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                marks = ", ".join(f"?{i + 1}" for i in range(len(chunk)))
-                found.update(_decisions(*(
-                    connection.execute(sql.format(keys=marks), chunk).fetchall()
-                    for sql in (_EMAILS, _LINKS, _QUARANTINED))))
-        except sqlite3.Error as exc:
-            self._close()
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        for chunk, marks in _chunks(keys):
+            found.update(_decisions(*(connection.execute(sql.format(keys=marks), chunk).fetchall()
+                                      for sql in (_EMAILS, _LINKS, _QUARANTINED))))
         return found
 
-    async def still_accepted(self, ids: Sequence[int]) -> set[int]:
-        """Which of these intake rows are still there (not decided yet)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._still_accepted, list(ids))
+    @staticmethod
+    def _still_accepted(connection: sqlite3.Connection, ids: list[int]) -> set[int]:
+        return {row[0] for chunk, marks in _chunks(ids) for row in connection.execute(
+            f"SELECT id FROM intake WHERE id IN ({marks})", chunk)}
 
-    def _still_accepted(self, ids: list[int]) -> set[int]:
-        present: set[int] = set()
+    @staticmethod
+    def _revision(connection: sqlite3.Connection) -> str | None:
         try:
-            connection = self._connect()
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ", ".join(f"?{i + 1}" for i in range(len(chunk)))
-                present.update(row[0] for row in connection.execute(
-                    f"SELECT id FROM intake WHERE id IN ({marks})", chunk))
-        except sqlite3.Error as exc:
-            self._close()
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return present
-
-    async def revision(self) -> str | None:
-        """The schema revision in ``alembic_version`` (None: not there)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._revision)
-
-    def _revision(self) -> str | None:
-        try:
-            row = self._connect().execute(_REVISION).fetchone()
+            row = connection.execute(_REVISION).fetchone()
         except sqlite3.OperationalError:
             return None  # no such table: an empty database
-        except sqlite3.Error as exc:
-            self._close()
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return str(row[0]) if row else None
-
-    async def deciders_running(self) -> bool:
-        """Whether a decide loop holds the database's decide lock (``decide_lock``)."""
-        return self._path is not None and held_elsewhere(decide_lock_path(self._path))
 
     def _close(self) -> None:
         if self._connection is not None:
@@ -239,22 +231,17 @@ class SqliteIntake:
             self._connection = connection
         return self._connection
 
-    def _write(self, rows: list[IntakeRow]) -> list[Written]:
+    def _write(self, connection: sqlite3.Connection, rows: list[IntakeRow]) -> list[Written]:
+        self._begin(connection)
         try:
-            connection = self._connect()
-            self._begin(connection)
-            try:
-                known = self._known(connection, sorted({row.dedup_key for row in rows}))
-                fresh = _fresh(rows, known)
-                inserted = self._insert(connection, fresh) if fresh else {}
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            self._close()  # a new connection next time: this one's state is unknown
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            known = self._known(connection, sorted({row.dedup_key for row in rows}))
+            fresh = _fresh(rows, known)
+            inserted = self._insert(connection, fresh) if fresh else {}
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
         return settle(rows, known, inserted)
 
     def _begin(self, connection: sqlite3.Connection) -> None:
@@ -274,9 +261,7 @@ class SqliteIntake:
     @staticmethod
     def _known(connection: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[Where, int]]:
         known: dict[str, tuple[Where, int]] = {}
-        for start in range(0, len(keys), 500):  # bound the parameters of one statement
-            chunk = keys[start:start + 500]
-            marks = ", ".join(f"?{i + 1}" for i in range(len(chunk)))
+        for chunk, marks in _chunks(keys):
             sql = " UNION ALL ".join(
                 f"SELECT dedup_key, '{where}', id FROM {table} WHERE dedup_key IN ({marks})"
                 for where, table in _TABLES)
@@ -302,6 +287,14 @@ class SqliteIntake:
                 "ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key", parameters)
             inserted.update((key, row_id) for row_id, key in cursor.fetchall())
         return inserted
+
+
+def _chunks(values: Sequence[_V]) -> Iterator[tuple[Sequence[_V], str]]:
+    """``values`` in pieces of at most 500 (the parameters of one statement are bounded), each
+    with its numbered placeholders (``?1, ?2, ...``)."""
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        yield chunk, ", ".join(f"?{i + 1}" for i in range(len(chunk)))
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -377,75 +370,64 @@ class PostgresIntake:
     def __init__(self, connect: Connect) -> None:
         self._connect = connect
 
-    async def write(self, rows: Sequence[IntakeRow]) -> list[Written]:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A lent connection; a database error is raised as ``IntakeUnavailable``."""
         import asyncpg  # type: ignore[import-untyped]  # only PostgreSQL users load it
 
         try:
-            async with self._connect() as connection, connection.transaction():
-                keys = sorted({row.dedup_key for row in rows})
-                known: dict[str, tuple[Where, int]] = {}
-                for key, where, row_id in await connection.fetch(_PG_KNOWN, keys):
-                    known.setdefault(key, (where, row_id))
-                fresh = _fresh(rows, known)
-                inserted: dict[str, int] = {}
-                if fresh:
-                    columns = list(zip(*(
-                        (r.dedup_key, r.raw, r.mail_from, json.dumps(r.rcpt_tos), r.role,
-                         r.source, json.dumps(r.envelope_extra), r.accepted_at)
-                        for r in fresh), strict=True))
-                    inserted = {key: row_id for row_id, key in
-                                await connection.fetch(_PG_INSERT, *map(list, columns))}
+            async with self._connect() as connection:
+                yield connection
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def write(self, rows: Sequence[IntakeRow]) -> list[Written]:
+        async with self._connection() as connection, connection.transaction():
+            keys = sorted({row.dedup_key for row in rows})
+            known: dict[str, tuple[Where, int]] = {}
+            for key, where, row_id in await connection.fetch(_PG_KNOWN, keys):
+                known.setdefault(key, (where, row_id))
+            fresh = _fresh(rows, known)
+            inserted: dict[str, int] = {}
+            if fresh:
+                columns = list(zip(*(
+                    (r.dedup_key, r.raw, r.mail_from, json.dumps(r.rcpt_tos), r.role,
+                     r.source, json.dumps(r.envelope_extra), r.accepted_at)
+                    for r in fresh), strict=True))
+                inserted = {key: row_id for row_id, key in
+                            await connection.fetch(_PG_INSERT, *map(list, columns))}
         return settle(rows, known, inserted)
 
     async def decisions(self, keys: Sequence[str]) -> dict[str, Decision]:
         """How the mails with these dedup keys were decided (keys not decided yet are left out)."""
-        import asyncpg
-
-        try:
-            async with self._connect() as connection:
-                results = [await connection.fetch(sql.format(keys="SELECT unnest($1::text[])"),
-                                                  list(keys))
-                           for sql in (_EMAILS, _LINKS, _QUARANTINED)]
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        async with self._connection() as connection:
+            results = [await connection.fetch(sql.format(keys="SELECT unnest($1::text[])"),
+                                              list(keys))
+                       for sql in (_EMAILS, _LINKS, _QUARANTINED)]
         return _decisions(*results)
 
     async def still_accepted(self, ids: Sequence[int]) -> set[int]:
         """Which of these intake rows are still there (not decided yet)."""
-        import asyncpg
-
-        try:
-            async with self._connect() as connection:
-                rows = await connection.fetch(
-                    "SELECT id FROM intake WHERE id = ANY($1::bigint[])", list(ids))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                "SELECT id FROM intake WHERE id = ANY($1::bigint[])", list(ids))
         return {row[0] for row in rows}
 
     async def revision(self) -> str | None:
         """The schema revision in ``alembic_version`` (None: not there)."""
         import asyncpg
 
-        try:
-            async with self._connect() as connection:
+        async with self._connection() as connection:
+            try:
                 found = await connection.fetchval(_REVISION)
-        except asyncpg.UndefinedTableError:
-            return None
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            except asyncpg.UndefinedTableError:
+                return None
         return str(found) if found else None
 
     async def deciders_running(self) -> bool:
         """Whether a decide worker process is connected (``DECIDE_APPLICATION``)."""
-        import asyncpg
-
-        try:
-            async with self._connect() as connection:
-                return bool(await connection.fetchval(_DECIDERS, DECIDE_APPLICATION))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise IntakeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        async with self._connection() as connection:
+            return bool(await connection.fetchval(_DECIDERS, DECIDE_APPLICATION))
 
     async def close(self) -> None:
         return None

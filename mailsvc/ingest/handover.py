@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailsvc.config import Settings, StoreSettings
+from mailsvc.config import Settings
 from mailsvc.crmstore.intake_writer import (
     IntakeUnavailable,
     IntakeWriter,
@@ -30,7 +30,7 @@ from mailsvc.crmstore.intake_writer import (
     sqlite_path,
 )
 from mailsvc.crmstore.revision import script_head
-from mailsvc.crmstore.timeouts import Timeouts, postgres_connect_args
+from mailsvc.crmstore.timeouts import postgres_connect_args
 from mailsvc.ingest.accept import accept_mails, decided_outcomes
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.mail import Envelope, RawMail, Role
@@ -46,20 +46,6 @@ EX_TEMPFAIL = 75
 
 class InputError(Exception):
     """A message file cannot be read: the message names it."""
-
-
-def database_timeouts(store: StoreSettings) -> Timeouts:
-    """The bounds on every database wait, from the settings (docs/reliability.md)."""
-    return Timeouts(
-        statement=store.statement_timeout_seconds,
-        lock=store.lock_timeout_seconds,
-        idle_in_transaction=store.idle_in_transaction_timeout_seconds,
-        command=store.command_timeout_seconds,
-        connect=store.connect_timeout_seconds,
-        pool=store.pool_timeout_seconds,
-        keepalive_idle=store.tcp_keepalive_seconds,
-        sqlite_busy=store.sqlite_busy_timeout_seconds,
-    )
 
 
 def read_inputs(files: Sequence[str], address: str, role: Role,
@@ -121,7 +107,7 @@ async def _decisions(writer: IntakeWriter, waiting: dict[int, str], wait: float,
 async def _writer(settings: Settings) -> AsyncIterator[IntakeWriter]:
     """An intake writer on a connection of this process's own."""
     store = settings.store
-    timeouts = database_timeouts(store)
+    timeouts = store.timeouts()
     if store.is_sqlite:
         writer: IntakeWriter = SqliteIntake(sqlite_path(store.url), timeouts.sqlite_busy)
         try:

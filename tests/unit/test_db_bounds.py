@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mailsvc.bootstrap import database_timeouts
 from mailsvc.config import load_settings
 from mailsvc.crmstore.db import is_retryable, is_timeout
 from mailsvc.crmstore.timeouts import Timeouts, postgres_connect_args
@@ -42,7 +41,7 @@ def test_migrations_have_no_statement_bound_but_wait_for_the_lock_at_most_ten_mi
 def test_settings_reach_the_bounds() -> None:
     settings = load_settings(_env_file=None, db_command_timeout_seconds=3,
                              db_statement_timeout_seconds=2, sqlite_busy_timeout_seconds=1)
-    bounds = database_timeouts(settings.store)
+    bounds = settings.store.timeouts()
     assert (bounds.command, bounds.statement, bounds.sqlite_busy) == (3, 2, 1)
 
 
