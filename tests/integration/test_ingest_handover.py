@@ -73,7 +73,7 @@ async def _deciders_running(database_url: str) -> bool:
 async def decide_worker(database_url: str) -> AsyncIterator[subprocess.Popen[bytes]]:
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
         [sys.executable, "-m", "mailsvc", "decide", "--workers", "1"],
-        env=_environment(database_url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=_environment(database_url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         await wait_for(lambda: _deciders_running(database_url), within=120,

@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
-from typing import Any
+from typing import IO, Any
 
 import aiosmtplib
 import pytest
@@ -289,7 +290,10 @@ async def test_a_mail_that_fails_to_decide_is_retried_then_quarantined_and_block
 
 
 def decide_process(database_url: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    # Its log goes to a file, not a pipe: a worker logging a line per mail would fill a pipe
+    # nobody reads until the end, and block on its next line.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for log_of, closed with the test run
+    process = subprocess.Popen(
         [sys.executable, "-m", "mailsvc", "decide", "--workers", "1", *args],
         env={
             "PATH": os.environ["PATH"],
@@ -299,15 +303,27 @@ def decide_process(database_url: str, *args: str, **env: str) -> subprocess.Pope
             "MAILSVC_SUPPORT_ADDRESS": SUPPORT,
             **env,
         },
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=log,
     )
+    _LOGS[process.pid] = log
+    return process
+
+
+_LOGS: dict[int, IO[bytes]] = {}
+
+
+def log_of(process: subprocess.Popen[bytes]) -> str:
+    """What the process has written to stderr so far."""
+    log = _LOGS[process.pid]
+    log.seek(0)
+    return log.read().decode()
 
 
 def stop(process: subprocess.Popen[bytes]) -> str:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    return stderr.decode()
+    process.wait(timeout=120)
+    return log_of(process)
 
 
 async def accept(services: Services, mails: list[bytes]) -> None:
@@ -327,7 +343,7 @@ async def test_a_killed_decide_worker_loses_nothing_and_decides_each_mail_once(
         try:
 
             async def some_decided() -> bool:
-                assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
+                assert worker.poll() is None, log_of(worker)
                 return await count(services, Email) > 0
 
             await wait_for(some_decided, within=180, interval=0.01, what="the first decisions")
@@ -341,7 +357,7 @@ async def test_a_killed_decide_worker_loses_nothing_and_decides_each_mail_once(
         try:
 
             async def all_decided() -> bool:
-                assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
+                assert worker.poll() is None, log_of(worker)
                 return await count(services, IntakeMail) == 0
 
             await wait_for(all_decided, within=300, what="the backlog decided after restart")
@@ -365,7 +381,7 @@ async def test_two_decide_processes_decide_a_thousand_mails_each_once(
             async def all_decided() -> bool:
                 for worker in workers:
                     assert worker.poll() is None, (
-                        worker.stderr.read().decode() if worker.stderr else ""
+                        log_of(worker)
                     )
                 return await count(services, IntakeMail) == 0
 
