@@ -175,12 +175,13 @@ class Decider:
         """Decide until ``stop`` is set (the current step finishes first). On SQLite the decide
         lock is held meanwhile: `mailsvc ingest` then leaves deciding to this loop."""
         store = self._pipeline.store
+        await self.refresh_statistics()  # before the lock: a worker that holds it is ready
         with decide_lock(sqlite_path(store.url) if store.is_sqlite else None):
             await self._run(stop)
 
     async def _run(self, stop: asyncio.Event) -> None:
         backoff = self._poll
-        statistics_due = 0.0  # SQLite: at once, then when idle every STATISTICS_EVERY seconds
+        statistics_due = time.monotonic() + STATISTICS_EVERY  # SQLite: again every so often
         while not stop.is_set():
             if time.monotonic() >= statistics_due:
                 await self.refresh_statistics()
