@@ -6,8 +6,7 @@ import html
 import re
 from dataclasses import dataclass
 
-from mailparser_reply import EmailReplyParser
-
+from mailsvc.linking.newest_reply import newest_reply
 from mailsvc.mail import Address, ParsedMail
 
 # Quote stripping is regex work over the whole body; the new part of a reply sits at its top.
@@ -22,7 +21,6 @@ _PHONE_LINE = re.compile(
     r"(?P<number>\+?[0-9][0-9 ()/.\-]{5,}[0-9])\s*$",
     re.I,
 )
-_REPLY_PARSER = EmailReplyParser(languages=["en", "de"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +60,7 @@ def split_reply(text: str) -> Reply:
     """The newest reply in ``text`` (mail-parser-reply, German and English quote headers)."""
     if not text.strip():
         return Reply("", "")
-    replies = _REPLY_PARSER.read(text[:MAX_REPLY_INPUT]).replies
-    if not replies:
-        return Reply(text.strip(), "")
-    first = replies[0]
+    first = newest_reply(text[:MAX_REPLY_INPUT])
     return Reply(_drop_trailing_quotes(first.body), first.signatures or "")
 
 
