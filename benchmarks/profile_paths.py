@@ -44,6 +44,7 @@ AREAS = (
     ("mail reading: dedup key, parse (ingest/parse.py)", "mailsvc/ingest/parse.py"),
     ("parsing (mail-parser, email package)", "mailparser/"),
     ("reply splitting (mail-parser-reply)", "mailparser_reply"),
+    ("reply splitting (mail-parser-reply)", "mailsvc/linking/newest_reply"),
     ("linking rules (mailsvc/linking)", "mailsvc/linking/"),
     ("SQLAlchemy (ORM, Core, pool)", "sqlalchemy/"),
     ("database drivers (sqlite3, aiosqlite, asyncpg)", "aiosqlite"),

@@ -115,11 +115,14 @@ def prepare_items(raws: Sequence[RawMail], options: PrepareOptions) -> list[Prep
 @contextmanager
 def parse_pool(jobs: int) -> Iterator[Executor | None]:
     """Processes that parse for a decide loop (None for ``jobs`` 1: parse in this process).
-    Spawned, not forked: the parent runs an event loop and database connections."""
+    Not forked from this process, which runs an event loop and database connections: forked
+    from a fork server, a fresh process that has imported the parsing code once for all."""
     if jobs <= 1:
         yield None
         return
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    pool = ProcessPoolExecutor(jobs, mp_context=context)
     try:
         yield pool
     finally:
