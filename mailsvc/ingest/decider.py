@@ -66,11 +66,6 @@ POOL_MIN_MAILS = 16
 STATISTICS_EVERY = 6 * 3600.0
 # After a whole step failed, claim one mail at a time until past the failed batch.
 _SOLO = 1
-# SQLite, a running decide loop: every accept commit (and so every 250) waits for the write lock
-# an applying transaction holds, so a batch is applied in transactions of about this length,
-# with a pause between them in which a waiting accept commit takes the lock (it tries every ms).
-SQLITE_TRANSACTION_SECONDS = 0.025
-SQLITE_PAUSE_SECONDS = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +157,6 @@ class Decider:
         self._solo_until = 0  # after a failed step: one mail at a time up to this id
         self._current: list[int] = []  # intake ids the running step holds
         self._wake = asyncio.Event()  # set when this process accepted mail: no need to poll
-        self._short_transactions = False  # SQLite: while ``run`` runs (SQLITE_TRANSACTION_...)
-        self._seconds_per_mail = 0.002  # applying, as last measured (sizes short transactions)
         self.decided = 0
 
     # ---------------------------------------------------------------- loops
@@ -186,12 +179,8 @@ class Decider:
         lock is held meanwhile: `mailsvc ingest` then leaves deciding to this loop."""
         store = self._pipeline.store
         await self.refresh_statistics()  # before the lock: a worker that holds it is ready
-        self._short_transactions = store.is_sqlite
-        try:
-            with decide_lock(sqlite_path(store.url) if store.is_sqlite else None):
-                await self._run(stop)
-        finally:
-            self._short_transactions = False
+        with decide_lock(sqlite_path(store.url) if store.is_sqlite else None):
+            await self._run(stop)
 
     async def _run(self, stop: asyncio.Event) -> None:
         backoff = self._poll
@@ -293,28 +282,6 @@ class Decider:
         return await self._apply_claimed(claimed)
 
     async def _apply_claimed(self, claimed: dict[int, Claimed]) -> dict[int, Outcome]:
-        """Apply the claimed rows (and any row below them not claimed yet) in arrival order: in
-        one transaction, or in a running decide loop in short ones (``SQLITE_TRANSACTION_...``),
-        each a prefix of what is pending, so the order holds."""
-        if not self._short_transactions:
-            return await self._apply_prefix(claimed)
-        outcomes: dict[int, Outcome] = {}
-        pending = sorted(claimed)
-        while pending:
-            size = max(1, min(len(pending), round(SQLITE_TRANSACTION_SECONDS
-                                                  / self._seconds_per_mail)))
-            started = time.perf_counter()
-            done = await self._apply_prefix({i: claimed[i] for i in pending[:size]})
-            if done:
-                spent = (time.perf_counter() - started) / len(done)
-                self._seconds_per_mail = 0.7 * self._seconds_per_mail + 0.3 * spent
-            outcomes.update(done)
-            pending = pending[size:]
-            if pending:
-                await asyncio.sleep(SQLITE_PAUSE_SECONDS)
-        return outcomes
-
-    async def _apply_prefix(self, claimed: dict[int, Claimed]) -> dict[int, Outcome]:
         """Apply the claimed rows (and any row below them not claimed yet) in one transaction,
         in arrival order."""
         started = time.perf_counter()

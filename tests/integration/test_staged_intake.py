@@ -30,7 +30,6 @@ from mailsvc.crmstore.models import (
     LinkTarget,
     OutboxEvent,
 )
-from mailsvc.ingest import decider as decider_module
 from mailsvc.ingest.decider import Decider
 from mailsvc.ingest.parse import mail_key
 from mailsvc.ingest.smtp import start_smtp
@@ -207,42 +206,6 @@ async def test_a_burst_of_a_first_mail_and_five_replies_lands_as_one_lead(
             if second is not None:
                 await second
         await assert_each_conversation_is_one_lead(services, senders=1, size=6)
-
-
-async def test_sqlite_applies_a_backlog_in_short_transactions_and_keeps_the_order(
-    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A running decide loop on SQLite applies a batch in transactions short enough for accept
-    commits to get the write lock between them (here: one mail each); each is a prefix of what is
-    pending, so three conversations of six still come out as one lead each."""
-    monkeypatch.setattr(decider_module, "SQLITE_TRANSACTION_SECONDS", 1e-9)
-    sizes: list[int] = []
-    apply_prefix = Decider._apply_prefix
-
-    async def counted(self: Decider, claimed: dict[int, Any]) -> dict[int, Any]:
-        sizes.append(len(claimed))
-        return await apply_prefix(self, claimed)
-
-    monkeypatch.setattr(Decider, "_apply_prefix", counted)
-    settings = make_settings(decide_batch_size=50)
-    async with open_services(settings, migrate=False) as services:
-        await services.pipeline.accept_many(
-            [RawMail(data, SALES_ENVELOPE) for data in conversations(3, 5)])
-        stop = asyncio.Event()
-        loop = asyncio.create_task(Decider(services.pipeline).run(stop))
-        try:
-            async def decided() -> bool:
-                return await count(services, Email) == 18
-
-            await wait_for(decided, within=120, what="eighteen mails decided")
-        finally:
-            stop.set()
-            await loop
-        await assert_each_conversation_is_one_lead(services, senders=3, size=6)
-    if settings.is_sqlite:
-        assert sizes and max(sizes) == 1
-    else:  # PostgreSQL has row locks: accept commits do not wait for the applying transaction
-        assert sizes == []
 
 
 async def test_submit_waits_for_the_decision_and_reports_it(
