@@ -137,12 +137,12 @@ def mutate(data: bytes, mutations: list[Mutation], seeds: list[bytes]) -> bytes:
         if action == "flip" and size:
             out[at % size] = b & 0xFF
         elif action == "insert":
-            out[at:at] = FRAGMENTS[b % len(FRAGMENTS)] * (1 + c % 4)
+            out[at:at] = _repeated(FRAGMENTS[b % len(FRAGMENTS)], 1 + c % 4)
         elif action == "delete":
             del out[at : at + 1 + b % 4096]
         elif action == "repeat":
             piece = bytes(out[at : at + 1 + b % 512])
-            out[at:at] = piece * (1 + c % 200)
+            out[at:at] = _repeated(piece, 1 + c % 200)
         elif action == "line":
             start = out.rfind(b"\n", 0, at) + 1
             end = out.find(b"\n", at)
@@ -151,7 +151,7 @@ def mutate(data: bytes, mutations: list[Mutation], seeds: list[bytes]) -> bytes:
             if c % 2:
                 del out[start:end]
             else:
-                out[start:start] = line * (1 + b % 100)
+                out[start:start] = _repeated(line, 1 + b % 100)
         elif action == "splice":
             other = seeds[b % len(seeds)]
             cut = c % (len(other) + 1)
@@ -164,7 +164,13 @@ def mutate(data: bytes, mutations: list[Mutation], seeds: list[bytes]) -> bytes:
             out = bytearray(bytes(out).replace(b"\r\n", b"\n").replace(b"\n", b"\r"))
         elif action == "truncate":
             del out[at:]
-    return bytes(out[:MAX_BYTES])
+        del out[MAX_BYTES:]  # each step, not only at the end: repeats of repeats grow as a power
+    return bytes(out)
+
+
+def _repeated(piece: bytes, times: int) -> bytes:
+    """``piece * times``, no longer than a message may be."""
+    return piece * min(times, MAX_BYTES // max(1, len(piece)) + 1)
 
 
 ACTIONS = ["flip", "insert", "delete", "repeat", "line", "splice", "nest", "bare_lf", "cr_only",
