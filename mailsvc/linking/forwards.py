@@ -61,7 +61,9 @@ _NESTED_MAILTO = re.compile(r"<([^<>\s]+@[^<>\s]+)<mailto:[^<>]*>>", re.I)  # Ou
 _MAILTO = re.compile(r"\[\s*mailto:([^\]\s]+)\s*\]|<\s*mailto:([^>\s]+)\s*>", re.I)
 _ADDRESS = re.compile(
     r"<\s*(?P<angle>[^<>\s@]+@[^<>\s@]+?)\s*>"
-    r"|(?P<bare>[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
+    # A local part is at most 64 characters (RFC 5321), which keeps the scan of a long run of
+    # address characters with no "@" linear (unbounded, it was quadratic).
+    r"|(?P<bare>[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
 )
 _QUOTE_PREFIX = re.compile(r"^(?:>\s?)+")
 # How far below a marker the header lines of the original may start (blank lines in between).

@@ -106,3 +106,10 @@ def test_enclosed_message_is_the_original_when_the_text_has_no_block() -> None:
 )
 def test_parse_address_list(value: str, expected: list[tuple[str, str]]) -> None:
     assert [(a.name, a.email) for a in parse_address_list(value)] == expected
+
+
+def test_a_bare_address_has_a_local_part_of_at_most_64_characters() -> None:
+    """RFC 5321's limit, which also keeps the scan of a long line without "@" linear."""
+    assert parse_address_list("x" * 100 + "@example.com") == (
+        Address("", "x" * 64 + "@example.com"),)
+    assert parse_address_list("Q" * 200_000) == ()
