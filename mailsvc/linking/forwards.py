@@ -57,7 +57,9 @@ _FIELD = re.compile(
     r"^\*?(?P<name>" + "|".join(re.escape(n) for n in _FIELD_NAMES) + r")\s*:\*?\s*(?P<value>.*)$",
     re.I,
 )
-_NESTED_MAILTO = re.compile(r"<([^<>\s]+@[^<>\s]+)<mailto:[^<>]*>>", re.I)  # Outlook HTML to text
+# Outlook's HTML as text. The local part has no "@": with one, a run of "@"s was tried at every
+# split (quadratic).
+_NESTED_MAILTO = re.compile(r"<([^<>\s@]+@[^<>\s]+)<mailto:[^<>]*>>", re.I)
 _MAILTO = re.compile(r"\[\s*mailto:([^\]\s]+)\s*\]|<\s*mailto:([^>\s]+)\s*>", re.I)
 _ADDRESS = re.compile(
     r"<\s*(?P<angle>[^<>\s@]+@[^<>\s@]+?)\s*>"

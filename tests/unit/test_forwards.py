@@ -113,3 +113,9 @@ def test_a_bare_address_has_a_local_part_of_at_most_64_characters() -> None:
     assert parse_address_list("x" * 100 + "@example.com") == (
         Address("", "x" * 64 + "@example.com"),)
     assert parse_address_list("Q" * 200_000) == ()
+
+
+def test_outlook_nested_mailto_is_read_and_a_run_of_at_signs_is_not_one() -> None:
+    assert parse_address_list("Carla <carla@acme.example<mailto:carla@acme.example>>") == (
+        Address("Carla", "carla@acme.example"),)
+    assert parse_address_list("<" + "a@" * 50_000) == ()  # linear: no split of the run is tried
