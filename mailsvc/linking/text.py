@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import html
 import re
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ MAX_REPLY_INPUT = 100_000
 
 _TAG = re.compile(r"<[^>]*>")
 _BLOCK_END = re.compile(r"</?(?:p|div|br|tr|li|h[1-6]|blockquote)\b[^>]*>", re.I)
-_INVISIBLE = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.I | re.S)
+_INVISIBLE_OPEN = re.compile(r"<(script|style|head)\b", re.I)
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _PHONE_LINE = re.compile(
     r"^\W*(?:tel(?:efon|ephone)?|phone|fon|mobil(?:e)?|mob|handy|cell|t|m)\.?\s*[:.]?\s*"
@@ -52,8 +53,37 @@ def html_to_text(markup: str) -> str:
     except (ValueError, LookupError, RecursionError):  # lxml's ParserError is a ValueError
         text = ""
     if not text.strip():
-        text = html.unescape(_TAG.sub("", _BLOCK_END.sub("\n", _INVISIBLE.sub("", markup))))
+        text = html.unescape(_ended(_TAG, "", _ended(_BLOCK_END, "\n", _drop_invisible(markup))))
     return _BLANK_RUNS.sub("\n\n", "\n".join(line.strip() for line in text.splitlines())).strip()
+
+
+# The fallback's patterns, applied so that hostile markup (thousands of "<" with no ">" after them,
+# say) costs linear time: a regular expression tried at each of them would scan to the end each.
+
+
+def _ended(pattern: re.Pattern[str], replacement: str, text: str) -> str:
+    """``pattern.sub`` for a pattern whose matches end at a ``>``: none starts after the last."""
+    end = text.rfind(">") + 1
+    return pattern.sub(replacement, text[:end]) + text[end:]
+
+
+def _drop_invisible(markup: str) -> str:
+    r"""What ``re.sub(r"<(script|style|head)\b.*?</\1\s*>", "", markup, flags=re.I | re.S)``
+    gives, with each element's closing tags found once instead of searched from every opening."""
+    closes = {kind: [m.span() for m in re.finditer(rf"</{kind}\s*>", markup, re.I)]
+              for kind in ("script", "style", "head")}
+    kept: list[str] = []
+    position = search = 0
+    while (opening := _INVISIBLE_OPEN.search(markup, search)) is not None:
+        spans = closes[opening[1].lower()]
+        n = bisect.bisect_left(spans, (opening.end(), -1))
+        if n == len(spans):  # never closed: not an element to drop, look on from the next char
+            search = opening.start() + 1
+            continue
+        kept.append(markup[position:opening.start()])
+        position = search = spans[n][1]
+    kept.append(markup[position:])
+    return "".join(kept)
 
 
 def split_reply(text: str) -> Reply:

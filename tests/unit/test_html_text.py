@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailsvc.linking import text as text_module
 from mailsvc.linking.text import html_to_text
 
 
@@ -41,3 +46,25 @@ def test_tables_keep_their_cells_apart() -> None:
 
 def test_markup_too_deep_for_the_parser_keeps_its_text() -> None:
     assert html_to_text("<div>" * 5000 + "the words at the bottom") == "the words at the bottom"
+
+
+# The fallback's steps against the plain regular expressions they stand in for (which were
+# quadratic on hostile markup: each "<" with no ">" after it scanned to the end).
+_OLD_INVISIBLE = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.I | re.S)
+_PIECES = ["<script>", "</script>", "<SCRIPT a=1>", "</script >", "<style>", "</style>", "<head>",
+           "</head>", "</HEAD\n>", "<scripts>", "</scripts>", "x", "<", ">", "<p>", "</p>", "<div",
+           "text ", "\n", "<headx>", "</script", "<br/>"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=16).map("".join))
+def test_the_fallback_strips_as_the_plain_expressions_do(markup: str) -> None:
+    assert text_module._drop_invisible(markup) == _OLD_INVISIBLE.sub("", markup)
+    assert text_module._ended(text_module._TAG, "", markup) == text_module._TAG.sub("", markup)
+    assert (text_module._ended(text_module._BLOCK_END, "\n", markup)
+            == text_module._BLOCK_END.sub("\n", markup))
+
+
+def test_hostile_markup_falls_back_and_keeps_its_text() -> None:
+    markup = "<p" * 50_000 + "<script" * 20_000 + "hello"
+    assert html_to_text(markup).endswith("hello")
