@@ -8,9 +8,14 @@ at the first one with content, and each pattern is tried only where a match can 
 alternative of the header pattern starts at a line start or a line break, of the disclaimer
 pattern at a line start or one of ``\\n\\r.!?``, and of the signature pattern at a line start, a
 line break or white space before a line break (from which ``\\s*`` reaches the next line start;
-white space that reaches no line break can only begin a match where a line starts). Matching at
-those positions with ``Pattern.match`` finds what ``findall``/``search`` find, since
+white space that reaches no line break can only begin a match where a line starts). Of a run of
+line breaks only the first is tried: whatever matches later in the run matches there too.
+Matching at those positions with ``Pattern.match`` finds what ``findall``/``search`` find, since
 ``match(text, pos)`` reads ``^``, ``\\A`` and look-behinds against the whole text.
+
+One deliberate difference: a line of more than ``HEADER_LINE_LIMIT`` characters is not taken
+for the start of a quote header (the library would try, at a cost that grows with the square of
+the line's length).
 
 That reasoning holds for the patterns it was checked against (``PATTERNS_CHECKED``, the digest of
 their source); with any others the library's own code runs. ``tests/unit/test_newest_reply.py``
@@ -36,7 +41,11 @@ _SIGNATURE = _TEMPLATE.SIGNATURE_REGEX
 # Where a match of each pattern can begin (see the module docstring).
 _HEADER_STARTS = re.compile(r"\n|^", re.M)
 _DISCLAIMER_STARTS = re.compile(r"[\n\r.!?]|^", re.M)
-_SIGNATURE_STARTS = re.compile(r"[^\S\n]+(?=\n)|\n|^", re.M)
+_SIGNATURE_STARTS = re.compile(r"(?<![^\S\n])[^\S\n]++(?=\n)|(?<!\n)\n|^(?!\n)", re.M)
+# A quote header starts on a line of at most this many characters. The header pattern's nested
+# lazy groups cost the square of a line's length (8,000 characters of "On On On ..." took 1.6 s,
+# a whole 100 KB line would take minutes); real quote headers are a few dozen characters.
+HEADER_LINE_LIMIT = 500
 
 
 def patterns_digest() -> str:
@@ -76,7 +85,7 @@ def _first_fragment(text: str) -> EmailReply:
 
 
 def _headers(text: str) -> Iterator[str]:
-    for match in _matches(_HEADER, _HEADER_STARTS, text):
+    for match in _matches(_HEADER, _HEADER_STARTS, text, HEADER_LINE_LIMIT):
         yield from (group for group in match.groups() if group)
 
 
@@ -87,13 +96,16 @@ def _reply(headers: str, content: str) -> EmailReply:
                       signatures=signature.group() if signature else "")
 
 
-def _matches(pattern: re.Pattern[str], starts: re.Pattern[str], text: str
-             ) -> Iterator[re.Match[str]]:
-    """``pattern.finditer(text)``, trying only the positions ``starts`` finds."""
+def _matches(pattern: re.Pattern[str], starts: re.Pattern[str], text: str,
+             line_limit: int | None = None) -> Iterator[re.Match[str]]:
+    """``pattern.finditer(text)``, trying only the positions ``starts`` finds (and, with
+    ``line_limit``, not where the line is longer)."""
     end = 0
     for start in starts.finditer(text):
         position = start.start()
         if position < end:
+            continue
+        if line_limit is not None and _line_length(text, position) > line_limit:
             continue
         match = pattern.match(text, position)
         if match is not None:
@@ -101,6 +113,13 @@ def _matches(pattern: re.Pattern[str], starts: re.Pattern[str], text: str
                 raise _EmptyMatch
             yield match
             end = match.end()
+
+
+def _line_length(text: str, position: int) -> int:
+    """The length of the line at ``position`` (of the next line, at a line break)."""
+    start = position + 1 if text.startswith("\n", position) else position
+    end = text.find("\n", start)
+    return (len(text) if end < 0 else end) - start
 
 
 def _search(pattern: re.Pattern[str], starts: re.Pattern[str], text: str
