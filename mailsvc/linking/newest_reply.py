@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from mailparser_reply.parser import EmailMessage, EmailReply
 
@@ -38,10 +38,9 @@ _HEADER = _TEMPLATE.HEADER_REGEX
 _DISCLAIMERS = _TEMPLATE.DISCLAIMERS_REGEX
 _SIGNATURE = _TEMPLATE.SIGNATURE_REGEX
 
-# Where a match of each pattern can begin (see the module docstring).
-_HEADER_STARTS = re.compile(r"\n|^", re.M)
+# Where a match of the disclaimer pattern can begin (see the module docstring; the header's and
+# the signature's are worked out from the line breaks: ``_line_starts``, ``_signature_starts``).
 _DISCLAIMER_STARTS = re.compile(r"[\n\r.!?]|^", re.M)
-_SIGNATURE_STARTS = re.compile(r"(?<![^\S\n])[^\S\n]++(?=\n)|(?<!\n)\n|^(?!\n)", re.M)
 # A quote header starts on a line of at most this many characters. The header pattern's nested
 # lazy groups cost the square of a line's length (8,000 characters of "On On On ..." took 1.6 s,
 # a whole 100 KB line would take minutes); real quote headers are a few dozen characters.
@@ -85,24 +84,61 @@ def _first_fragment(text: str) -> EmailReply:
 
 
 def _headers(text: str) -> Iterator[str]:
-    for match in _matches(_HEADER, _HEADER_STARTS, text, HEADER_LINE_LIMIT):
+    for match in _matches(_HEADER, _line_starts(text), text, HEADER_LINE_LIMIT):
         yield from (group for group in match.groups() if group)
 
 
 def _reply(headers: str, content: str) -> EmailReply:
-    disclaimers = [m.group() for m in _matches(_DISCLAIMERS, _DISCLAIMER_STARTS, content)]
-    signature = _search(_SIGNATURE, _SIGNATURE_STARTS, content)
+    starts = (m.start() for m in _DISCLAIMER_STARTS.finditer(content))
+    disclaimers = [m.group() for m in _matches(_DISCLAIMERS, starts, content)]
+    signature = _search(_SIGNATURE, _signature_starts(content), content)
     return EmailReply(headers=headers, content=content, disclaimers=disclaimers,
                       signatures=signature.group() if signature else "")
 
 
-def _matches(pattern: re.Pattern[str], starts: re.Pattern[str], text: str,
+def _breaks(text: str) -> Iterator[int]:
+    position = text.find("\n")
+    while position >= 0:
+        yield position
+        position = text.find("\n", position + 1)
+
+
+def _line_starts(text: str) -> Iterator[int]:
+    """Every line start and line break, in order (where ``\\n|^`` matches)."""
+    last = 0
+    yield 0
+    for position in _breaks(text):
+        if position > last:
+            yield position
+        yield position + 1
+        last = position + 1
+
+
+def _signature_starts(text: str) -> Iterator[int]:
+    """Line starts that are not a line break, the first break of each run of breaks, and the
+    start of white space that runs into a break, in order."""
+    if not text.startswith("\n"):
+        yield 0
+    last = 0
+    for position in _breaks(text):
+        run = position
+        while run > last and text[run - 1] != "\n" and text[run - 1].isspace():
+            run -= 1
+        if run < position:
+            yield run
+        if position == 0 or text[position - 1] != "\n":
+            yield position
+        if not text.startswith("\n", position + 1):
+            yield position + 1
+        last = position + 1
+
+
+def _matches(pattern: re.Pattern[str], starts: Iterable[int], text: str,
              line_limit: int | None = None) -> Iterator[re.Match[str]]:
-    """``pattern.finditer(text)``, trying only the positions ``starts`` finds (and, with
-    ``line_limit``, not where the line is longer)."""
+    """``pattern.finditer(text)``, trying only the positions ``starts`` gives, in order (and,
+    with ``line_limit``, not where the line is longer)."""
     end = 0
-    for start in starts.finditer(text):
-        position = start.start()
+    for position in starts:
         if position < end:
             continue
         if line_limit is not None and _line_length(text, position) > line_limit:
@@ -122,11 +158,11 @@ def _line_length(text: str, position: int) -> int:
     return (len(text) if end < 0 else end) - start
 
 
-def _search(pattern: re.Pattern[str], starts: re.Pattern[str], text: str
+def _search(pattern: re.Pattern[str], starts: Iterable[int], text: str
             ) -> re.Match[str] | None:
-    """``pattern.search(text)``, trying only the positions ``starts`` finds."""
-    for start in starts.finditer(text):
-        match = pattern.match(text, start.start())
+    """``pattern.search(text)``, trying only the positions ``starts`` gives, in order."""
+    for position in starts:
+        match = pattern.match(text, position)
         if match is not None:
             return match
     return None

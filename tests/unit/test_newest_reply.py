@@ -95,11 +95,11 @@ def test_each_pattern_matches_where_the_library_scan_does(text: str) -> None:
     """Below the reply's fields (which are stripped): every match at the same span."""
     spans = [(m.span(), m.groups()) for m in module._HEADER.finditer(text)]
     assert [(m.span(), m.groups()) for m in module._matches(
-        module._HEADER, module._HEADER_STARTS, text)] == spans
-    assert [m.span() for m in module._matches(
-        module._DISCLAIMERS, module._DISCLAIMER_STARTS, text)] == [
+        module._HEADER, module._line_starts(text), text)] == spans
+    starts = (m.start() for m in module._DISCLAIMER_STARTS.finditer(text))
+    assert [m.span() for m in module._matches(module._DISCLAIMERS, starts, text)] == [
         m.span() for m in module._DISCLAIMERS.finditer(text)]
-    found = module._search(module._SIGNATURE, module._SIGNATURE_STARTS, text)
+    found = module._search(module._SIGNATURE, module._signature_starts(text), text)
     expected = module._SIGNATURE.search(text)
     assert (found and found.span()) == (expected and expected.span())
 
