@@ -24,6 +24,7 @@ compares both ways on generated and real mail text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
@@ -63,12 +64,10 @@ class _EmptyMatch(Exception):
 def newest_reply(text: str) -> EmailReply:
     """``EmailReplyParser(languages=LANGUAGES).read(text).replies[0]``, the same value."""
     message = EmailMessage(text=text, languages=list(LANGUAGES))  # normalises the text
-    if not FAST:
-        return message.read().replies[0]
-    try:
-        return _first_fragment(message.text)
-    except _EmptyMatch:
-        return EmailMessage(text=text, languages=list(LANGUAGES)).read().replies[0]
+    if FAST:
+        with contextlib.suppress(_EmptyMatch):  # else the library's own scan, below
+            return _first_fragment(message.text)
+    return message.read().replies[0]
 
 
 def _first_fragment(text: str) -> EmailReply:

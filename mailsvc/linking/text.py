@@ -15,7 +15,9 @@ MAX_REPLY_INPUT = 100_000
 
 _TAG = re.compile(r"<[^>]*>")
 _BLOCK_END = re.compile(r"</?(?:p|div|br|tr|li|h[1-6]|blockquote)\b[^>]*>", re.I)
-_INVISIBLE_OPEN = re.compile(r"<(script|style|head)\b", re.I)
+_INVISIBLE = ("script", "style", "head")  # elements whose text a reader does not see
+_INVISIBLE_OPEN = re.compile(rf"<({'|'.join(_INVISIBLE)})\b", re.I)
+_INVISIBLE_CLOSE = {kind: re.compile(rf"</{kind}\s*>", re.I) for kind in _INVISIBLE}
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _PHONE_LINE = re.compile(
     r"^\W*(?:tel(?:efon|ephone)?|phone|fon|mobil(?:e)?|mob|handy|cell|t|m)\.?\s*[:.]?\s*"
@@ -70,8 +72,8 @@ def _ended(pattern: re.Pattern[str], replacement: str, text: str) -> str:
 def _drop_invisible(markup: str) -> str:
     r"""What ``re.sub(r"<(script|style|head)\b.*?</\1\s*>", "", markup, flags=re.I | re.S)``
     gives, with each element's closing tags found once instead of searched from every opening."""
-    closes = {kind: [m.span() for m in re.finditer(rf"</{kind}\s*>", markup, re.I)]
-              for kind in ("script", "style", "head")}
+    closes = {kind: [m.span() for m in close.finditer(markup)]
+              for kind, close in _INVISIBLE_CLOSE.items()}
     kept: list[str] = []
     position = search = 0
     while (opening := _INVISIBLE_OPEN.search(markup, search)) is not None:
