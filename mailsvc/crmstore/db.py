@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -52,7 +53,8 @@ def create_engine(
     """
     timeouts = timeouts or Timeouts()
     if database_url.startswith("sqlite"):
-        engine = create_async_engine(database_url, **kwargs)
+        connect_args = {"factory": RollbackOnClose, **kwargs.pop("connect_args", {})}
+        engine = create_async_engine(database_url, connect_args=connect_args, **kwargs)
         _tune_sqlite(engine, timeouts)
         return engine
     if "poolclass" not in kwargs:
@@ -145,6 +147,23 @@ def _keepalive(dbapi_connection: Any, timeouts: Timeouts) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, timeouts.keepalive_idle)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, timeouts.keepalive_interval)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, timeouts.keepalive_count)
+
+
+class RollbackOnClose(sqlite3.Connection):
+    """A SQLite connection that ends its transaction before it closes.
+
+    A task cancelled inside a transaction (a stop, a timeout) has its connection closed by the
+    pool without the usual rollback. sqlite3's ``close()`` with a statement still unfinished
+    only marks the connection for closing once that statement is freed, and until then its
+    transaction, and with it the database's one write lock, stays held: every other writer got
+    "database is locked". Rolling back first releases the lock at once.
+    """
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
 
 
 def _tune_sqlite(engine: AsyncEngine, timeouts: Timeouts) -> None:
