@@ -6,18 +6,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import utcnow
+from mailsvc.crmstore.bulk import insert_ids
 from mailsvc.crmstore.models import (
     ContactEmail,
     Ticket,
     TicketStatus,
     TicketUpdate,
 )
-from mailsvc.crmstore.outbox import historical_events, record_event
+from mailsvc.crmstore.outbox import historical_events, record_event, write_events
 from mailsvc.crmstore.services.assignment import Assigner, Assignment
 
 EMAIL_SOURCE = "e-mail"
@@ -43,40 +45,43 @@ class TicketRequest:
 
 async def create_tickets_from_mail(
     session: AsyncSession, requests: Sequence[TicketRequest], assigner: Assigner | None = None,
-) -> list[Ticket]:
-    """Tickets for new requests, in order, inserted together; one without an owner goes to the
-    user ``assigner`` (the batch's) picks. Each records ``ticket.created``."""
-    made: list[tuple[Ticket, Assignment | None, TicketRequest]] = []
+) -> list[int]:
+    """Tickets for new requests, inserted together; their ids, in order. One without an owner
+    goes to the user ``assigner`` (the batch's) picks. Each records ``ticket.created``."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    assignments: list[Assignment | None] = []
     for request in requests:
         assigned = (assigner.assign(request.type)
                     if request.owner_id is None and assigner is not None else None)
-        ticket = Ticket(
-            subject=request.subject[:500], description=request.description,
-            type=request.type, priority=request.priority,
-            status=TicketStatus.OPEN if request.closed_at is None else TicketStatus.CLOSED,
-            account_id=request.account_id, contact_id=request.contact_id,
-            owner_id=assigned.user_id if assigned is not None else request.owner_id,
-            requester_email=request.requester_email.strip().lower(),
-            requester_name=request.requester_name,
-        )
-        if request.closed_at is not None:
-            ticket.created_at = ticket.updated_at = ticket.closed_at = request.closed_at
-        made.append((ticket, assigned, request))
-    session.add_all([ticket for ticket, _, _ in made])
-    await session.flush()
-    for ticket, assigned, request in made:
+        then = request.closed_at
+        rows.append({
+            "subject": request.subject[:500], "description": request.description,
+            "type": request.type, "priority": request.priority,
+            "status": TicketStatus.OPEN if then is None else TicketStatus.CLOSED,
+            "account_id": request.account_id, "contact_id": request.contact_id,
+            "owner_id": assigned.user_id if assigned is not None else request.owner_id,
+            "requester_email": request.requester_email.strip().lower(),
+            "requester_name": request.requester_name,
+            "created_at": then or now, "updated_at": then or now, "closed_at": then,
+        })
+        assignments.append(assigned)
+    ids = await insert_ids(session, Ticket.__table__, rows)
+    events: list[dict[str, Any]] = []
+    for ticket_id, row, assigned, request in zip(ids, rows, assignments, requests, strict=True):
         with historical_events(session, request.historical):
             record_event(
                 session, "ticket.created",
-                {"id": ticket.id, "subject": ticket.subject, "type": request.type,
-                 "priority": request.priority, "status": str(ticket.status),
+                {"id": ticket_id, "subject": row["subject"], "type": request.type,
+                 "priority": request.priority, "status": str(row["status"]),
                  "account_id": request.account_id, "contact_id": request.contact_id,
-                 "owner_id": ticket.owner_id, "requester_email": ticket.requester_email,
+                 "owner_id": row["owner_id"], "requester_email": row["requester_email"],
                  "requester_name": request.requester_name, "source": EMAIL_SOURCE,
                  "assigned_by": assigned.rule if assigned is not None else None},
-                subject=f"ticket/{ticket.id}",
+                subject=f"ticket/{ticket_id}", batch=events,
             )
-    return [ticket for ticket, _, _ in made]
+    await write_events(session, events)
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,57 +101,57 @@ class TicketLogEntry:
 
 async def append_ticket_updates(
     session: AsyncSession, entries: Sequence[TicketLogEntry]
-) -> list[TicketUpdate | None]:
+) -> list[int | None]:
     """Log mails on their tickets, in order (the tickets locked once, in id order, the entries
-    inserted together); None for a ticket that is gone. Each records ``ticket.updated``."""
+    inserted together); the entries' ids, None for a ticket that is gone. Each records
+    ``ticket.updated``."""
     ids = sorted({entry.ticket_id for entry in entries})
     tickets = {ticket.id: ticket for ticket in await session.scalars(
         select(Ticket).where(Ticket.id.in_(ids)).order_by(Ticket.id).with_for_update())}
-    updates: list[TicketUpdate | None] = []
-    statuses: list[TicketStatus | None] = []  # each ticket's status after its entry
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    logged: list[tuple[TicketLogEntry, dict[str, Any], TicketStatus]] = []
     for entry in entries:
         ticket = tickets.get(entry.ticket_id)
         if ticket is None:
-            updates.append(None)
-            statuses.append(None)
             continue
         before = ticket.status
         after = TicketStatus.OPEN if entry.reopen and before == TicketStatus.RESOLVED else before
-        update = TicketUpdate(
-            ticket_id=entry.ticket_id, body=entry.body, author=entry.author,
-            email_id=entry.email_id,
-            status_from=str(before) if after != before else None,
-            status_to=str(after) if after != before else None,
-        )
-        if entry.at is not None:
-            update.created_at = entry.at
+        row = {
+            "ticket_id": entry.ticket_id, "body": entry.body, "author": entry.author,
+            "email_id": entry.email_id,
+            "status_from": str(before) if after != before else None,
+            "status_to": str(after) if after != before else None,
+            "created_at": entry.at or now,
+        }
         if after != before:
             ticket.status = after
             ticket.resolved_at = None
-        updates.append(update)
-        statuses.append(after)
-    session.add_all([update for update in updates if update is not None])
-    await session.flush()
-    for entry, logged, status in zip(entries, updates, statuses, strict=True):
-        if logged is None:
-            continue
-        update = logged
+        rows.append(row)
+        logged.append((entry, row, after))
+    await session.flush()  # the reopened tickets
+    update_ids = iter(await insert_ids(session, TicketUpdate.__table__, rows))
+    events: list[dict[str, Any]] = []
+    made: dict[int, int] = {}  # id(entry) -> its update's id
+    for entry, row, status in logged:
+        update_id = made[id(entry)] = next(update_ids)
         with historical_events(session, entry.historical):
             record_event(
                 session, "ticket.updated",
-                {"id": entry.ticket_id, "update_id": update.id, "email_id": entry.email_id,
+                {"id": entry.ticket_id, "update_id": update_id, "email_id": entry.email_id,
                  "author": entry.author, "status": str(status),
-                 "status_from": update.status_from, "status_to": update.status_to,
-                 "reopened": update.status_to is not None},
-                subject=f"ticket/{entry.ticket_id}",
+                 "status_from": row["status_from"], "status_to": row["status_to"],
+                 "reopened": row["status_to"] is not None},
+                subject=f"ticket/{entry.ticket_id}", batch=events,
             )
-    return updates
+    await write_events(session, events)
+    return [made.get(id(entry)) for entry in entries]
 
 
 async def append_ticket_update(
     session: AsyncSession, ticket_id: int, *, body: str, author: str | None,
     email_id: int | None, reopen: bool, at: datetime | None = None,
-) -> TicketUpdate | None:
+) -> int | None:
     """Log one mail on a ticket (``append_ticket_updates``)."""
     entry = TicketLogEntry(ticket_id, body, author, email_id, reopen, at)
     return (await append_ticket_updates(session, [entry]))[0]

@@ -159,7 +159,7 @@ async def _create_records(
         tickets = await intake.create_tickets_from_mail(
             session, [request for _, request in requests], assigner)
         for (n, _), ticket in zip(requests, tickets, strict=True):
-            links[n] = replace(links[n], ticket=ticket.id)
+            links[n] = replace(links[n], ticket=ticket)
     return [replace(decision, links=made)
             for (_, decision), made in zip(decided, links, strict=True)]
 
