@@ -65,7 +65,14 @@ from mailsvc.ingest.parse import (
     mail_key,
     parse_mail,
 )
-from mailsvc.ingest.store import Prepared, find_existing, quarantine, store_email, store_emails
+from mailsvc.ingest.store import (
+    Prepared,
+    find_existing,
+    mail_values,
+    quarantine,
+    store_email,
+    store_emails,
+)
 from mailsvc.ingest.trust import TrustPolicy, needs_lookup, sender_verified, trust_policy
 from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
 from mailsvc.linking.decide import Policy, decide, reply_of, wanted
@@ -125,6 +132,7 @@ def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
             want=wanted(item.parsed, options.policy, raw.envelope),
             reply=reply_of(item.parsed),
             sender_verified=sender_verified(raw, item.parsed, options.trust),
+            values=mail_values(item),
         )
     except Exception:  # the writer tries again and quarantines the mail if it fails there
         logger.exception("preparing %s failed", item.key)

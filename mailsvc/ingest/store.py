@@ -37,14 +37,18 @@ class Prepared:
     # Whether the header From is proven to be its author's (ingest/trust.py); unproven unless
     # the prepare step says so.
     sender_verified: bool = False
+    # The e-mail row's columns that depend on the mail alone (``mail_values``), if worked out.
+    values: dict[str, Any] | None = None
 
 
 def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
     return [{"name": a.name, "email": a.email} for a in items]
 
 
-def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -> dict[str, Any]:
-    """The ``emails`` row of a decided mail, every value cleaned and fitted to its column."""
+def mail_values(item: Prepared) -> dict[str, Any]:
+    """The columns of the mail's ``emails`` row that depend on the mail alone, cleaned and
+    fitted: worked out with the parsing (in a parsing process when there is one), so the
+    transaction that stores the mail does not spend its time on them."""
     mail = item.parsed
     assert mail is not None
     sender = mail.sender
@@ -64,21 +68,30 @@ def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -
         "headers": [[name, value] for name, value in mail.headers],
         "text_body": mail.text,
         "html_body": mail.html,
-        "reply_text": decision.reply_text,
-        "raw": item.raw.data,
-        "size": len(item.raw.data),
         "envelope_from": envelope.mail_from,
         "envelope_to": list(envelope.rcpt_tos),
         "intake_role": str(envelope.role),
         "source": envelope.source,
-        "kind": decision.mail_kind,
-        "direction": decision.direction,
-        "automatic": decision.automatic,
-        "outcome": outcome,
-        "rule": str(decision.rule),
-        "notes": list(decision.notes),
-        "received_at": utcnow(),
     }, keep=_KEYS)
+
+
+def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -> dict[str, Any]:
+    """The ``emails`` row of a decided mail, every value cleaned and fitted to its column."""
+    return {
+        **(item.values if item.values is not None else mail_values(item)),
+        **fit_row(Email.__table__, {
+            "reply_text": decision.reply_text,
+            "kind": decision.mail_kind,
+            "direction": decision.direction,
+            "automatic": decision.automatic,
+            "outcome": outcome,
+            "rule": str(decision.rule),
+            "notes": list(decision.notes),
+        }),
+        "raw": item.raw.data,
+        "size": len(item.raw.data),
+        "received_at": utcnow(),
+    }
 
 
 _KEYS = frozenset({"dedup_key"})  # looked up as they are: never changed on the way in
