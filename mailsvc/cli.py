@@ -29,6 +29,8 @@ from mailsvc.mail import ARCHIVE_SOURCE, Envelope, RawMail, Role
 from mailsvc.ports import Listener, PortUnavailable, check_free, check_socket, serve_listeners
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from mailsvc.ingest.files import Importer
 
 # sysexits(3)
@@ -389,28 +391,28 @@ def import_mail(
     started = time.monotonic()
     runs: list[Importer] = []  # kept outside go(): the summary shows what committed, even on 75
 
-    async def go() -> None:
-        from mailsvc.ingest.decider import Decider, parse_pool
+    from mailsvc.ingest.decider import Decider, parse_pool
 
+    async def go(pool: Executor | None) -> None:
         async with open_services(settings) as services:
-            # Starting parsing processes costs more than a small import gains from them.
-            parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
-            with parse_pool(parallel) as pool:
-                decider = Decider(services.pipeline, parse_pool=pool)
-                await decider.refresh_statistics()  # SQLite: lookups stay index lookups
-                source = ARCHIVE_SOURCE if archive else "file"
-                run = Importer(services.pipeline, Envelope(None, (address,), role, source),
-                               batch_size, on_progress=lambda n: progress.advance(task, n),
-                               decider=decider)
-                runs.append(run)
-                try:
-                    await run.run(found.messages)
-                finally:
-                    await decider.close()
+            decider = Decider(services.pipeline, parse_pool=pool)
+            await decider.refresh_statistics()  # SQLite: lookups stay index lookups
+            source = ARCHIVE_SOURCE if archive else "file"
+            run = Importer(services.pipeline, Envelope(None, (address,), role, source),
+                           batch_size, on_progress=lambda n: progress.advance(task, n),
+                           decider=decider)
+            runs.append(run)
+            try:
+                await run.run(found.messages)
+            finally:
+                await decider.close()
 
+    # Starting parsing processes costs more than a small import gains from them. They start
+    # before the store is opened, so they are ready when the first mail is.
+    parallel = jobs or (max(1, os.cpu_count() or 1) if len(found.messages) >= 200 else 1)
     try:
-        with progress:
-            _run(go())
+        with progress, parse_pool(parallel) as pool:
+            _run(go(pool))
     finally:
         found.close()
         if runs:

@@ -112,6 +112,10 @@ def prepare_items(raws: Sequence[RawMail], options: PrepareOptions) -> list[Prep
     return [prepare_item(raw, options) for raw in raws]
 
 
+def _ready() -> None:
+    """Nothing: submitted to start a parsing process."""
+
+
 @contextmanager
 def parse_pool(jobs: int) -> Iterator[Executor | None]:
     """Processes that parse for a decide loop (None for ``jobs`` 1: parse in this process).
@@ -123,6 +127,8 @@ def parse_pool(jobs: int) -> Iterator[Executor | None]:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     pool = ProcessPoolExecutor(jobs, mp_context=context)
+    for _ in range(jobs):  # started now, not at the first mail: ready by the time it comes
+        pool.submit(_ready)
     try:
         yield pool
     finally:
