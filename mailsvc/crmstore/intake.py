@@ -66,7 +66,7 @@ async def create_tickets_from_mail(
             "created_at": then or now, "updated_at": then or now, "closed_at": then,
         })
         assignments.append(assigned)
-    ids = await insert_ids(session, Ticket.__table__, rows)
+    ids = await insert_ids(session, Ticket, rows)
     events: list[dict[str, Any]] = []
     for ticket_id, row, assigned, request in zip(ids, rows, assignments, requests, strict=True):
         with historical_events(session, request.historical):
@@ -130,7 +130,7 @@ async def append_ticket_updates(
         rows.append(row)
         logged.append((entry, row, after))
     await session.flush()  # the reopened tickets
-    update_ids = iter(await insert_ids(session, TicketUpdate.__table__, rows))
+    update_ids = iter(await insert_ids(session, TicketUpdate, rows))
     events: list[dict[str, Any]] = []
     made: dict[int, int] = {}  # id(entry) -> its update's id
     for entry, row, status in logged:

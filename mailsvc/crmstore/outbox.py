@@ -6,9 +6,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailsvc.crmstore.bulk import insert_rows
 from mailsvc.crmstore.models import OutboxEvent
 
 
@@ -54,4 +54,4 @@ async def write_events(session: AsyncSession, batch: Sequence[Mapping[str, Any]]
     if not batch:
         return
     await session.flush()
-    await session.execute(insert(OutboxEvent), [dict(row) for row in batch])
+    await insert_rows(session, OutboxEvent, batch)

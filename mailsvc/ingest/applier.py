@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore import intake, services
+from mailsvc.crmstore.bulk import insert_rows
 from mailsvc.crmstore.models import (
     Activity,
     EmailLink,
@@ -116,7 +117,7 @@ async def apply_decisions(
         applied.append(done)
         new_links += rows
     if new_links:
-        await session.execute(insert(EmailLink), new_links)
+        await insert_rows(session, EmailLink, new_links)
     if create:
         await _after_links(session, list(zip((mail for mail, _ in decided), decisions,
                                              strict=True)))

@@ -11,6 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import utcnow
+from mailsvc.crmstore.bulk import insert_rows, table_of
 from mailsvc.crmstore.models import Email, EmailAttachment, QuarantinedMail
 from mailsvc.crmstore.outbox import historical_events, record_event, write_events
 from mailsvc.ingest.applier import StoredMail, apply_decisions
@@ -145,7 +146,9 @@ async def store_emails(
     if not decided:
         return []
     rows = [email_values(item, decision, outcome_kind(decision)) for item, decision in decided]
-    inserted = await session.execute(insert(Email).returning(Email.id, Email.dedup_key), rows)
+    emails = table_of(Email)
+    inserted = await session.execute(
+        insert(emails).returning(emails.c.id, emails.c.dedup_key), rows)
     ids = {key: email_id for email_id, key in inserted}
     attachments: list[dict[str, Any]] = []
     mails: list[StoredMail] = []
@@ -156,7 +159,7 @@ async def store_emails(
         mails.append(StoredMail(row["id"], row["subject"], row["sent_at"], row["received_at"],
                                 historical=item.raw.envelope.historical))
     if attachments:
-        await session.execute(insert(EmailAttachment), attachments)
+        await insert_rows(session, EmailAttachment, attachments)
     applied = await apply_decisions(
         session, list(zip(mails, (d for _, d in decided), strict=True)), create=True
     )

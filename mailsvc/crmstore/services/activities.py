@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc.crmstore.base import utcnow
+from mailsvc.crmstore.bulk import insert_rows
 from mailsvc.crmstore.models import (
     Account,
     Activity,
@@ -245,7 +246,7 @@ async def add_email_activities(
     mails: one INSERT for all, one UPDATE for all the opportunities' last contact."""
     if not activities:
         return
-    await session.execute(insert(Activity), [dict(a) for a in activities])
+    await insert_rows(session, Activity, activities)
     latest: dict[int, datetime] = {}
     for activity in activities:
         oid, at = activity["opportunity_id"], activity["done_at"]
