@@ -97,11 +97,14 @@ def build_webhooks(services: Services) -> WebhookDispatcher:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, migrate: bool = True, application_name: str | None = None
+    settings: Settings, *, migrate: bool = True, application_name: str | None = None,
+    sqlite_in_loop: bool = False,
 ) -> AsyncIterator[Services]:
     """The wired service; ``application_name`` names its PostgreSQL sessions (default
-    ``mailsvc``; decide workers: ``mailsvc-decide``)."""
-    engine = create_engine(settings.store.url, settings.store.timeouts(), application_name)
+    ``mailsvc``; decide workers: ``mailsvc-decide``). ``sqlite_in_loop``: SQLite statements run
+    in the event loop's thread (``crmstore/db.InLoopConnection``; decide workers)."""
+    engine = create_engine(settings.store.url, settings.store.timeouts(), application_name,
+                           sqlite_in_loop=sqlite_in_loop)
     try:
         if migrate:
             await ensure_schema(engine, settings.store)

@@ -178,8 +178,9 @@ async def _decide(settings: Settings, *, migrate: bool) -> None:
         os.nice(settings.intake.decide_nice)  # before the parse pool: it inherits the priority
     from mailsvc.crmstore.intake_writer import DECIDE_APPLICATION
 
-    async with open_services(settings, migrate=migrate,
-                             application_name=DECIDE_APPLICATION) as services:
+    # Its event loop serves nobody else: SQLite statements run in place, not in a thread.
+    async with open_services(settings, migrate=migrate, application_name=DECIDE_APPLICATION,
+                             sqlite_in_loop=True) as services:
         with parse_pool(jobs) as pool:
             decider = Decider(services.pipeline, parse_pool=pool)
             logger.info("decide worker running (%d parsing process(es))", jobs)

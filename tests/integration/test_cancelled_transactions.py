@@ -8,6 +8,7 @@ the garbage collector freed the statement, and every other writer got "database 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from sqlalchemy import func, select, text
 
@@ -48,5 +49,37 @@ async def test_a_task_cancelled_mid_transaction_leaves_the_store_writable(
                 select(func.count()).where(Account.name.like("After %")))
             await session.execute(text("SELECT 1"))
         assert after == ATTEMPTS
+    finally:
+        await engine.dispose()
+
+
+async def test_an_in_loop_engine_runs_statements_in_the_event_loops_thread(
+    sqlite_url: str,
+) -> None:
+    """A decide worker's engine (``sqlite_in_loop``): no hop to a thread per statement, and the
+    same store behind it (writes, savepoints, rollbacks) as through aiosqlite's thread."""
+    engine = create_engine(sqlite_url, sqlite_in_loop=True)
+    sessions = create_session_factory(engine)
+    seen: set[int] = set()
+
+    def where(_: int) -> int:
+        seen.add(threading.get_ident())
+        return 1
+
+    try:
+        async with sessions() as session, session.begin():
+            raw = await (await session.connection()).get_raw_connection()
+            await raw.driver_connection.create_function("where_am_i", 1, where)
+            assert await session.scalar(text("SELECT where_am_i(1)")) == 1
+            session.add(Account(name="In the loop"))
+            async with session.begin_nested() as nested:
+                session.add(Account(name="Rolled back"))
+                await session.flush()
+                await nested.rollback()
+        async with sessions() as session:
+            names = set(await session.scalars(
+                select(Account.name).where(Account.name.in_(["In the loop", "Rolled back"]))))
+        assert seen == {threading.get_ident()}
+        assert names == {"In the loop"}
     finally:
         await engine.dispose()
