@@ -181,9 +181,10 @@ class InLoopConnection(aiosqlite.Connection):
     two thread wake-ups per statement, 0.2-0.5 ms on a busy machine. A decide worker runs some
     40 statements per transaction while it holds SQLite's one write lock, and its event loop
     serves nobody else (no SMTP clients, no API), so there the statements run in place: the
-    lock is held for less time, and accepting, which waits for it, answers sooner. (aiosqlite
-    offers no switch for this; ``_execute`` is where every call of a connection and of its
-    cursors goes through.)
+    lock is held for less time, and accepting, which waits for it, answers sooner. Waiting for
+    that lock (at most the busy timeout) then holds the loop too, which such a process can
+    afford. (aiosqlite offers no switch for this; ``_execute`` is where every call of a
+    connection and of its cursors goes through.)
     """
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

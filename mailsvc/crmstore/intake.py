@@ -110,8 +110,8 @@ async def append_ticket_updates(
         select(Ticket).where(Ticket.id.in_(ids)).order_by(Ticket.id).with_for_update())}
     now = utcnow()
     rows: list[dict[str, Any]] = []
-    logged: list[tuple[TicketLogEntry, dict[str, Any], TicketStatus]] = []
-    for entry in entries:
+    logged: list[tuple[int, dict[str, Any], TicketStatus]] = []  # entry's position, row, status
+    for n, entry in enumerate(entries):
         ticket = tickets.get(entry.ticket_id)
         if ticket is None:
             continue
@@ -128,13 +128,14 @@ async def append_ticket_updates(
             ticket.status = after
             ticket.resolved_at = None
         rows.append(row)
-        logged.append((entry, row, after))
+        logged.append((n, row, after))
     await session.flush()  # the reopened tickets
-    update_ids = iter(await insert_ids(session, TicketUpdate, rows))
+    update_ids = await insert_ids(session, TicketUpdate, rows)
     events: list[dict[str, Any]] = []
-    made: dict[int, int] = {}  # id(entry) -> its update's id
-    for entry, row, status in logged:
-        update_id = made[id(entry)] = next(update_ids)
+    made: list[int | None] = [None] * len(entries)
+    for (n, row, status), update_id in zip(logged, update_ids, strict=True):
+        entry = entries[n]
+        made[n] = update_id
         with historical_events(session, entry.historical):
             record_event(
                 session, "ticket.updated",
@@ -145,7 +146,7 @@ async def append_ticket_updates(
                 subject=f"ticket/{entry.ticket_id}", batch=events,
             )
     await write_events(session, events)
-    return [made.get(id(entry)) for entry in entries]
+    return made
 
 
 async def append_ticket_update(
