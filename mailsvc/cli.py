@@ -29,8 +29,6 @@ from mailsvc.mail import ARCHIVE_SOURCE, Envelope, RawMail, Role
 from mailsvc.ports import Listener, PortUnavailable, check_free, check_socket, serve_listeners
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor
-
     from mailsvc.ingest.files import Importer
 
 # sysexits(3)
@@ -392,9 +390,9 @@ def import_mail(
     started = time.monotonic()
     runs: list[Importer] = []  # kept outside go(): the summary shows what committed, even on 75
 
-    from mailsvc.ingest.decider import Decider, parse_pool
+    from mailsvc.ingest.decider import Decider, ParsePool, parse_pool
 
-    async def go(pool: Executor | None) -> None:
+    async def go(pool: ParsePool | None) -> None:
         async with open_services(settings) as services:
             decider = Decider(services.pipeline, parse_pool=pool)
             await decider.refresh_statistics()  # SQLite: lookups stay index lookups

@@ -24,12 +24,14 @@ its batch commit.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,7 +119,7 @@ def _ready() -> None:
 
 
 @contextmanager
-def parse_pool(jobs: int) -> Iterator[Executor | None]:
+def parse_pool(jobs: int) -> Iterator[ParsePool | None]:
     """Processes that parse for a decide loop (None for ``jobs`` 1: parse in this process).
     Not forked from this process, which runs an event loop and database connections: forked
     from a fork server, a fresh process that has imported the parsing code once for all."""
@@ -126,13 +128,40 @@ def parse_pool(jobs: int) -> Iterator[Executor | None]:
         return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(jobs, mp_context=context)
-    for _ in range(jobs):  # started now, not at the first mail: ready by the time it comes
-        pool.submit(_ready)
+    pool = ParsePool(jobs, mp_context=context)
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ParsePool(ProcessPoolExecutor):
+    """A process pool started at once, in a thread of its own: the fork server it is forked
+    from imports the parsing code first (half a second and more while the machine is busy),
+    which the deciding process need not wait for. Until every process is up (``ready``) the
+    decider parses in its own process."""
+
+    def __init__(self, jobs: int, **kwargs: Any) -> None:
+        super().__init__(jobs, **kwargs)
+        self._jobs = jobs
+        self._up = threading.Event()
+        threading.Thread(target=self._start, name="parse-pool-start", daemon=True).start()
+
+    def _start(self) -> None:
+        with contextlib.suppress(RuntimeError):  # shut down before it was up
+            concurrent.futures.wait([self.submit(_ready) for _ in range(self._jobs)])
+        self._up.set()
+
+    @property
+    def jobs(self) -> int:
+        return self._jobs
+
+    def ready(self) -> bool:
+        return self._up.is_set()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._up.wait()  # a pool shut down while its processes start may hang
+        super().shutdown(wait, cancel_futures=cancel_futures)
 
 
 class Decider:
@@ -143,7 +172,7 @@ class Decider:
         pipeline: Pipeline,
         *,
         on_decided: Callable[[dict[int, Outcome]], None] | None = None,
-        parse_pool: Executor | None = None,
+        parse_pool: ParsePool | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._sessions = pipeline.sessions
@@ -156,7 +185,7 @@ class Decider:
         self._postgres = not store.is_sqlite
         self._on_decided = on_decided
         self._pool = parse_pool
-        self._jobs = max(1, getattr(parse_pool, "_max_workers", 1))
+        self._jobs = parse_pool.jobs if parse_pool is not None else 1
         self._cache: dict[int, Claimed] = {}  # parsed rows a step claimed and did not apply
         # SQLite with a parse pool: the next rows, parsed in the pool while this step applies.
         self._ahead: asyncio.Task[dict[int, Prepared]] | None = None
@@ -369,7 +398,7 @@ class Decider:
                 claimed[row.id] = Claimed(row.id, ahead[row.id], row.attempts, row.accepted_at)
             else:
                 todo.append(row)
-        if self._pool is not None and len(todo) >= POOL_MIN_MAILS:
+        if self._pool is not None and self._pool.ready() and len(todo) >= POOL_MIN_MAILS:
             items = await self._parse_in_pool([raw_of(row) for row in todo])
         else:
             items = [await self._pipeline.prepare(raw_of(row)) for row in todo]
@@ -381,7 +410,7 @@ class Decider:
         """With a parse pool on SQLite: read the rows after ``top`` and parse them in the pool
         while this step applies (parsing is pure: what it gives does not depend on the store).
         The next step takes what is still pending; the rest is parsed again."""
-        if self._pool is None or self._postgres or self._ahead is not None:
+        if self._postgres or self._ahead is not None or not (self._pool and self._pool.ready()):
             return
         self._ahead = asyncio.create_task(self._read_and_parse(top), name="decide-parse-ahead")
 
@@ -391,7 +420,7 @@ class Decider:
                 select(IntakeMail).where(IntakeMail.id > top).order_by(IntakeMail.id)
                 .limit(self._batch)
             ))
-        if len(rows) < POOL_MIN_MAILS or self._pool is None:
+        if len(rows) < POOL_MIN_MAILS or self._pool is None or not self._pool.ready():
             return {}
         return dict(zip([row.id for row in rows],
                         await self._parse_in_pool([raw_of(row) for row in rows]), strict=True))

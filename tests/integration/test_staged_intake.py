@@ -30,7 +30,7 @@ from mailsvc.crmstore.models import (
     LinkTarget,
     OutboxEvent,
 )
-from mailsvc.ingest.decider import Decider
+from mailsvc.ingest.decider import Decider, parse_pool
 from mailsvc.ingest.parse import mail_key
 from mailsvc.ingest.smtp import start_smtp
 from mailsvc.mail import Envelope, RawMail
@@ -206,6 +206,35 @@ async def test_a_burst_of_a_first_mail_and_five_replies_lands_as_one_lead(
             if second is not None:
                 await second
         await assert_each_conversation_is_one_lead(services, senders=1, size=6)
+
+
+async def test_a_decider_parses_in_its_pool_once_the_pool_is_up_with_the_same_outcome(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The parsing processes start in the background (the decider parses itself meanwhile);
+    once they are up, a batch is parsed there, and ahead of the step that applies it on SQLite,
+    and the conversations come out as they do one by one."""
+    settings = make_settings(decide_batch_size=20)
+    with parse_pool(2) as pool:
+        assert pool is not None
+
+        async def up() -> bool:
+            return pool.ready()
+
+        await wait_for(up, within=180, what="the parsing processes up")
+        submitted = pool._queue_count  # what the pool was given so far (its start-up)
+        async with open_services(settings, migrate=False) as services:
+            decider = Decider(services.pipeline, parse_pool=pool)
+            try:
+                accepted = await services.pipeline.accept_many(
+                    [RawMail(data, SALES_ENVELOPE) for data in conversations(6, 9)]
+                )
+                outcomes = await services.pipeline.decide_accepted(accepted, decider)
+            finally:
+                await decider.close()
+            assert [o.kind for o in outcomes].count("lead_created") == 6
+            await assert_each_conversation_is_one_lead(services, senders=6, size=10)
+        assert pool._queue_count > submitted  # parsed there, not here
 
 
 async def test_submit_waits_for_the_decision_and_reports_it(
