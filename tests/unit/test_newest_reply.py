@@ -65,6 +65,8 @@ LINES = [
     "Gesendet von meinem iPad",
     "CAUTION: external mail", "Disclaimer: this mail is confidential", "*** Disclaimer ***",
     "Confidential Notice: this mail", "Wichtiger Hinweis: Diese E-Mail", "Achtung: mail",
+    "CONFIDENTIALITY: this e-mail", "warning: mail", "Important Information: mail",
+    "Privileged Note: mail", "Private notice: mail", "dIsClAiMeR mail",
     "Hello, the printer stops. Please advise! Why? Thanks.", "Carla", "Tel: +49 30 1234567",
     "   indented line", "\tTabbed", "mixed \u00a0 spaces \u200b here", "line with trailing   ",
 ]
@@ -102,6 +104,22 @@ def test_each_pattern_matches_where_the_library_scan_does(text: str) -> None:
     found = module._search(module._SIGNATURE, module._signature_starts(text), text)
     expected = module._SIGNATURE.search(text)
     assert (found and found.span()) == (expected and expected.span())
+
+
+DISCLAIMERS = [line for line in LINES if module._DISCLAIMERS.search(line)]
+
+
+@pytest.mark.parametrize("line", DISCLAIMERS)
+def test_a_disclaimer_of_each_kind_is_looked_for(line: str) -> None:
+    assert module._may_hold_disclaimer(line)
+    assert newest_reply(f"Hello.\n{line}").disclaimers
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mail_texts())
+def test_text_that_the_disclaimer_pattern_matches_is_never_skipped(text: str) -> None:
+    if module._DISCLAIMERS.search(text):
+        assert module._may_hold_disclaimer(text)
 
 
 def test_hostile_text_is_split_without_trying_every_split() -> None:
