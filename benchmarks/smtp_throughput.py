@@ -114,7 +114,6 @@ async def _serve_target(target: str, database_url: str | None, amqp_url: str | N
 
     from mailsvc.bootstrap import open_services
     from mailsvc.config import load_settings
-    from mailsvc.crmstore.db import read_session
     from mailsvc.crmstore.demo import seed
     from mailsvc.crmstore.models import Email, OutboxEvent
     from mailsvc.events.relay import pending_count
@@ -140,8 +139,7 @@ async def _serve_target(target: str, database_url: str | None, amqp_url: str | N
         while (command := await _commands(conn)) != "stop":
             if command == "mark":
                 cpu_at_start = _cpu_seconds()
-            async with read_session(services.sessions) as session:
-                waiting = (await backlog(session)).count
+            waiting = (await backlog(services.pipeline.writer)).count
             conn.send(waiting + (await pending_count(services.sessions) if amqp_url else 0))
         cpu = _cpu_seconds() - cpu_at_start
         server.close()

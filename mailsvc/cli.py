@@ -603,8 +603,8 @@ def status(
 
     async def go() -> dict[str, Any]:
         async with open_services(settings) as services:
+            waiting = await backlog(services.pipeline.writer)
             async with read_session(services.sessions) as session:
-                waiting = await backlog(session)
                 quarantined = await session.scalar(select(func.count(QuarantinedMail.id)))
             return {"intake_backlog": waiting.to_json(),
                     "decide_workers_running": await services.pipeline.writer.deciders_running(),

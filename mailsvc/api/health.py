@@ -107,8 +107,8 @@ async def intake_backlog(
     from mailsvc.ingest.decider import backlog
 
     try:
-        async with asyncio.timeout(deadline), read_session(services.sessions) as session:
-            found = await backlog(session)
+        async with asyncio.timeout(deadline):
+            found = await backlog(services.pipeline.writer)
     except Exception as exc:
         return {"error": type(exc).__name__}
     metrics.record_backlog(found.count, found.age_seconds())

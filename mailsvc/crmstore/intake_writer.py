@@ -8,6 +8,13 @@ here it is two statements in one transaction, on SQLite in one hop to the writer
 Nothing here imports SQLAlchemy, so a piped mail is accepted by a process that loads neither the
 ORM nor the mail parser. The tables and columns are the models' (``IntakeMail``, ``Email``,
 ``QuarantinedMail``); the tests accept through here and read back through the models.
+
+On SQLite the intake is a database file of its own beside the store (``intake_path``): a file
+has one write lock, and accepting must never wait for a decide step that holds the store's for
+its whole batch. Accepting takes the intake file's lock and reads the store (WAL readers wait for
+no one); the decide step reads the intake, commits its decisions to the store and then deletes
+the decided rows here (``forget``). A crash between the two leaves rows whose mails are stored:
+the next step finds their keys stored and forgets them, so each mail still has one effect.
 """
 
 from __future__ import annotations
@@ -58,6 +65,23 @@ class IntakeRow:
     source: str
     envelope_extra: dict[str, Any]
     accepted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRecord:
+    """One row of the intake as read back: an accepted mail waiting for its decision."""
+
+    id: int
+    dedup_key: str
+    raw: bytes
+    mail_from: str | None
+    rcpt_tos: list[str]
+    role: str
+    source: str
+    envelope_extra: dict[str, Any]
+    accepted_at: datetime
+    attempts: int
+    last_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +169,45 @@ def _fresh(rows: Sequence[IntakeRow], known: dict[str, tuple[Where, int]]) -> li
 
 # ---------------------------------------------------------------- SQLite
 
+# The intake file's one table: the columns of ``IntakeMail`` (tests/integration/test_intake_writer
+# compares them), in a file of its own.
+INTAKE_DDL = (
+    "CREATE TABLE IF NOT EXISTS intake ("
+    "id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, "
+    "dedup_key VARCHAR(1000) NOT NULL UNIQUE, "
+    "raw BLOB NOT NULL, "
+    "mail_from TEXT, "
+    "rcpt_tos JSON NOT NULL, "
+    "role VARCHAR(16) NOT NULL, "
+    "source VARCHAR(16) NOT NULL, "
+    "envelope_extra JSON NOT NULL, "
+    "accepted_at DATETIME NOT NULL, "
+    "attempts INTEGER NOT NULL, "
+    "last_error TEXT)"
+)
+_RECORD = ("SELECT id, dedup_key, raw, mail_from, rcpt_tos, role, source, envelope_extra, "
+           "accepted_at, attempts, last_error FROM intake")
+# Rows moved per statement from the store's own ``intake`` table (kept there by earlier versions).
+_MOVE_CHUNK = 200
+
+
+def intake_path(database: str) -> str:
+    """The SQLite file that holds the intake of the store ``database`` (beside it)."""
+    return f"{database}-intake"
+
+
 class SqliteIntake:
-    """Writes on one connection of its own, in one thread of its own (sqlite3 connections stay
-    in their thread); each group is one ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
+    """The intake file, on connections of its own in one thread of its own (sqlite3 connections
+    stay in their thread): each accepted group is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` on the
+    intake file; the store is read on a second connection (dedup keys stored or quarantined,
+    decisions, the schema revision)."""
 
     def __init__(self, path: str | None, busy_timeout: float) -> None:
         self._path = path
         self._busy_ms = round(busy_timeout * 1000)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-writer")
-        self._connection: sqlite3.Connection | None = None
+        self._connection: sqlite3.Connection | None = None  # the intake file
+        self._store: sqlite3.Connection | None = None  # the store, read only
 
     async def write(self, rows: Sequence[IntakeRow]) -> list[Written]:
         return await self._call(self._write, list(rows))
@@ -165,6 +219,32 @@ class SqliteIntake:
     async def still_accepted(self, ids: Sequence[int]) -> set[int]:
         """Which of these intake rows are still there (not decided yet)."""
         return await self._call(self._still_accepted, list(ids))
+
+    async def pending(self, after: int = 0, limit: int = 200) -> list[IntakeRecord]:
+        """Up to ``limit`` rows with ids above ``after``, in arrival (id) order."""
+        return await self._call(self._pending, after, limit)
+
+    async def records(self, ids: Sequence[int]) -> list[IntakeRecord]:
+        """These rows (those still there), in id order."""
+        return await self._call(self._records, list(ids))
+
+    async def present(self, top: int) -> set[int]:
+        """The ids up to ``top`` still in the intake (accepted, not decided)."""
+        return await self._call(self._present, top)
+
+    async def forget(self, ids: Sequence[int]) -> None:
+        """Delete these rows: their decisions are committed to the store."""
+        if ids:
+            await self._call(self._forget, list(ids))
+
+    async def failed(self, errors: dict[int, str]) -> None:
+        """Count a failed decision on each of these rows, with its error."""
+        if errors:
+            await self._call(self._failed, dict(errors))
+
+    async def backlog(self) -> tuple[int, datetime | None]:
+        """How many mails wait for their decision, and when the oldest was accepted."""
+        return await self._call(self._backlog)
 
     async def revision(self) -> str | None:
         """The schema revision in ``alembic_version`` (None: not there)."""
@@ -181,7 +261,7 @@ class SqliteIntake:
 
     async def _call(self, work: Callable[..., _T], *args: Any) -> _T:
         """``work(connection, *args)`` in the writer's thread; a database error closes the
-        connection (its state is unknown) and is raised as ``IntakeUnavailable``."""
+        connections (their state is unknown) and is raised as ``IntakeUnavailable``."""
         def guarded() -> _T:
             try:
                 return work(self._connect(), *args)
@@ -191,11 +271,11 @@ class SqliteIntake:
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, guarded)
 
-    def _decisions(self, connection: sqlite3.Connection, keys: list[str]
-                   ) -> dict[str, Decision]:
+    def _decisions(self, _: sqlite3.Connection, keys: list[str]) -> dict[str, Decision]:
+        store = self._read_store()
         found: dict[str, Decision] = {}
         for chunk, marks in _chunks(keys):
-            found.update(_decisions(*(connection.execute(sql.format(keys=marks), chunk).fetchall()
+            found.update(_decisions(*(store.execute(sql.format(keys=marks), chunk).fetchall()
                                       for sql in (_EMAILS, _LINKS, _QUARANTINED))))
         return found
 
@@ -205,17 +285,50 @@ class SqliteIntake:
             f"SELECT id FROM intake WHERE id IN ({marks})", chunk)}
 
     @staticmethod
-    def _revision(connection: sqlite3.Connection) -> str | None:
+    def _pending(connection: sqlite3.Connection, after: int, limit: int) -> list[IntakeRecord]:
+        return [_record(row) for row in connection.execute(
+            f"{_RECORD} WHERE id > ? ORDER BY id LIMIT ?", (after, limit))]
+
+    @staticmethod
+    def _records(connection: sqlite3.Connection, ids: list[int]) -> list[IntakeRecord]:
+        found = [_record(row) for chunk, marks in _chunks(ids) for row in connection.execute(
+            f"{_RECORD} WHERE id IN ({marks})", chunk)]
+        return sorted(found, key=lambda record: record.id)
+
+    @staticmethod
+    def _present(connection: sqlite3.Connection, top: int) -> set[int]:
+        return {row[0] for row in connection.execute("SELECT id FROM intake WHERE id <= ?",
+                                                     (top,))}
+
+    def _forget(self, connection: sqlite3.Connection, ids: list[int]) -> None:
+        with self._transaction(connection):
+            for chunk, marks in _chunks(ids):
+                connection.execute(f"DELETE FROM intake WHERE id IN ({marks})", chunk)
+
+    def _failed(self, connection: sqlite3.Connection, errors: dict[int, str]) -> None:
+        with self._transaction(connection):
+            connection.executemany(
+                "UPDATE intake SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                [(error, intake_id) for intake_id, error in errors.items()])
+
+    @staticmethod
+    def _backlog(connection: sqlite3.Connection) -> tuple[int, datetime | None]:
+        count, oldest = connection.execute(
+            "SELECT count(*), min(accepted_at) FROM intake").fetchone()
+        return int(count or 0), _from_sqlite_time(oldest) if oldest else None
+
+    def _revision(self, _: sqlite3.Connection) -> str | None:
         try:
-            row = connection.execute(_REVISION).fetchone()
+            row = self._read_store().execute(_REVISION).fetchone()
         except sqlite3.OperationalError:
             return None  # no such table: an empty database
         return str(row[0]) if row else None
 
     def _close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        for connection in (self._connection, self._store):
+            if connection is not None:
+                connection.close()
+        self._connection = self._store = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._path is None:
@@ -223,28 +336,81 @@ class SqliteIntake:
                 "an in-memory SQLite database cannot take mail: name a file in the URL")
         if self._connection is None:
             # No busy timeout: SQLite's busy handler sleeps ever longer between tries (up to
-            # 100 ms), so a group that found the decide step writing would wait long after the
-            # lock is free. ``_begin`` tries again every millisecond instead.
-            connection = sqlite3.connect(self._path, isolation_level=None, timeout=0)
-            connection.execute("PRAGMA journal_mode=WAL")
-            # The 250 follows this commit: FULL syncs the log at every commit, so accepted mail
-            # outlives a power cut or an OS crash too, not only a crash of mailsvc (NORMAL).
-            connection.execute("PRAGMA synchronous=FULL")
+            # 100 ms), so a group that found another writer would wait long after the lock is
+            # free. ``_begin`` tries again every millisecond instead.
+            connection = sqlite3.connect(intake_path(self._path), isolation_level=None,
+                                         timeout=0)
+            try:
+                # Setting up may meet another writer: wait for it as long as a group would.
+                connection.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+                connection.execute("PRAGMA journal_mode=WAL")
+                # The 250 follows this commit: FULL syncs the log at every commit, so accepted
+                # mail outlives a power cut or an OS crash too, not only a crash of mailsvc.
+                connection.execute("PRAGMA synchronous=FULL")
+                with self._transaction(connection):
+                    connection.execute(INTAKE_DDL)
+                self._move_from_store(connection)
+                connection.execute("PRAGMA busy_timeout=0")
+            except BaseException:
+                connection.close()
+                raise
             self._connection = connection
         return self._connection
 
+    def _read_store(self) -> sqlite3.Connection:
+        """The store, for reads (each statement sees what is committed when it starts)."""
+        if self._store is None:
+            assert self._path is not None
+            self._store = sqlite3.connect(self._path, isolation_level=None,
+                                          timeout=self._busy_ms / 1000)
+        return self._store
+
+    def _move_from_store(self, connection: sqlite3.Connection) -> None:
+        """Rows an earlier version accepted into the store's own ``intake`` table move here,
+        ids kept (so their order is too). Copied, then deleted there: a crash in between
+        copies them again, which the UNIQUE key and ``OR IGNORE`` make harmless."""
+        store = self._read_store()
+        while True:
+            try:
+                rows = store.execute(f"{_RECORD} ORDER BY id LIMIT ?", (_MOVE_CHUNK,)).fetchall()
+            except sqlite3.OperationalError:
+                return  # no such table (a store not migrated yet): nothing to move
+            if not rows:
+                return
+            with self._transaction(connection):
+                connection.executemany(
+                    f"INSERT OR IGNORE INTO intake ({', '.join(_RECORD_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})", rows)
+            ids = [row[0] for row in rows]
+            with self._transaction(store):
+                for chunk, marks in _chunks(ids):
+                    store.execute(f"DELETE FROM intake WHERE id IN ({marks})", chunk)
+
     def _write(self, connection: sqlite3.Connection, rows: list[IntakeRow]) -> list[Written]:
-        self._begin(connection)
-        try:
-            known = self._known(connection, sorted({row.dedup_key for row in rows}))
+        with self._transaction(connection):
+            keys = sorted({row.dedup_key for row in rows})
+            # Under the intake's write lock: a key not here now is either new or already
+            # decided (a decide step deletes rows only after storing their mails), and the
+            # store, read now, has every decided one.
+            known = self._known(connection, keys, "intake")
+            known.update((k, v) for k, v in self._known(
+                self._read_store(), [k for k in keys if k not in known], "email", "quarantine"
+            ).items() if k not in known)
             fresh = _fresh(rows, known)
             inserted = self._insert(connection, fresh) if fresh else {}
+        return settle(rows, known, inserted)
+
+    @contextlib.contextmanager
+    def _transaction(self, connection: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error)."""
+        self._begin(connection)
+        try:
+            yield
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        return settle(rows, known, inserted)
 
     def _begin(self, connection: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE (the write lock), tried every millisecond up to the busy timeout."""
@@ -261,14 +427,16 @@ class SqliteIntake:
                 time.sleep(0.001)
 
     @staticmethod
-    def _known(connection: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[Where, int]]:
+    def _known(connection: sqlite3.Connection, keys: list[str], *where: Where
+               ) -> dict[str, tuple[Where, int]]:
         known: dict[str, tuple[Where, int]] = {}
+        tables = [(w, table) for w, table in _TABLES if w in where]
         for chunk, marks in _chunks(keys):
             sql = " UNION ALL ".join(
-                f"SELECT dedup_key, '{where}', id FROM {table} WHERE dedup_key IN ({marks})"
-                for where, table in _TABLES)
-            for key, where, row_id in connection.execute(sql, chunk):
-                known.setdefault(key, (where, row_id))
+                f"SELECT dedup_key, '{w}', id FROM {table} WHERE dedup_key IN ({marks})"
+                for w, table in tables)
+            for key, found, row_id in connection.execute(sql, chunk):
+                known.setdefault(key, (found, row_id))
         return known
 
     @staticmethod
@@ -291,6 +459,19 @@ class SqliteIntake:
         return inserted
 
 
+_RECORD_COLUMNS = ("id", "dedup_key", "raw", "mail_from", "rcpt_tos", "role", "source",
+                   "envelope_extra", "accepted_at", "attempts", "last_error")
+
+
+def _record(row: Sequence[Any]) -> IntakeRecord:
+    """An intake row as ``_RECORD`` selects it (SQLite keeps JSON and times as text)."""
+    (intake_id, key, raw, mail_from, rcpt_tos, role, source, extra, accepted_at, attempts,
+     last_error) = row
+    return IntakeRecord(int(intake_id), str(key), bytes(raw), mail_from, _json(rcpt_tos) or [],
+                        str(role), str(source), _json(extra) or {},
+                        _from_sqlite_time(accepted_at), int(attempts or 0), last_error)
+
+
 def _chunks(values: Sequence[_V]) -> Iterator[tuple[Sequence[_V], str]]:
     """``values`` in pieces of at most 500 (the parameters of one statement are bounded), each
     with its numbered placeholders (``?1, ?2, ...``)."""
@@ -302,6 +483,12 @@ def _chunks(values: Sequence[_V]) -> Iterator[tuple[Sequence[_V], str]]:
 def _sqlite_time(value: datetime) -> str:
     """As SQLAlchemy's DateTime stores it on SQLite: naive UTC, microseconds."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _from_sqlite_time(value: str | datetime) -> datetime:
+    """A time as ``_sqlite_time`` stores it, read back (aware, UTC)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def decide_lock_path(database: str) -> str:
@@ -414,6 +601,27 @@ class PostgresIntake:
             rows = await connection.fetch(
                 "SELECT id FROM intake WHERE id = ANY($1::bigint[])", list(ids))
         return {row[0] for row in rows}
+
+    async def pending(self, after: int = 0, limit: int = 200) -> list[IntakeRecord]:
+        """Up to ``limit`` rows with ids above ``after``, in arrival (id) order (a look: decide
+        workers claim rows in their own transactions)."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(f"{_RECORD} WHERE id > $1 ORDER BY id LIMIT $2",
+                                          after, limit)
+        return [_record(tuple(row)) for row in rows]
+
+    async def records(self, ids: Sequence[int]) -> list[IntakeRecord]:
+        """These rows (those still there), in id order."""
+        async with self._connection() as connection:
+            rows = await connection.fetch(
+                f"{_RECORD} WHERE id = ANY($1::bigint[]) ORDER BY id", list(ids))
+        return [_record(tuple(row)) for row in rows]
+
+    async def backlog(self) -> tuple[int, datetime | None]:
+        """How many mails wait for their decision, and when the oldest was accepted."""
+        async with self._connection() as connection:
+            row = await connection.fetchrow("SELECT count(*), min(accepted_at) FROM intake")
+        return int(row[0] or 0), row[1]
 
     async def revision(self) -> str | None:
         """The schema revision in ``alembic_version`` (None: not there)."""

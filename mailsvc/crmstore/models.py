@@ -535,7 +535,9 @@ class QuarantinedMail(Base):
 class IntakeMail(Base):
     """Accepted mail not yet decided: the raw bytes, the envelope and the dedup key, committed
     before the SMTP 250. Decide workers claim rows in id (arrival) order and delete each in the
-    transaction that stores its e-mail or quarantine entry."""
+    transaction that stores its e-mail or quarantine entry. On SQLite the intake is a file of
+    its own with the same columns (``crmstore/intake_writer.SqliteIntake``), and this table
+    stays empty."""
 
     __tablename__ = "intake"
     # Ids are never reused on SQLite either: "queued as N" names one mail only.

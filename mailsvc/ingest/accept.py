@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from mailsvc.crmstore.intake_writer import Decision, IntakeRow, IntakeWriter, Written
 from mailsvc.ingest.outcome import DROPPED, Outcome, OutcomeKind, stored_reason
@@ -19,11 +19,33 @@ from mailsvc.ingest.parse import mail_key
 from mailsvc.ingest.sanitize import clean_json, clean_text
 from mailsvc.mail import Envelope, RawMail, Role
 
-if TYPE_CHECKING:
-    from mailsvc.crmstore.models import IntakeMail
+
+class AcceptedRow(Protocol):
+    """An intake row as either the SQLite intake file (``IntakeRecord``) or the ORM
+    (``IntakeMail``) gives it."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def mail_from(self) -> str | None: ...
+    @property
+    def rcpt_tos(self) -> list[Any]: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def envelope_extra(self) -> dict[str, Any]: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def accepted_at(self) -> datetime: ...
 
 __all__ = [
     "Accepted",
+    "AcceptedRow",
     "accept_mails",
     "decided_outcomes",
     "envelope_extra",
@@ -88,7 +110,7 @@ def intake_row(raw: RawMail, key: str) -> IntakeRow:
     )
 
 
-def raw_of(row: IntakeMail) -> RawMail:
+def raw_of(row: AcceptedRow) -> RawMail:
     """The RawMail an intake row was accepted as (envelope extras restored where the Envelope of
     this version knows them)."""
     known = {field.name for field in dataclasses.fields(Envelope)}

@@ -13,8 +13,12 @@ advisory lock, claims the unlocked lower-id rows it lacks, and applies only the 
 batch below the lowest row another worker still holds (the rest is released at commit and claimed
 again). So every applied batch is exactly the set of pending mails up to its highest id, applied
 after everything below it: the decisions come out as they would one by one in arrival order.
-On SQLite the write lock (``BEGIN IMMEDIATE``) serialises applying; rows below the batch's
-highest id that it lacks are added under the lock.
+On SQLite the intake is a file of its own (``crmstore/intake_writer.py``), so accepting never
+waits for a step's transaction: the store's write lock (``BEGIN IMMEDIATE``) serialises applying;
+under it the rows below the batch's highest id that it lacks are added, and rows whose mails
+another step stored already are left out. The decided rows are deleted from the intake file
+after the commit; a crash in between leaves rows whose keys are stored, forgotten by the next
+step.
 
 A mail whose decision fails is left in the intake with ``attempts`` counted and ``last_error``;
 its next try quarantines it once ``MAILSVC_DECIDE_MAX_ATTEMPTS`` is reached. The other mails of
@@ -43,14 +47,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailsvc import metrics
 from mailsvc.crmstore.base import utcnow
-from mailsvc.crmstore.db import end_stalled_transactions, read_session, refresh_statistics
-from mailsvc.crmstore.intake_writer import decide_lock, sqlite_path
+from mailsvc.crmstore.db import end_stalled_transactions, refresh_statistics
+from mailsvc.crmstore.intake_writer import (
+    IntakeUnavailable,
+    IntakeWriter,
+    SqliteIntake,
+    decide_lock,
+    sqlite_path,
+)
 from mailsvc.crmstore.models import IntakeMail
 from mailsvc.errors import StoreUnavailable
-from mailsvc.ingest.accept import decided_outcomes, raw_of
+from mailsvc.ingest.accept import AcceptedRow, decided_outcomes, raw_of
 from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason
 from mailsvc.ingest.pipeline import PrepareOptions, prepare_item, store_unavailable
-from mailsvc.ingest.store import Prepared, quarantine
+from mailsvc.ingest.store import Prepared, find_existing, quarantine
 from mailsvc.mail import RawMail
 
 if TYPE_CHECKING:
@@ -96,17 +106,10 @@ class Backlog:
         return {"count": self.count, "oldest_age_seconds": round(self.age_seconds(), 3)}
 
 
-async def backlog(session: AsyncSession) -> Backlog:
-    count, oldest = (await session.execute(
-        select(func.count(IntakeMail.id), func.min(IntakeMail.accepted_at))
-    )).one()
-    if isinstance(oldest, str):  # SQLite returns min() of a timestamp as text
-        oldest = datetime.fromisoformat(oldest)
-    if oldest is not None and oldest.tzinfo is None:
-        from datetime import UTC
-
-        oldest = oldest.replace(tzinfo=UTC)
-    return Backlog(int(count or 0), oldest)
+async def backlog(writer: IntakeWriter) -> Backlog:
+    """Accepted mail not decided yet, as the intake has it."""
+    count, oldest = await writer.backlog()
+    return Backlog(count, oldest)
 
 
 def prepare_items(raws: Sequence[RawMail], options: PrepareOptions) -> list[Prepared]:
@@ -292,7 +295,7 @@ class Decider:
         except StoreUnavailable:
             raise
         except Exception as exc:
-            if store_unavailable(exc):
+            if store_unavailable(exc) or isinstance(exc, IntakeUnavailable):
                 raise StoreUnavailable(f"decide failed: {type(exc).__name__}") from exc
             await self._step_failed(exc)
             raise
@@ -306,31 +309,43 @@ class Decider:
         return _SOLO if self._solo_until else self._batch
 
     async def _step_sqlite(self) -> dict[int, Outcome]:
-        async with read_session(self._sessions) as session:
-            rows = list(await session.scalars(
-                select(IntakeMail).order_by(IntakeMail.id).limit(self._limit())
-            ))
+        rows = await self._intake.pending(0, self._limit())
         if not rows:
             return {}
         claimed = await self._parse(rows, await self._take_ahead())
         self._parse_ahead(max(claimed))
         return await self._apply_claimed(claimed)
 
+    @property
+    def _intake(self) -> SqliteIntake:
+        writer = self._pipeline.writer
+        assert isinstance(writer, SqliteIntake)
+        return writer
+
     async def _apply_claimed(self, claimed: dict[int, Claimed]) -> dict[int, Outcome]:
         """Apply the claimed rows (and any row below them not claimed yet) in one transaction,
-        in arrival order."""
+        in arrival order; then delete them from the intake file."""
         started = time.perf_counter()
+        intake = self._intake
         async with self._sessions() as session, session.begin():  # BEGIN IMMEDIATE
             top = max(claimed)
-            present = set(await session.scalars(
-                select(IntakeMail.id).where(IntakeMail.id <= top)))
+            present = await intake.present(top)
             batch = {i: c for i, c in claimed.items() if i in present}  # others decided them
             missing = [i for i in present if i not in claimed]
             if missing:  # accepted below our batch and not in it: decide them first, here
-                more = await session.scalars(select(IntakeMail).where(IntakeMail.id.in_(missing)))
-                batch.update(await self._parse(list(more)))
-            outcomes = await self._apply(session, [batch[i] for i in sorted(batch)])
+                batch.update(await self._parse(await intake.records(missing)))
+            # Stored by a step that has not deleted them from the intake yet (or crashed first).
+            stored = await find_existing(session, sorted({c.item.key for c in batch.values()}))
+            done = [i for i, c in batch.items() if c.item.key in stored]
+            for intake_id in done:
+                del batch[intake_id]
+            outcomes, errors = await self._apply(session, [batch[i] for i in sorted(batch)])
         self._done(batch, outcomes, started)
+        try:
+            await intake.forget([*outcomes, *done])
+            await intake.failed(errors)
+        except IntakeUnavailable as exc:  # they are decided again: found stored, forgotten
+            logger.warning("decided intake rows not deleted yet: %s", exc)
         return outcomes
 
     async def _step_postgres(self) -> dict[int, Outcome]:
@@ -362,7 +377,8 @@ class Decider:
             self._cache = {i: c for i, c in claimed.items() if blocked is not None and i >= blocked}
             if not batch:
                 return {}
-            outcomes = await self._apply(session, batch)
+            outcomes, errors = await self._apply(session, batch)
+            await _settle_rows(session, outcomes, errors)
         self._done({c.intake_id: c for c in batch}, outcomes, started)
         return outcomes
 
@@ -377,7 +393,7 @@ class Decider:
             self._held = (blocked, now)
 
     async def _parse(
-        self, rows: Sequence[IntakeMail], ahead: Mapping[int, Prepared] | None = None
+        self, rows: Sequence[AcceptedRow], ahead: Mapping[int, Prepared] | None = None
     ) -> dict[int, Claimed]:
         started = time.perf_counter()
         claimed = await self._parse_rows(rows, ahead or {})
@@ -385,10 +401,10 @@ class Decider:
         return claimed
 
     async def _parse_rows(
-        self, rows: Sequence[IntakeMail], ahead: Mapping[int, Prepared]
+        self, rows: Sequence[AcceptedRow], ahead: Mapping[int, Prepared]
     ) -> dict[int, Claimed]:
         claimed: dict[int, Claimed] = {}
-        todo: list[IntakeMail] = []
+        todo: list[AcceptedRow] = []
         self._current.extend(row.id for row in rows)
         for row in rows:
             cached = self._cache.get(row.id)
@@ -415,11 +431,7 @@ class Decider:
         self._ahead = asyncio.create_task(self._read_and_parse(top), name="decide-parse-ahead")
 
     async def _read_and_parse(self, top: int) -> dict[int, Prepared]:
-        async with read_session(self._sessions) as session:
-            rows = list(await session.scalars(
-                select(IntakeMail).where(IntakeMail.id > top).order_by(IntakeMail.id)
-                .limit(self._batch)
-            ))
+        rows = await self._intake.pending(top, self._batch)
         if len(rows) < POOL_MIN_MAILS or self._pool is None or not self._pool.ready():
             return {}
         return dict(zip([row.id for row in rows],
@@ -455,8 +467,11 @@ class Decider:
             with contextlib.suppress(BaseException):
                 await task
 
-    async def _apply(self, session: AsyncSession, batch: Sequence[Claimed]) -> dict[int, Outcome]:
-        """Decide and store the batch in the caller's transaction; delete the decided rows."""
+    async def _apply(
+        self, session: AsyncSession, batch: Sequence[Claimed]
+    ) -> tuple[dict[int, Outcome], dict[int, str]]:
+        """Decide and store the batch in the caller's transaction: the outcomes by intake id,
+        and the errors of mails whose decision failed (to be tried again)."""
         items = [c.item for c in batch]
         pipeline = self._pipeline
         results: list[Outcome | str]
@@ -471,17 +486,13 @@ class Decider:
             last = [c.attempts + 1 >= self._max_attempts for c in batch]
             results = await pipeline.apply_safe(session, items, last)
         outcomes: dict[int, Outcome] = {}
+        errors: dict[int, str] = {}
         for claimed, result in zip(batch, results, strict=True):
             if isinstance(result, Outcome):
                 outcomes[claimed.intake_id] = result
             else:
-                await session.execute(
-                    update(IntakeMail).where(IntakeMail.id == claimed.intake_id)
-                    .values(attempts=IntakeMail.attempts + 1, last_error=result[:4000])
-                )
-        if outcomes:
-            await session.execute(delete(IntakeMail).where(IntakeMail.id.in_(list(outcomes))))
-        return outcomes
+                errors[claimed.intake_id] = result[:4000]
+        return outcomes, errors
 
     def _done(
         self, claimed: Mapping[int, Claimed], outcomes: Mapping[int, Outcome], started: float
@@ -510,6 +521,9 @@ class Decider:
         reason = f"processing error: {exc!r}"[:4000]
         alone = len(ids) == 1
         self._solo_until = max(ids)
+        if not self._postgres:
+            await self._step_failed_sqlite(ids, reason, alone)
+            return
         async with self._sessions() as session, session.begin():
             await session.execute(
                 update(IntakeMail).where(IntakeMail.id.in_(ids))
@@ -521,11 +535,42 @@ class Decider:
             row = await session.get(IntakeMail, ids[0])
             if row is None or row.attempts < self._max_attempts:
                 return
-            item = await self._pipeline.prepare(raw_of(row))
-            typed = reason if isinstance(reason, QuarantineReason) else ProcessingFailed.of(reason)
-            await quarantine(session, item, typed)
+            await self._quarantine(session, raw_of(row), reason)
             await session.delete(row)
             logger.error("intake %d quarantined after %d failed decisions", row.id, row.attempts)
+
+    async def _step_failed_sqlite(self, ids: list[int], reason: str, alone: bool) -> None:
+        intake = self._intake
+        await intake.failed(dict.fromkeys(ids, reason))
+        if not alone:
+            return
+        rows = await intake.records(ids)
+        if not rows or rows[0].attempts < self._max_attempts:
+            return
+        row = rows[0]
+        async with self._sessions() as session, session.begin():
+            await self._quarantine(session, raw_of(row), reason)
+        await intake.forget([row.id])
+        logger.error("intake %d quarantined after %d failed decisions", row.id, row.attempts)
+
+    async def _quarantine(self, session: AsyncSession, raw: RawMail, reason: str) -> None:
+        item = await self._pipeline.prepare(raw)
+        typed = reason if isinstance(reason, QuarantineReason) else ProcessingFailed.of(reason)
+        await quarantine(session, item, typed)
+
+
+async def _settle_rows(
+    session: AsyncSession, outcomes: Mapping[int, Outcome], errors: Mapping[int, str]
+) -> None:
+    """PostgreSQL: in the transaction that stores the decisions, delete the decided intake rows
+    and count a failure on the others."""
+    for intake_id, error in errors.items():
+        await session.execute(
+            update(IntakeMail).where(IntakeMail.id == intake_id)
+            .values(attempts=IntakeMail.attempts + 1, last_error=error)
+        )
+    if outcomes:
+        await session.execute(delete(IntakeMail).where(IntakeMail.id.in_(list(outcomes))))
 
 
 def _seconds_between(accepted_at: datetime | None, now: datetime) -> float:

@@ -29,12 +29,13 @@ from sqlalchemy import func, select
 
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
-from mailsvc.crmstore.models import Email, IntakeMail
+from mailsvc.crmstore.intake_writer import intake_path
+from mailsvc.crmstore.models import Email
 from mailsvc.ingest.lmtp import LmtpIntake, start_lmtp
 from mailsvc.ports import PortUnavailable
 from tests.conftest import BCC, SALES, SUPPORT, base_settings
 from tests.integration.test_serve import free_port, wait_until_listening
-from tests.support.waiting import wait_for
+from tests.support.waiting import undecided, wait_for
 
 NOT_INTAKE = "nobody-here@crm.example"
 SENDER = "someone@outside.example"
@@ -108,7 +109,7 @@ async def count(services: Services, model: Any) -> int:
 
 async def decided(services: Services, expected: int) -> None:
     async def done() -> bool:
-        return await count(services, Email) == expected and await count(services, IntakeMail) == 0
+        return await count(services, Email) == expected and not await undecided(services)
 
     await wait_for(done, within=60, what=f"{expected} mail(s) decided")
 
@@ -198,10 +199,11 @@ async def test_store_down_answers_451_for_each_recipient_and_the_retry_is_stored
     path = socket_dir / "lmtp.sock"
     blocker: sqlite3.Connection | None = None
     if database_url.startswith("sqlite"):
-        # Another writer holds SQLite's write lock: the accept commit is late (timeout: 451).
+        # Another writer holds the intake file's write lock: the accept commit is late (451).
         down = base_settings(database_url, lmtp_port=0, lmtp_socket=path,
                              accept_timeout_seconds=1.0)
-        blocker = sqlite3.connect(database_url.split(":///", 1)[1], isolation_level=None)
+        blocker = sqlite3.connect(intake_path(database_url.split(":///", 1)[1]),
+                                  isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
     else:  # a PostgreSQL server that does not answer: a real connection failure
         down = base_settings("postgresql+asyncpg://postgres@127.0.0.1:1/none", lmtp_port=0,

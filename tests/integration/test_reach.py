@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from mailsvc.bootstrap import Services, open_services
 from mailsvc.config import Settings
-from mailsvc.crmstore.models import Email, EmailLink, IntakeMail, Ticket, TicketUpdate
+from mailsvc.crmstore.models import Email, EmailLink, Ticket, TicketUpdate
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.ingest.reprocess import Selection, reprocess
 from mailsvc.ingest.smtp import start_smtp
@@ -22,7 +22,7 @@ from mailsvc.mail import Envelope, RawMail
 from tests.conftest import BCC, SALES, SUPPORT, check_event_contract
 from tests.integration.test_linking_scenarios import OWNERS, build_world, mail
 from tests.support.api import ok
-from tests.support.waiting import wait_for
+from tests.support.waiting import undecided, wait_for
 
 CARLA = "Carla Customer <carla@acme.example>"
 ANNA = "Anna Seller <anna@ours.example>"
@@ -182,9 +182,8 @@ async def test_accepted_mail_keeps_its_record_address_until_decided(
         data = mail("Someone <someone@elsewhere.example>", "sales@crm.example", "Hello")
         envelope = Envelope(None, (rcpt,), "sales", "smtp")  # type: ignore[arg-type]
         accepted = await services.pipeline.accept_many([RawMail(data, envelope)])
-        async with services.sessions() as session:
-            row = await session.get(IntakeMail, accepted[0].outcome.intake_id)
-            assert row is not None and row.rcpt_tos == [rcpt] and row.role == "sales"
+        [row] = await services.pipeline.writer.records([accepted[0].outcome.intake_id or 0])
+        assert row.rcpt_tos == [rcpt] and row.role == "sales"
         [decided] = await services.pipeline.decide_accepted(accepted)
         assert (decided.rule, decided.links["opportunity"]) == ("record_address", ids["opp_open"])
 
@@ -322,8 +321,9 @@ async def nothing_stored(services: Services) -> None:
     from mailsvc.crmstore.models import OutboxEvent, QuarantinedMail
 
     async with services.sessions() as session:
-        for model in (Email, QuarantinedMail, IntakeMail, OutboxEvent, Ticket):
+        for model in (Email, QuarantinedMail, OutboxEvent, Ticket):
             assert await session.scalar(select(func.count()).select_from(model)) == 0, model
+    assert await undecided(services) == 0
 
 
 async def test_mail_from_a_never_log_address_is_answered_250_and_not_stored(
@@ -349,8 +349,7 @@ async def test_mail_from_a_never_log_address_is_answered_250_and_not_stored(
                 assert not errors and reply.startswith("2.0.0 Ok: queued"), reply
 
         async def all_decided() -> bool:
-            async with services.sessions() as session:
-                return not await session.scalar(select(func.count()).select_from(IntakeMail))
+            return not await undecided(services)
 
         await wait_for(all_decided, within=30, what="the intake emptied")
         await nothing_stored(services)
@@ -376,7 +375,7 @@ async def test_a_dropped_mail_reports_dropped_and_others_of_its_batch_are_stored
         assert (second.kind, second.rule) == ("linked", "single_open_record")
         async with services.sessions() as session:
             assert await session.scalar(select(func.count()).select_from(Email)) == 1
-            assert await session.scalar(select(func.count()).select_from(IntakeMail)) == 0
+        assert await undecided(services) == 0
 
 
 async def test_reprocess_unlinks_stored_mail_a_new_rule_names_but_keeps_it(

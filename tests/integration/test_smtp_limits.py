@@ -93,7 +93,7 @@ def limited(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
 
 
 async def stored(services: Services) -> list[Email]:
-    await settled(services.sessions)
+    await settled(services)
     async with services.sessions() as session:
         return list(await session.scalars(select(Email).order_by(Email.id)))
 
@@ -279,7 +279,7 @@ async def test_mime_bombs_are_quarantined_with_the_reason(
             for mail in (nested, many, files, large):
                 _, reply = await client.sendmail("a@acme.example", [SALES], mail)
                 assert "queued" in reply  # accepted; deciding quarantines it
-        await settled(services.sessions)
+        await settled(services)
         async with services.sessions() as session:
             reasons = [q.reason for q in await session.scalars(
                 select(QuarantinedMail).order_by(QuarantinedMail.id))]

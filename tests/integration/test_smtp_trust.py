@@ -53,7 +53,7 @@ async def seeded(services: Services) -> dict[str, Any]:
 
 
 async def stored(services: Services) -> tuple[Email, list[tuple[str, int]]]:
-    await settled(services.sessions)
+    await settled(services)
     async with services.sessions() as session:
         email = await session.scalar(select(Email).order_by(Email.id.desc()))
         assert email is not None

@@ -26,7 +26,6 @@ from mailsvc.crmstore.models import (
     Email,
     EmailLink,
     InboxLead,
-    IntakeMail,
     LinkTarget,
     OutboxEvent,
 )
@@ -35,7 +34,7 @@ from mailsvc.ingest.parse import mail_key
 from mailsvc.ingest.smtp import start_smtp
 from mailsvc.mail import Envelope, RawMail
 from tests.conftest import BCC, SALES, SUPPORT
-from tests.support.waiting import wait_for
+from tests.support.waiting import intake_rows, undecided, wait_for
 
 SALES_ENVELOPE = Envelope("someone@outside.example", (SALES,), "sales", "smtp")
 
@@ -85,7 +84,7 @@ async def events(services: Services, kind: str) -> int:
 async def assert_each_conversation_is_one_lead(services: Services, senders: int, size: int) -> None:
     """One lead per sender, every mail of the conversation linked to it, each mail stored once
     and published once."""
-    assert await count(services, IntakeMail) == 0
+    assert await undecided(services) == 0
     assert await count(services, Email) == senders * size
     assert await count(services, InboxLead) == senders
     assert await events(services, "email.received") == senders * size
@@ -130,15 +129,14 @@ async def test_a_mail_accepted_but_not_decided_yet_is_a_duplicate(
         assert "queued as" in first
         _, again = await send(port, data)
         assert "duplicate" in again
-        assert await count(services, IntakeMail) == 1
+        assert await undecided(services) == 1
         assert await count(services, Email) == 0
         assert await count(services, OutboxEvent) == 0
         # The same bytes through another adapter: the same key, the same answer.
         other = await services.pipeline.accept(RawMail(data, Envelope(None, (BCC,), "bcc", "imap")))
         assert other.kind == "duplicate"
-        async with services.sessions() as session:
-            row = await session.scalar(select(IntakeMail))
-        assert row is not None and row.dedup_key == mail_key(data)
+        [row] = await intake_rows(services)
+        assert row.dedup_key == mail_key(data)
         assert (row.mail_from, row.rcpt_tos, row.role, row.source) == (
             "someone@outside.example", [SALES], "sales", "smtp"
         )
@@ -147,7 +145,7 @@ async def test_a_mail_accepted_but_not_decided_yet_is_a_duplicate(
         assert decided[row.id].kind == "lead_created"
         assert (await services.pipeline.accept(RawMail(data, SALES_ENVELOPE))).kind == "duplicate"
         assert await count(services, Email) == 1
-        assert await count(services, IntakeMail) == 0
+        assert await undecided(services) == 0
         assert await events(services, "email.received") == 1
 
 
@@ -156,13 +154,16 @@ async def test_an_accept_commit_that_hangs_answers_451_within_the_timeout(
 ) -> None:
     import sqlite3
 
+    from mailsvc.crmstore.intake_writer import intake_path
     from tests.conftest import base_settings
 
     settings = base_settings(sqlite_url, smtp_port=0, accept_timeout_seconds=1.0)
-    blocker = sqlite3.connect(sqlite_url.split(":///", 1)[1], isolation_level=None)
     async with smtp_intake(settings, decide=False) as (services, port):
+        assert await undecided(services) == 0  # the intake file is there
+        blocker = sqlite3.connect(intake_path(sqlite_url.split(":///", 1)[1]),
+                                  isolation_level=None)
         data = mail("Late Person <late@prospect.example>", "late-1@prospect.example", "Hello")
-        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the store's write lock
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the intake's write lock
         try:
             with pytest.raises(aiosmtplib.SMTPDataError) as refused:
                 await send(port, data)
@@ -174,12 +175,12 @@ async def test_an_accept_commit_that_hangs_answers_451_within_the_timeout(
         # The 451 came from the timeout, not from the store giving up: the commit went on and
         # lands once the lock is free; the sender's retry is then a duplicate, nothing twice.
         async def committed_late() -> bool:
-            return await count(services, IntakeMail) == 1
+            return await undecided(services) == 1
 
         await wait_for(committed_late, within=60, what="the late accept commit")
         _, reply = await send(port, data)
         assert "duplicate" in reply
-        assert await count(services, IntakeMail) == 1
+        assert await undecided(services) == 1
 
 
 async def test_a_burst_of_a_first_mail_and_five_replies_lands_as_one_lead(
@@ -198,7 +199,7 @@ async def test_a_burst_of_a_first_mail_and_five_replies_lands_as_one_lead(
             assert all("queued as" in reply for _, reply in replies)
 
             async def decided() -> bool:
-                return await count(services, Email) == 6 and await count(services, IntakeMail) == 0
+                return await count(services, Email) == 6 and await undecided(services) == 0
 
             await wait_for(decided, within=120, what="six mails decided")
         finally:
@@ -302,15 +303,14 @@ async def test_a_mail_that_fails_to_decide_is_retried_then_quarantined_and_block
         decider = services.pipeline.decider
         first = await decider.step()
         assert sorted(o.kind for o in first.values()) == ["lead_created", "lead_created"]
-        async with services.sessions() as session:
-            poison = await session.scalar(select(IntakeMail))
-        assert poison is not None and poison.attempts == 1
+        [poison] = await intake_rows(services)
+        assert poison.attempts == 1
         assert "a bug this mail trips" in (poison.last_error or "")
         assert await decider.step() == {}  # tried again (alone now): still failing, counted
         last = await decider.step()  # out of attempts: quarantined with the reason
         assert [o.kind for o in last.values()] == ["quarantined"]
         assert "processing error" in (next(iter(last.values())).reason or "")
-        assert await count(services, IntakeMail) == 0
+        assert await undecided(services) == 0
         assert await count(services, QuarantinedMail) == 1
         assert await count(services, Email) == 2
 
@@ -381,13 +381,13 @@ async def test_a_killed_decide_worker_loses_nothing_and_decides_each_mail_once(
         finally:
             if worker.poll() is None:
                 worker.kill()
-        assert await count(services, IntakeMail) > 0, "the kill came too late to prove anything"
+        assert await undecided(services) > 0, "the kill came too late to prove anything"
         worker = decide_process(database_url, MAILSVC_DECIDE_BATCH_SIZE="3")
         try:
 
             async def all_decided() -> bool:
                 assert worker.poll() is None, log_of(worker)
-                return await count(services, IntakeMail) == 0
+                return await undecided(services) == 0
 
             await wait_for(all_decided, within=300, what="the backlog decided after restart")
         finally:
@@ -412,7 +412,7 @@ async def test_two_decide_processes_decide_a_thousand_mails_each_once(
                     assert worker.poll() is None, (
                         log_of(worker)
                     )
-                return await count(services, IntakeMail) == 0
+                return await undecided(services) == 0
 
             await wait_for(all_decided, within=600, interval=0.2, what="1,000 mails decided")
         finally:
@@ -489,7 +489,7 @@ async def test_a_transaction_stalled_mid_request_is_ended_by_the_worker_it_block
 
             async def all_decided() -> bool:
                 await decider.step()
-                return await count(services, IntakeMail) == 0
+                return await undecided(services) == 0
 
             await wait_for(all_decided, within=120, what="the backlog decided past the stall")
             async with services.sessions() as session:

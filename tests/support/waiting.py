@@ -25,15 +25,22 @@ async def wait_for(
         await asyncio.sleep(interval)
 
 
-async def settled(sessions: Any, within: float = 120.0) -> None:
-    """Wait until every accepted mail is decided (the intake table is empty): an SMTP 250 means
-    accepted, and a decide worker stores the mail right after."""
-    from sqlalchemy import func, select
+async def undecided(services: Any) -> int:
+    """Mails accepted and not decided yet (rows in the intake, wherever the store keeps it)."""
+    count, _ = await services.pipeline.writer.backlog()
+    return int(count)
 
-    from mailsvc.crmstore.models import IntakeMail
+
+async def intake_rows(services: Any) -> list[Any]:
+    """The intake's rows (``IntakeRecord``), in arrival order."""
+    return list(await services.pipeline.writer.pending(0, 100_000))
+
+
+async def settled(services: Any, within: float = 120.0) -> None:
+    """Wait until every accepted mail is decided (the intake is empty): an SMTP 250 means
+    accepted, and a decide worker stores the mail right after."""
 
     async def empty() -> bool:
-        async with sessions() as session:
-            return not await session.scalar(select(func.count()).select_from(IntakeMail))
+        return not await undecided(services)
 
     await wait_for(empty, within=within, interval=0.05, what="every accepted mail decided")
