@@ -224,6 +224,11 @@ class SqliteIntake:
         """Up to ``limit`` rows with ids above ``after``, in arrival (id) order."""
         return await self._call(self._pending, after, limit)
 
+    async def pending_ids(self, limit: int = 200) -> list[tuple[int, int]]:
+        """The first ``limit`` rows' ids and attempts, in arrival (id) order: what a decide
+        step needs of rows it parsed ahead already (the mails themselves are not read)."""
+        return await self._call(self._pending_ids, limit)
+
     async def records(self, ids: Sequence[int]) -> list[IntakeRecord]:
         """These rows (those still there), in id order."""
         return await self._call(self._records, list(ids))
@@ -290,6 +295,11 @@ class SqliteIntake:
             f"{_RECORD} WHERE id > ? ORDER BY id LIMIT ?", (after, limit))]
 
     @staticmethod
+    def _pending_ids(connection: sqlite3.Connection, limit: int) -> list[tuple[int, int]]:
+        return connection.execute(
+            "SELECT id, attempts FROM intake ORDER BY id LIMIT ?", (limit,)).fetchall()
+
+    @staticmethod
     def _records(connection: sqlite3.Connection, ids: list[int]) -> list[IntakeRecord]:
         found = [_record(row) for chunk, marks in _chunks(ids) for row in connection.execute(
             f"{_RECORD} WHERE id IN ({marks})", chunk)]
@@ -301,9 +311,15 @@ class SqliteIntake:
                                                      (top,))}
 
     def _forget(self, connection: sqlite3.Connection, ids: list[int]) -> None:
-        with self._transaction(connection):
-            for chunk, marks in _chunks(ids):
-                connection.execute(f"DELETE FROM intake WHERE id IN ({marks})", chunk)
+        # Not synced at its commit (the next accept commit syncs the log, this too): a deletion
+        # lost to a power cut only leaves rows whose mails are stored, forgotten again.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction(connection):
+                for chunk, marks in _chunks(ids):
+                    connection.execute(f"DELETE FROM intake WHERE id IN ({marks})", chunk)
+        finally:
+            connection.execute("PRAGMA synchronous=FULL")
 
     def _failed(self, connection: sqlite3.Connection, errors: dict[int, str]) -> None:
         with self._transaction(connection):

@@ -191,7 +191,7 @@ class Decider:
         self._jobs = parse_pool.jobs if parse_pool is not None else 1
         self._cache: dict[int, Claimed] = {}  # parsed rows a step claimed and did not apply
         # SQLite with a parse pool: the next rows, parsed in the pool while this step applies.
-        self._ahead: asyncio.Task[dict[int, Prepared]] | None = None
+        self._ahead: asyncio.Task[dict[int, Claimed]] | None = None
         self._solo_until = 0  # after a failed step: one mail at a time up to this id
         self._current: list[int] = []  # intake ids the running step holds
         self._wake = asyncio.Event()  # set when this process accepted mail: no need to poll
@@ -309,10 +309,19 @@ class Decider:
         return _SOLO if self._solo_until else self._batch
 
     async def _step_sqlite(self) -> dict[int, Outcome]:
-        rows = await self._intake.pending(0, self._limit())
-        if not rows:
+        ahead = await self._take_ahead()
+        heads = await self._intake.pending_ids(self._limit())
+        if not heads:
             return {}
-        claimed = await self._parse(rows, await self._take_ahead())
+        # Rows parsed ahead are not read again: only their ids and attempts (counted meanwhile?).
+        claimed = {i: Claimed(i, ahead[i].item, attempts, ahead[i].accepted_at)
+                   for i, attempts in heads if i in ahead}
+        self._current.extend(claimed)
+        rest = [i for i, _ in heads if i not in ahead]
+        if rest:
+            claimed.update(await self._parse(await self._intake.records(rest)))
+        if not claimed:  # decided by another process meanwhile
+            return {}
         self._parse_ahead(max(claimed))
         return await self._apply_claimed(claimed)
 
@@ -392,17 +401,13 @@ class Decider:
             await end_stalled_transactions(session, self._stalled_after)
             self._held = (blocked, now)
 
-    async def _parse(
-        self, rows: Sequence[AcceptedRow], ahead: Mapping[int, Prepared] | None = None
-    ) -> dict[int, Claimed]:
+    async def _parse(self, rows: Sequence[AcceptedRow]) -> dict[int, Claimed]:
         started = time.perf_counter()
-        claimed = await self._parse_rows(rows, ahead or {})
+        claimed = await self._parse_rows(rows)
         metrics.record_decide(time.perf_counter() - started)
         return claimed
 
-    async def _parse_rows(
-        self, rows: Sequence[AcceptedRow], ahead: Mapping[int, Prepared]
-    ) -> dict[int, Claimed]:
+    async def _parse_rows(self, rows: Sequence[AcceptedRow]) -> dict[int, Claimed]:
         claimed: dict[int, Claimed] = {}
         todo: list[AcceptedRow] = []
         self._current.extend(row.id for row in rows)
@@ -410,8 +415,6 @@ class Decider:
             cached = self._cache.get(row.id)
             if cached is not None:
                 claimed[row.id] = Claimed(row.id, cached.item, row.attempts, row.accepted_at)
-            elif row.id in ahead:
-                claimed[row.id] = Claimed(row.id, ahead[row.id], row.attempts, row.accepted_at)
             else:
                 todo.append(row)
         if self._pool is not None and self._pool.ready() and len(todo) >= POOL_MIN_MAILS:
@@ -430,14 +433,15 @@ class Decider:
             return
         self._ahead = asyncio.create_task(self._read_and_parse(top), name="decide-parse-ahead")
 
-    async def _read_and_parse(self, top: int) -> dict[int, Prepared]:
+    async def _read_and_parse(self, top: int) -> dict[int, Claimed]:
         rows = await self._intake.pending(top, self._batch)
         if len(rows) < POOL_MIN_MAILS or self._pool is None or not self._pool.ready():
             return {}
-        return dict(zip([row.id for row in rows],
-                        await self._parse_in_pool([raw_of(row) for row in rows]), strict=True))
+        items = await self._parse_in_pool([raw_of(row) for row in rows])
+        return {row.id: Claimed(row.id, item, row.attempts, row.accepted_at)
+                for row, item in zip(rows, items, strict=True)}
 
-    async def _take_ahead(self) -> dict[int, Prepared]:
+    async def _take_ahead(self) -> dict[int, Claimed]:
         """What the last step parsed ahead ({} when nothing, or when that failed)."""
         task, self._ahead = self._ahead, None
         if task is None:
