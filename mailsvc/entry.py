@@ -15,14 +15,34 @@ if TYPE_CHECKING:
     from mailsvc.mail import RawMail
 
 
+# What the processes that parse for `mailsvc import` import before they are forked.
+PARSING_MODULE = "mailsvc.ingest.decider"
+
+
 def main() -> None:
     if sys.argv[1:2] == ["ingest"]:
         status = _ingest(sys.argv[2:])
         if status is not None:
             sys.exit(status)
+    if sys.argv[1:2] == ["import"]:
+        _start_fork_server()
     from mailsvc.cli import main as full
 
     full()
+
+
+def _start_fork_server() -> None:
+    """`mailsvc import` parses in processes forked from a fork server that has imported the
+    parsing code (``decider.parse_pool``). Started now, in a thread, it imports that code while
+    this process imports the rest, and the parsing processes are up by the first mails. (A small
+    import that parses here leaves it unused: it ends with this process.)"""
+    import multiprocessing
+    import threading
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([PARSING_MODULE])
+    threading.Thread(target=forkserver.ensure_running, name="fork-server-start",
+                     daemon=True).start()
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace | None:
