@@ -77,7 +77,37 @@ async def check_database(store: StoreSettings) -> Finding:
     if current != head:
         return Finding("database", "fail", f"schema at {current or 'empty'}, needs {head}",
                        "run `mailsvc db upgrade`")
-    return Finding("database", "ok", f"reachable, schema at {current}")
+    detail = f"reachable, schema at {current}"
+    if store.is_sqlite:
+        intake = await _sqlite_intake(store)
+        if isinstance(intake, Finding):
+            return intake
+        detail += f"; {intake}"
+    return Finding("database", "ok", detail)
+
+
+async def _sqlite_intake(store: StoreSettings) -> Finding | str:
+    """The SQLite intake file beside the store opens (the process may create it there): a
+    failing Finding, or what it holds."""
+    from mailsvc.crmstore.intake_writer import (
+        IntakeUnavailable,
+        SqliteIntake,
+        intake_path,
+        sqlite_path,
+    )
+
+    path = sqlite_path(store.url)
+    writer = SqliteIntake(path, store.sqlite_busy_timeout_seconds)
+    try:
+        waiting, _ = await writer.backlog()
+    except IntakeUnavailable as exc:
+        where = intake_path(path) if path else "an in-memory database"
+        return Finding("database", "fail", f"the intake file ({where}) cannot be opened: {exc}",
+                       "mailsvc (and an MTA's pipe user) must be able to write the database's "
+                       "directory: the intake file and its journal live beside the database")
+    finally:
+        await writer.close()
+    return f"intake file {intake_path(path or '')}: {waiting} mail(s) waiting for a decision"
 
 
 async def check_events(store: StoreSettings, events: EventsSettings) -> Finding:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mailsvc.crmstore.intake_writer import intake_path
 from tests.conftest import AMQP_URL
 from tests.integration.test_cli import mailsvc
 from tests.support.dovecot import PASSWORD, Dovecot, free_port, running_dovecot
@@ -38,6 +40,7 @@ def test_all_well_exits_zero(sqlite_url: str, dovecot: Dovecot) -> None:
     found = findings(result)
     assert result.returncode == 0, found
     assert found["database"]["status"] == "ok"
+    assert "0 mail(s) waiting for a decision" in found["database"]["detail"]
     assert found["imap good"]["status"] == "ok"
     assert found["broker"]["status"] in {"ok", "warn"}  # the exchange may not be declared yet
 
@@ -63,3 +66,13 @@ def test_an_old_schema_says_how_to_fix_it(tmp_path: Any) -> None:
     result = mailsvc(f"sqlite+aiosqlite:///{tmp_path}/empty.db", "doctor", "--json")
     assert result.returncode == 1
     assert findings(result)["database"]["fix"] == "run `mailsvc db upgrade`"
+
+
+def test_an_intake_file_that_cannot_be_opened_is_a_failure(sqlite_url: str) -> None:
+    """The SQLite intake lives beside the database: where it cannot be, no mail can be taken."""
+    Path(intake_path(sqlite_url.split(":///", 1)[1])).mkdir()  # a directory in its place
+    result = mailsvc(sqlite_url, "doctor", "--json")
+    found = findings(result)["database"]
+    assert result.returncode == 1
+    assert found["status"] == "fail" and "intake file" in found["detail"]
+    assert "directory" in found["fix"]
