@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailsvc.crmstore.models import Email
 from mailsvc.ingest.parse import MimeLimitExceeded, ParseLimits, mime_shape, parse_mail
@@ -103,6 +105,13 @@ def test_clean_text_and_lines() -> None:
     assert clean_text("a\x00b\x01c\td\r\ne\x7f\udcff") == "abc\td\r\ne\ufffd"
     assert clean_line("Carla\r\n\tCustomer\x00") == "Carla Customer"
     assert clean_json({"a\x00": ["x\udc80", 1, None]}) == {"a": ["x\ufffd", 1, None]}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=60))
+def test_ascii_text_loses_exactly_its_control_characters(text: str) -> None:
+    expected = "".join(c for c in text if c in "\t\n\r" or (c >= " " and c != "\x7f"))
+    assert clean_text(text) == expected
 
 
 def test_rows_are_fitted_to_the_model_columns() -> None:
