@@ -74,7 +74,14 @@ from mailsvc.ingest.store import (
     store_emails,
 )
 from mailsvc.ingest.trust import TrustPolicy, needs_lookup, sender_verified, trust_policy
-from mailsvc.linking.batch import dependencies, effects, facts_for, may_change, merge_wanted
+from mailsvc.linking.batch import (
+    dependencies,
+    effects,
+    facts_for,
+    may_change,
+    merge_wanted,
+    thread_index,
+)
 from mailsvc.linking.decide import Policy, decide, reply_of, wanted
 from mailsvc.linking.model import LinkDecision, MailKind, Rule, Wanted
 from mailsvc.linking.references import IdPatterns
@@ -560,6 +567,7 @@ class Pipeline:
             session, merge_wanted(want for _, want, _ in inputs.values()), self._owners,
             since=self.loop_guard_since(),
         )
+        threads = thread_index(facts)
         changed: set[str] = set()
         deferred: list[int] = []
         decided: list[tuple[int, LinkDecision]] = []
@@ -569,7 +577,7 @@ class Pipeline:
             kind, want, reply = inputs[n]
             envelope = item.raw.envelope
             owner = self.linking.owner_for(envelope.role)
-            mine = facts_for(facts, want, owners.get(owner) if owner else None)
+            mine = facts_for(facts, want, owners.get(owner) if owner else None, threads)
             deps = dependencies(want, mine)
             if not changed.isdisjoint(deps):
                 deferred.append(n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from mailsvc.linking.model import Fact, Facts, LinkDecision, Wanted
+from mailsvc.linking.model import Fact, Facts, LinkDecision, ThreadRef, Wanted
 from mailsvc.linking.references import RecordId, RecordKind
 from mailsvc.linking.rules import CHAIN_READS
 
@@ -30,16 +30,26 @@ def merge_wanted(wants: Iterable[Wanted]) -> Wanted:
                   frozenset(senders))
 
 
-def facts_for(facts: Facts, want: Wanted, default_owner_id: int | None) -> Facts:
+def facts_for(
+    facts: Facts, want: Wanted, default_owner_id: int | None,
+    by_id: Mapping[str, ThreadRef] | None = None,
+) -> Facts:
     """One mail's facts out of a group's: its thread in its own order (newest reference first),
-    users limited to its addresses, the default owner of its intake address."""
-    by_id = {ref.message_id: ref for ref in facts.thread}
+    users limited to its addresses, the default owner of its intake address. ``by_id`` is
+    ``thread_index(facts)``, made once for a group (else here, for each mail)."""
+    if by_id is None:
+        by_id = thread_index(facts)
     return replace(
         facts,
         users={e: u for e, u in facts.users.items() if e in want.emails},
         thread=tuple(by_id[m] for m in reversed(want.message_ids) if m in by_id),
         default_owner_id=default_owner_id,
     )
+
+
+def thread_index(facts: Facts) -> dict[str, ThreadRef]:
+    """The group's thread references by Message-ID."""
+    return {ref.message_id: ref for ref in facts.thread}
 
 
 def _record(ref: RecordId) -> Key:
