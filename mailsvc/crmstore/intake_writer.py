@@ -7,7 +7,8 @@ round trips (on SQLite each one a hop to aiosqlite's thread) and statement compi
 here it is two statements in one transaction, on SQLite in one hop to the writer's own thread.
 Nothing here imports SQLAlchemy, so a piped mail is accepted by a process that loads neither the
 ORM nor the mail parser. The tables and columns are the models' (``IntakeMail``, ``Email``,
-``QuarantinedMail``); the tests accept through here and read back through the models.
+``QuarantinedMail``); the tests accept through here and read the stores back through the
+models, the intake through here (``pending``, ``backlog``: on SQLite it is not the ORM's table).
 
 On SQLite the intake is a database file of its own beside the store (``intake_path``): a file
 has one write lock, and accepting must never wait for a decide step that holds the store's for
@@ -68,18 +69,11 @@ class IntakeRow:
 
 
 @dataclass(frozen=True, slots=True)
-class IntakeRecord:
-    """One row of the intake as read back: an accepted mail waiting for its decision."""
+class IntakeRecord(IntakeRow):
+    """One row of the intake as read back: an accepted mail waiting for its decision, with its
+    id and the failed decisions it has had."""
 
     id: int
-    dedup_key: str
-    raw: bytes
-    mail_from: str | None
-    rcpt_tos: list[str]
-    role: str
-    source: str
-    envelope_extra: dict[str, Any]
-    accepted_at: datetime
     attempts: int
     last_error: str | None
 
@@ -483,9 +477,12 @@ def _record(row: Sequence[Any]) -> IntakeRecord:
     """An intake row as ``_RECORD`` selects it (SQLite keeps JSON and times as text)."""
     (intake_id, key, raw, mail_from, rcpt_tos, role, source, extra, accepted_at, attempts,
      last_error) = row
-    return IntakeRecord(int(intake_id), str(key), bytes(raw), mail_from, _json(rcpt_tos) or [],
-                        str(role), str(source), _json(extra) or {},
-                        _from_sqlite_time(accepted_at), int(attempts or 0), last_error)
+    return IntakeRecord(
+        dedup_key=str(key), raw=bytes(raw), mail_from=mail_from, rcpt_tos=_json(rcpt_tos) or [],
+        role=str(role), source=str(source), envelope_extra=_json(extra) or {},
+        accepted_at=_from_sqlite_time(accepted_at), id=int(intake_id),
+        attempts=int(attempts or 0), last_error=last_error,
+    )
 
 
 def _chunks(values: Sequence[_V]) -> Iterator[tuple[Sequence[_V], str]]:
