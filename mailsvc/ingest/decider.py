@@ -313,7 +313,8 @@ class Decider:
         heads = await self._intake.pending_ids(self._limit())
         if not heads:
             return {}
-        # Rows parsed ahead are not read again: only their ids and attempts (counted meanwhile?).
+        # Rows parsed ahead are not read again, only their ids and attempts (which a failed step
+        # may have counted up since).
         claimed = {i: Claimed(i, ahead[i].item, attempts, ahead[i].accepted_at)
                    for i, attempts in heads if i in ahead}
         self._current.extend(claimed)
