@@ -78,6 +78,7 @@ def serve_command(index: int) -> list[str]:
 
 
 SUPERVISOR_PID = "MAILSVC_SUPERVISOR_PID"  # set for the processes the supervisor starts
+SIGNAL_POLL_SECONDS = 0.05  # how soon the supervisor notices a stop signal
 
 
 def exit_with_parent(interval: float = 1.0) -> None:
@@ -120,11 +121,31 @@ def supervise(commands: dict[str, list[str]]) -> int:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _supervise(commands: dict[str, list[str]], metrics_dir: str) -> int:
-    stopping = threading.Event()
+class _Stop:
+    """Set by SIGTERM / SIGINT. A plain flag: a Python signal handler runs between two bytecodes
+    of the main thread, also inside another handler, and one that took a lock (``Event.set``)
+    deadlocked the supervisor for good when two signals came together (a wrapper forwarding
+    the signal the supervisor got as well, Ctrl-C twice)."""
 
-    def on_signal(signum: int, _frame: object) -> None:
-        stopping.set()
+    requested = False
+
+    def on_signal(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` (less once stopping); whether to stop."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(SIGNAL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        return self.requested
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
+def _supervise(commands: dict[str, list[str]], metrics_dir: str) -> int:
+    stopping = _Stop()
+    on_signal = stopping.on_signal
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -82,6 +82,27 @@ def test_serve_takes_mail_answers_health_and_stops_cleanly_on_sigterm(database_u
     assert b"stopped" in stderr
 
 
+def test_a_burst_of_stop_signals_still_stops_serve(sqlite_url: str) -> None:
+    """Signals that come together (a wrapper forwarding the SIGTERM the supervisor got as well,
+    Ctrl-C pressed twice) must not hang the stop: a handler taking a lock deadlocked it."""
+    smtp_port, api_port = free_port(), free_port()
+    process = start_serve(sqlite_url, smtp_port, api_port)
+    try:
+        wait_until_listening(smtp_port, process)
+        until = time.monotonic() + 3
+        n = 0
+        while time.monotonic() < until and process.poll() is None:  # for a while, back to back
+            process.send_signal(signal.SIGINT if n % 2 else signal.SIGTERM)
+            n += 1
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # Stopped, not hung; a signal that comes after the stop may end the exiting process itself.
+    assert b"all workers stopped" in stderr, stderr.decode()
+
+
 def test_several_workers_share_the_port_and_store_each_mail_once(database_url: str) -> None:
     smtp_port, api_port = free_port(), free_port()
     process = start_serve(database_url, smtp_port, api_port, "--workers", "2")
