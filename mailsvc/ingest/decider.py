@@ -418,10 +418,13 @@ class Decider:
                 claimed[row.id] = Claimed(row.id, cached.item, row.attempts, row.accepted_at)
             else:
                 todo.append(row)
-        if self._pool is not None and self._pool.ready() and len(todo) >= POOL_MIN_MAILS:
-            items = await self._parse_in_pool([raw_of(row) for row in todo])
-        else:
-            items = [await self._pipeline.prepare(raw_of(row)) for row in todo]
+        items: list[Prepared] = []
+        pool = self._pool
+        for row in todo:  # here, until the parsing processes are up (if there are any)
+            if pool is not None and pool.ready() and len(todo) - len(items) >= POOL_MIN_MAILS:
+                items += await self._parse_in_pool([raw_of(row) for row in todo[len(items):]])
+                break
+            items.append(await self._pipeline.prepare(raw_of(row)))
         for row, item in zip(todo, items, strict=True):
             claimed[row.id] = Claimed(row.id, item, row.attempts, row.accepted_at)
         return claimed
