@@ -32,6 +32,7 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -121,6 +122,29 @@ def _ready() -> None:
     """Nothing: submitted to start a parsing process."""
 
 
+# How often a parsing process looks whether the process it parses for is still there.
+CREATOR_WATCH_SECONDS = 1.0
+
+
+def _end_with(creator: int) -> None:
+    """In a parsing process: end when the process it parses for is gone. Killed (SIGKILL, the
+    OOM killer), that process cannot shut its pool down, and the parsing processes (with the
+    fork server they came from) would wait for work for ever, each restart of a decide worker
+    leaving three more behind."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(CREATOR_WATCH_SECONDS)
+            try:
+                os.kill(creator, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # there, under another user: cannot be (it forked us)
+                continue
+
+    threading.Thread(target=watch, name="creator-watch", daemon=True).start()
+
+
 @contextmanager
 def parse_pool(jobs: int) -> Iterator[ParsePool | None]:
     """Processes that parse for a decide loop (None for ``jobs`` 1: parse in this process).
@@ -145,7 +169,7 @@ class ParsePool(ProcessPoolExecutor):
     decider parses in its own process."""
 
     def __init__(self, jobs: int, **kwargs: Any) -> None:
-        super().__init__(jobs, **kwargs)
+        super().__init__(jobs, initializer=_end_with, initargs=(os.getpid(),), **kwargs)
         self._jobs = jobs
         self._up = threading.Event()
         threading.Thread(target=self._start, name="parse-pool-start", daemon=True).start()

@@ -362,6 +362,46 @@ async def accept(services: Services, mails: list[bytes]) -> None:
         assert all(a.outcome.kind == "accepted" for a in accepted)
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_the_parsing_processes_of_a_killed_decide_worker_end_with_it(
+    sqlite_url: str,
+) -> None:
+    """SIGKILLed, a decide worker cannot shut its parsing processes down: they (and the fork
+    server they come from) notice it is gone and end, instead of waiting for work for ever."""
+    worker = decide_process(sqlite_url, MAILSVC_DECIDE_JOBS="2")
+    try:
+        async def parsing() -> list[int]:
+            assert worker.poll() is None, log_of(worker)
+            servers = _children(worker.pid)
+            found = [*servers, *(p for server in servers for p in _children(server))]
+            return found if len(found) >= 3 else []  # the fork server and two processes
+
+        spawned = await wait_for(parsing, within=180, what="the parsing processes up")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=60)
+
+    async def all_gone() -> bool:
+        return not any(_alive(pid) for pid in spawned)
+
+    await wait_for(all_gone, within=120, interval=0.2, what="the parsing processes gone")
+
+
 async def test_a_killed_decide_worker_loses_nothing_and_decides_each_mail_once(
     database_url: str, make_settings: Callable[..., Settings],
 ) -> None:
