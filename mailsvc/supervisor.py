@@ -145,10 +145,8 @@ class _Stop:
 
 def _supervise(commands: dict[str, list[str]], metrics_dir: str) -> int:
     stopping = _Stop()
-    on_signal = stopping.on_signal
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, stopping.on_signal)
+    signal.signal(signal.SIGINT, stopping.on_signal)
     env = {**os.environ, SUPERVISOR_PID: str(os.getpid()), MULTIPROC_DIR: metrics_dir}
     processes = {
         name: subprocess.Popen(argv, env=env)  # noqa: S603

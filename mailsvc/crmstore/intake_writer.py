@@ -179,8 +179,9 @@ INTAKE_DDL = (
     "attempts INTEGER NOT NULL, "
     "last_error TEXT)"
 )
-_RECORD = ("SELECT id, dedup_key, raw, mail_from, rcpt_tos, role, source, envelope_extra, "
-           "accepted_at, attempts, last_error FROM intake")
+_RECORD_COLUMNS = ("id", "dedup_key", "raw", "mail_from", "rcpt_tos", "role", "source",
+                   "envelope_extra", "accepted_at", "attempts", "last_error")
+_RECORD = f"SELECT {', '.join(_RECORD_COLUMNS)} FROM intake"
 # Rows moved per statement from the store's own ``intake`` table (kept there by earlier versions).
 _MOVE_CHUNK = 200
 
@@ -403,9 +404,8 @@ class SqliteIntake:
             # decided (a decide step deletes rows only after storing their mails), and the
             # store, read now, has every decided one.
             known = self._known(connection, keys, "intake")
-            known.update((k, v) for k, v in self._known(
-                self._read_store(), [k for k in keys if k not in known], "email", "quarantine"
-            ).items() if k not in known)
+            known.update(self._known(
+                self._read_store(), [k for k in keys if k not in known], "email", "quarantine"))
             fresh = _fresh(rows, known)
             inserted = self._insert(connection, fresh) if fresh else {}
         return settle(rows, known, inserted)
@@ -467,10 +467,6 @@ class SqliteIntake:
                 "ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key", parameters)
             inserted.update((key, row_id) for row_id, key in cursor.fetchall())
         return inserted
-
-
-_RECORD_COLUMNS = ("id", "dedup_key", "raw", "mail_from", "rcpt_tos", "role", "source",
-                   "envelope_extra", "accepted_at", "attempts", "last_error")
 
 
 def _record(row: Sequence[Any]) -> IntakeRecord:
