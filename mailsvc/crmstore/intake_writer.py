@@ -204,6 +204,11 @@ class SqliteIntake:
         self._connection: sqlite3.Connection | None = None  # the intake file
         self._store: sqlite3.Connection | None = None  # the store, read only
 
+    async def open(self) -> None:
+        """Open the intake file now (created and set up on first use, which takes its write
+        lock): after this, a caller with nothing to decide takes no write lock."""
+        await self._call(lambda _: None)
+
     async def write(self, rows: Sequence[IntakeRow]) -> list[Written]:
         return await self._call(self._write, list(rows))
 

@@ -240,7 +240,14 @@ class Decider:
         """Decide until ``stop`` is set (the current step finishes first). On SQLite the decide
         lock is held meanwhile: `mailsvc ingest` then leaves deciding to this loop."""
         store = self._pipeline.store
-        await self.refresh_statistics()  # before the lock: a worker that holds it is ready
+        # Before the lock: a worker that holds it is ready, and takes a write lock only to
+        # decide (`mailsvc ingest` counts on accepting beside it).
+        await self.refresh_statistics()
+        if store.is_sqlite:
+            try:
+                await self._intake.open()
+            except IntakeUnavailable as exc:  # the steps try again, with backoff
+                logger.error("the intake cannot be opened: %s", exc)
         with decide_lock(sqlite_path(store.url) if store.is_sqlite else None):
             await self._run(stop)
 
