@@ -81,10 +81,12 @@ SUPERVISOR_PID = "MAILSVC_SUPERVISOR_PID"  # set for the processes the superviso
 SIGNAL_POLL_SECONDS = 0.05  # how soon the supervisor notices a stop signal
 
 
-def exit_with_parent(interval: float = 1.0) -> None:
+def exit_with_parent(interval: float = 1.0, grace: float = STOP_TIMEOUT_SECONDS) -> None:
     """In a supervised process: stop (as on SIGTERM, finishing what is in flight) when the
     supervisor is gone, even if it was SIGKILLed and could not tell us, so no worker is left
-    running on its own (also when it died while this process was still starting)."""
+    running on its own (also when it died while this process was still starting). A stop
+    that has not ended after ``grace`` seconds ends the process, as the supervisor would have
+    (nothing is lost: every mail answered 250 is committed, the rest is retried by its sender)."""
     parent = int(os.environ.get(SUPERVISOR_PID) or os.getppid())
 
     def watch() -> None:
@@ -92,6 +94,9 @@ def exit_with_parent(interval: float = 1.0) -> None:
             time.sleep(interval)
         logger.warning("the supervisor (pid %d) is gone; stopping", parent)
         os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        logger.error("not stopped %gs after the supervisor was gone; exiting now", grace)
+        os._exit(os.EX_SOFTWARE)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 

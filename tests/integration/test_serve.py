@@ -166,3 +166,38 @@ def test_workers_stop_when_the_supervisor_is_killed(sqlite_url: str) -> None:
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [w for w in workers if _alive(w)], "workers outlived their supervisor"
+
+
+# A supervised process whose stop never ends (SIGTERM ignored, as a stop stuck on a dead
+# database would be), under a parent that prints its pid and waits.
+STUCK_WORKER = """
+import signal, time
+from mailsvc.supervisor import exit_with_parent
+exit_with_parent(interval=0.1, grace=1.0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE)
+child.stdout.readline()
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def test_a_worker_whose_stop_hangs_ends_after_its_supervisor_is_gone() -> None:
+    """With no supervisor left to SIGKILL it, a worker whose stop does not end exits by itself
+    once the grace period is over."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, STUCK_WORKER],
+                              stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    assert _alive(worker)
+    parent.kill()
+    parent.wait(timeout=60)
+    deadline = time.monotonic() + 120
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), "a worker outlived its supervisor"
