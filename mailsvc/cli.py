@@ -22,6 +22,7 @@ from rich.table import Table
 
 from mailsvc.bootstrap import Services, build_webhooks, open_services
 from mailsvc.config import LinkingSettings, Settings, load_settings
+from mailsvc.entry import exit_now
 from mailsvc.errors import ConfigError, MailsvcError, StoreUnavailable
 from mailsvc.ingest.outcome import Outcome
 from mailsvc.logs import configure_logging
@@ -104,7 +105,7 @@ def serve(
         plan = plan_worker(settings, worker_index)
         _run(_serve(worker_settings(settings, plan), relay=plan.relay,
                     webhooks=plan.index == 0, decide_here=decide_workers == 0))
-        _exit_now(EX_OK)
+        exit_now(EX_OK)
     count = workers or settings.intake.workers
     single = count == 1 and decide_workers == 0
     _check_ports(serve_listeners(settings.api, settings.smtp, shared_smtp=not single),
@@ -113,7 +114,7 @@ def serve(
         _run(_serve(settings, decide_here=True))
         return
     _run(_migrate(settings))  # once, before the workers start
-    _exit_now(supervise(plan_processes(count, decide_workers)))
+    exit_now(supervise(plan_processes(count, decide_workers)))
 
 
 def _check_ports(listeners: list[Listener], unix_socket: Path | None = None) -> None:
@@ -126,15 +127,6 @@ def _check_ports(listeners: list[Listener], unix_socket: Path | None = None) -> 
     except PortUnavailable as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EX_UNAVAILABLE) from None
-
-
-def _exit_now(status: int) -> None:
-    """Exit after a clean stop without tearing the interpreter down module by module: the work
-    is finished and flushed, and a supervised process should be gone as soon as it says so."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
 
 
 @app.command()
@@ -156,11 +148,11 @@ def decide(
             exit_with_parent()
         _run(_decide(settings, migrate=migrate))
         if not migrate:  # a supervised worker
-            _exit_now(EX_OK)
+            exit_now(EX_OK)
         return
     if migrate:
         _run(_migrate(settings))
-    _exit_now(supervise({f"decide-{i}": decide_command() for i in range(count)}))
+    exit_now(supervise({f"decide-{i}": decide_command() for i in range(count)}))
 
 
 async def _decide(settings: Settings, *, migrate: bool) -> None:

@@ -58,10 +58,12 @@ from mailsvc.crmstore.intake_writer import (
 )
 from mailsvc.crmstore.models import IntakeMail
 from mailsvc.errors import StoreUnavailable
+from mailsvc.ingest import prepare
 from mailsvc.ingest.accept import AcceptedRow, decided_outcomes, raw_of
 from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason
-from mailsvc.ingest.pipeline import PrepareOptions, prepare_item, store_unavailable
-from mailsvc.ingest.store import Prepared, find_existing, quarantine
+from mailsvc.ingest.pipeline import store_unavailable
+from mailsvc.ingest.prepare import Prepared, prepare_items
+from mailsvc.ingest.store import find_existing, quarantine
 from mailsvc.mail import RawMail
 
 if TYPE_CHECKING:
@@ -113,38 +115,6 @@ async def backlog(writer: IntakeWriter) -> Backlog:
     return Backlog(count, oldest)
 
 
-def prepare_items(raws: Sequence[RawMail], options: PrepareOptions) -> list[Prepared]:
-    """Parse a chunk of mails (runs in a parsing process)."""
-    return [prepare_item(raw, options) for raw in raws]
-
-
-def _ready() -> None:
-    """Nothing: submitted to start a parsing process."""
-
-
-# How often a parsing process looks whether the process it parses for is still there.
-CREATOR_WATCH_SECONDS = 1.0
-
-
-def _end_with(creator: int) -> None:
-    """In a parsing process: end when the process it parses for is gone. Killed (SIGKILL, the
-    OOM killer), that process cannot shut its pool down, and the parsing processes (with the
-    fork server they came from) would wait for work for ever, each restart of a decide worker
-    leaving three more behind."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(CREATOR_WATCH_SECONDS)
-            try:
-                os.kill(creator, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # there, under another user: cannot be (it forked us)
-                continue
-
-    threading.Thread(target=watch, name="creator-watch", daemon=True).start()
-
-
 @contextmanager
 def parse_pool(jobs: int) -> Iterator[ParsePool | None]:
     """Processes that parse for a decide loop (None for ``jobs`` 1: parse in this process).
@@ -154,7 +124,7 @@ def parse_pool(jobs: int) -> Iterator[ParsePool | None]:
         yield None
         return
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload(prepare.PRELOAD)
     pool = ParsePool(jobs, mp_context=context)
     try:
         yield pool
@@ -169,14 +139,14 @@ class ParsePool(ProcessPoolExecutor):
     decider parses in its own process."""
 
     def __init__(self, jobs: int, **kwargs: Any) -> None:
-        super().__init__(jobs, initializer=_end_with, initargs=(os.getpid(),), **kwargs)
+        super().__init__(jobs, initializer=prepare.end_with, initargs=(os.getpid(),), **kwargs)
         self._jobs = jobs
         self._up = threading.Event()
         threading.Thread(target=self._start, name="parse-pool-start", daemon=True).start()
 
     def _start(self) -> None:
         with contextlib.suppress(RuntimeError):  # shut down before it was up
-            concurrent.futures.wait([self.submit(_ready) for _ in range(self._jobs)])
+            concurrent.futures.wait([self.submit(prepare.ready) for _ in range(self._jobs)])
         self._up.set()
 
     @property

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
@@ -45,35 +45,26 @@ from mailsvc.crmstore.intake_writer import (
     SqliteIntake,
     sqlite_path,
 )
-from mailsvc.crmstore.models import QuarantinedMail
-from mailsvc.errors import ParseError, StoreUnavailable
+from mailsvc.crmstore.models import Email, QuarantinedMail
+from mailsvc.errors import StoreUnavailable
 from mailsvc.ingest.accept import Accepted, accept_mails, decided_outcomes
 from mailsvc.ingest.classify import classify
 from mailsvc.ingest.directory import load_batch_facts, load_facts
 from mailsvc.ingest.outcome import (
-    LimitExceeded,
     Outcome,
-    ParserFailed,
     ProcessingFailed,
-    TooLarge,
     Unparseable,
 )
-from mailsvc.ingest.parse import (
-    DEFAULT_LIMITS,
-    MimeLimitExceeded,
-    ParseLimits,
-    mail_key,
-    parse_mail,
-)
+from mailsvc.ingest.parse import ParseLimits
+from mailsvc.ingest.prepare import Prepared, PrepareOptions, prepare_item
+from mailsvc.ingest.sanitize import column_lengths
 from mailsvc.ingest.store import (
-    Prepared,
     find_existing,
-    mail_values,
     quarantine,
     store_email,
     store_emails,
 )
-from mailsvc.ingest.trust import TrustPolicy, needs_lookup, sender_verified, trust_policy
+from mailsvc.ingest.trust import needs_lookup, trust_policy
 from mailsvc.linking.batch import (
     dependencies,
     effects,
@@ -97,53 +88,6 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 UNPARSEABLE = Unparseable("unparseable")
 # The safe path runs again after a deadlock with another process, at most this often in all.
 SAFE_PATH_TRIES = 5
-
-
-def prepare(raw: RawMail, max_bytes: int, limits: ParseLimits = DEFAULT_LIMITS) -> Prepared:
-    """Parse and key one message; what cannot be parsed is prepared for quarantine."""
-    key = mail_key(raw.data)
-    if len(raw.data) > max_bytes:
-        return Prepared(raw, key, None, TooLarge.limit(max_bytes))
-    try:
-        parsed = parse_mail(raw.data, limits)
-    except MimeLimitExceeded as exc:
-        return Prepared(raw, key, None, LimitExceeded.of(str(exc)))
-    except ParseError as exc:
-        return Prepared(raw, key, None, Unparseable.of(str(exc)))
-    except Exception as exc:  # a parser bug must not lose the mail: quarantine it
-        logger.exception("parser failed")
-        return Prepared(raw, key, None, ParserFailed.of(repr(exc)))
-    return Prepared(raw, key, parsed)
-
-
-@dataclass(frozen=True, slots=True)
-class PrepareOptions:
-    """What the pure per-mail work needs (picklable, for parsing in other processes)."""
-
-    max_bytes: int
-    max_received_headers: int
-    policy: Policy
-    limits: ParseLimits
-    trust: TrustPolicy
-
-
-def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
-    """Parse, then do the pure per-mail work too, so the writer only decides and stores."""
-    item = prepare(raw, options.max_bytes, options.limits)
-    if item.parsed is None:
-        return item
-    try:
-        return replace(
-            item,
-            kind=classify(item.parsed, raw.envelope, options.max_received_headers, raw.data),
-            want=wanted(item.parsed, options.policy, raw.envelope),
-            reply=reply_of(item.parsed),
-            sender_verified=sender_verified(raw, item.parsed, options.trust),
-            values=mail_values(item),
-        )
-    except Exception:  # the writer tries again and quarantines the mail if it fails there
-        logger.exception("preparing %s failed", item.key)
-        return item
 
 
 def policy_from(linking: LinkingSettings) -> Policy:
@@ -198,7 +142,7 @@ class Pipeline:
         )
         self.options = PrepareOptions(
             intake.max_message_bytes, intake.max_received_headers, self._policy,
-            self._limits, self._trust,
+            self._limits, self._trust, column_lengths(Email.__table__),
         )
         # Every intake role's default owner, looked up with each group's facts.
         self._owners = tuple(

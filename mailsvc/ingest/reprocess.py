@@ -28,8 +28,8 @@ from mailsvc.ingest.applier import (
 )
 from mailsvc.ingest.outcome import ProcessingFailed
 from mailsvc.ingest.pipeline import Pipeline, store_unavailable
+from mailsvc.ingest.prepare import Prepared
 from mailsvc.ingest.quarantine import raw_mail
-from mailsvc.ingest.store import Prepared
 from mailsvc.linking.model import LinkDecision, Rule
 
 logger = logging.getLogger(__name__)

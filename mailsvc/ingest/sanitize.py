@@ -8,6 +8,7 @@ so the models stay the one place that names them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -56,8 +57,17 @@ def clean_json(value: Any) -> Any:
 
 def column_length(table: FromClause, name: str) -> int | None:
     """The declared length of a string column (``String(n)``), None for unbounded text."""
-    length = getattr(table.c[name].type, "length", None)
-    return int(length) if isinstance(length, int) else None
+    return column_lengths(table)[name]
+
+
+@functools.cache
+def column_lengths(table: FromClause) -> dict[str, int | None]:
+    """Every column of ``table`` with its declared length (None: unbounded or not a string)."""
+    lengths: dict[str, int | None] = {}
+    for column in table.c:
+        length = getattr(column.type, "length", None)
+        lengths[column.key] = int(length) if isinstance(length, int) else None
+    return lengths
 
 
 def fit(value: str | None, length: int | None) -> str | None:
@@ -71,15 +81,24 @@ def fit(value: str | None, length: int | None) -> str | None:
 def fit_row(
     table: FromClause, row: Mapping[str, Any], keep: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
-    """A row for ``table`` with every text value cleaned and fitted to its column: bounded
-    strings as one line, unbounded text keeps its lines, JSON cleaned inside. Columns in
-    ``keep`` (keys that must stay exactly as looked up) and non-columns are left alone."""
+    """A row for ``table`` with every text value cleaned and fitted to its column (see
+    ``fit_values``)."""
+    return fit_values(column_lengths(table), row, keep)
+
+
+def fit_values(
+    columns: Mapping[str, int | None], row: Mapping[str, Any], keep: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """A row with every text value cleaned and fitted to its column (``columns``: name ->
+    length, see ``column_lengths``): bounded strings as one line, unbounded text keeps its
+    lines, JSON cleaned inside. Columns in ``keep`` (keys that must stay exactly as looked up)
+    and non-columns are left alone."""
     fitted: dict[str, Any] = {}
     for key, value in row.items():
-        if key in keep or key not in table.c:
+        if key in keep or key not in columns:
             fitted[key] = value
         elif isinstance(value, str):
-            length = column_length(table, key)
+            length = columns[key]
             fitted[key] = fit(value, length) if length is not None else clean_text(value)
         elif isinstance(value, list | dict | tuple):
             fitted[key] = clean_json(value)

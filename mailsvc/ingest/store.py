@@ -4,7 +4,6 @@ transaction."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -16,70 +15,18 @@ from mailsvc.crmstore.models import Email, EmailAttachment, QuarantinedMail
 from mailsvc.crmstore.outbox import historical_events, record_event, write_events
 from mailsvc.ingest.applier import StoredMail, apply_decisions
 from mailsvc.ingest.outcome import DROPPED, Outcome, OutcomeKind, QuarantineReason
-from mailsvc.ingest.sanitize import clean_text, fit_row
-from mailsvc.linking.model import LinkDecision, MailKind, Wanted
-from mailsvc.linking.text import Reply
-from mailsvc.mail import Address, ParsedMail, RawMail
+from mailsvc.ingest.prepare import EXACT_COLUMNS, Prepared, mail_values
+from mailsvc.ingest.sanitize import clean_text, column_lengths, fit_row
+from mailsvc.linking.model import LinkDecision
+from mailsvc.mail import ParsedMail
 from mailsvc.outbound.queue import after_intake as outbound_after_intake
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A message made ready before its transaction: parsed (or why not) and keyed."""
-
-    raw: RawMail
-    key: str
-    parsed: ParsedMail | None
-    problem: QuarantineReason | None = None
-    # Pure work done before the queue (None: not done, the writer does it).
-    kind: MailKind | None = None
-    want: Wanted | None = None
-    reply: Reply | None = None
-    # Whether the header From is proven to be its author's (ingest/trust.py); unproven unless
-    # the prepare step says so.
-    sender_verified: bool = False
-    # The e-mail row's columns that depend on the mail alone (``mail_values``), if worked out.
-    values: dict[str, Any] | None = None
-
-
-def _addresses(items: tuple[Address, ...]) -> list[dict[str, str]]:
-    return [{"name": a.name, "email": a.email} for a in items]
-
-
-def mail_values(item: Prepared) -> dict[str, Any]:
-    """The columns of the mail's ``emails`` row that depend on the mail alone, cleaned and
-    fitted: worked out with the parsing (in a parsing process when there is one), so the
-    transaction that stores the mail does not spend its time on them."""
-    mail = item.parsed
-    assert mail is not None
-    sender = mail.sender
-    envelope = item.raw.envelope
-    return fit_row(Email.__table__, {
-        "dedup_key": item.key,
-        "message_id": mail.message_id,
-        "subject": mail.subject,
-        "from_email": sender.email if sender else None,
-        "from_name": sender.name if sender else None,
-        "to": _addresses(mail.to),
-        "cc": _addresses(mail.cc),
-        "reply_to": _addresses(mail.reply_to),
-        "sent_at": mail.date,
-        "in_reply_to": list(mail.in_reply_to),
-        "references": list(mail.references),
-        "headers": [[name, value] for name, value in mail.headers],
-        "text_body": mail.text,
-        "html_body": mail.html,
-        "envelope_from": envelope.mail_from,
-        "envelope_to": list(envelope.rcpt_tos),
-        "intake_role": str(envelope.role),
-        "source": envelope.source,
-    }, keep=_KEYS)
 
 
 def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -> dict[str, Any]:
     """The ``emails`` row of a decided mail, every value cleaned and fitted to its column."""
     return {
-        **(item.values if item.values is not None else mail_values(item)),
+        **(item.values if item.values is not None
+           else mail_values(item, column_lengths(Email.__table__))),
         **fit_row(Email.__table__, {
             "reply_text": decision.reply_text,
             "kind": decision.mail_kind,
@@ -93,9 +40,6 @@ def email_values(item: Prepared, decision: LinkDecision, outcome: OutcomeKind) -
         "size": len(item.raw.data),
         "received_at": utcnow(),
     }
-
-
-_KEYS = frozenset({"dedup_key"})  # looked up as they are: never changed on the way in
 
 
 def attachment_values(mail: ParsedMail, email_id: int | None = None) -> list[dict[str, Any]]:
@@ -213,7 +157,7 @@ async def quarantine(session: AsyncSession, item: Prepared, reason: QuarantineRe
         "envelope_to": list(envelope.rcpt_tos),
         "intake_role": str(envelope.role),
         "source": envelope.source,
-    }, keep=_KEYS))
+    }, keep=EXACT_COLUMNS))
     session.add(row)
     await session.flush()
     message_id = item.parsed.message_id if item.parsed else None

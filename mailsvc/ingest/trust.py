@@ -22,14 +22,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import authres
 import dkim
 import dkim.dnsplug
 
-from mailsvc.config import TrustSettings
 from mailsvc.mail import Envelope, ParsedMail, RawMail
+
+if TYPE_CHECKING:
+    from mailsvc.config import TrustSettings
 
 logger = logging.getLogger(__name__)
 

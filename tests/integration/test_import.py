@@ -14,7 +14,7 @@ from mailsvc.cli import app
 from mailsvc.config import load_settings
 from mailsvc.crmstore.db import create_engine
 from mailsvc.crmstore.models import Email, QuarantinedMail
-from mailsvc.ingest.pipeline import prepare
+from mailsvc.ingest.prepare import prepare
 from mailsvc.mail import Envelope, RawMail
 from tests.conftest import BCC, SALES, SUPPORT, corpus_messages
 

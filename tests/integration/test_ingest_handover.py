@@ -21,17 +21,17 @@ from tests.support.waiting import wait_for
 
 # Runs `mailsvc ingest` the way the console script does, then tells what it had loaded.
 PROBE = """
-import json, sys
+import atexit, json, sys
 from mailsvc import entry
+
+def loaded():
+    names = ("sqlalchemy", "mailparser", "alembic", "fastapi", "aio_pika")
+    found = sorted(m for m in names if m in sys.modules)
+    sys.stderr.write("LOADED " + json.dumps(found) + "\\n")
+
+atexit.register(loaded)  # the command exits without unwinding: its exit handlers still run
 sys.argv = ["mailsvc", "ingest", *sys.argv[1:]]
-try:
-    entry.main()
-except SystemExit as exit:
-    status = exit.code
-loaded = sorted(m for m in ("sqlalchemy", "mailparser", "alembic", "fastapi", "aio_pika")
-                if m in sys.modules)
-sys.stderr.write("LOADED " + json.dumps(loaded) + "\\n")
-sys.exit(status)
+entry.main()
 """
 
 
