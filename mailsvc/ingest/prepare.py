@@ -9,6 +9,7 @@ the column lengths), so they are up in a fraction of the time the whole service 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -185,3 +186,4 @@ def end_with(creator: int) -> None:
                 continue
 
     threading.Thread(target=watch, name="creator-watch", daemon=True).start()
+    gc.freeze()  # what the fork server loaded lives as long as this process: not collected

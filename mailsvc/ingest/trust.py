@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import authres
-import dkim
-import dkim.dnsplug
 
 from mailsvc.mail import Envelope, ParsedMail, RawMail
 
@@ -165,6 +163,8 @@ def dkim_pass(data: bytes, mail: ParsedMail, domain: str, policy: TrustPolicy) -
     candidates = [n for n, value in enumerate(signatures) if aligned(_tag(value, "d"), domain)]
     if not candidates:
         return False
+    import dkim  # here: most mail has no aligned signature, and dkimpy loads DNS code
+
     dns = policy.dns or cached_dns
     for index in candidates:
         try:
@@ -210,6 +210,8 @@ def cached_dns(name: bytes | str, timeout: float = 5) -> bytes | str | None:
         hit = _DNS_CACHE.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+    import dkim.dnsplug
+
     value: bytes | str | None = dkim.dnsplug.get_txt(name, timeout=timeout)
     with _DNS_LOCK:
         if len(_DNS_CACHE) >= _DNS_MAX:
