@@ -385,7 +385,8 @@ def import_mail(
     from mailsvc.ingest.decider import Decider, ParsePool, parse_pool
 
     async def go(pool: ParsePool | None) -> None:
-        async with open_services(settings) as services:
+        # Its event loop serves nobody else: SQLite statements run in place, not in a thread.
+        async with open_services(settings, sqlite_in_loop=True) as services:
             decider = Decider(services.pipeline, parse_pool=pool)
             await decider.refresh_statistics()  # SQLite: lookups stay index lookups
             source = ARCHIVE_SOURCE if archive else "file"

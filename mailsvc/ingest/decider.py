@@ -50,6 +50,7 @@ from mailsvc import metrics
 from mailsvc.crmstore.base import utcnow
 from mailsvc.crmstore.db import end_stalled_transactions, refresh_statistics
 from mailsvc.crmstore.intake_writer import (
+    IntakeRecord,
     IntakeUnavailable,
     IntakeWriter,
     SqliteIntake,
@@ -324,7 +325,7 @@ class Decider:
             claimed.update(await self._parse(await self._intake.records(rest)))
         if not claimed:  # decided by another process meanwhile
             return {}
-        self._parse_ahead(max(claimed))
+        await self._parse_ahead(max(claimed))
         return await self._apply_claimed(claimed)
 
     @property
@@ -430,19 +431,28 @@ class Decider:
             claimed[row.id] = Claimed(row.id, item, row.attempts, row.accepted_at)
         return claimed
 
-    def _parse_ahead(self, top: int) -> None:
-        """With a parse pool on SQLite: read the rows after ``top`` and parse them in the pool
-        while this step applies (parsing is pure: what it gives does not depend on the store).
-        The next step takes what is still pending; the rest is parsed again."""
+    async def _parse_ahead(self, top: int) -> None:
+        """With a parse pool on SQLite: read the rows after ``top`` and hand them to the pool,
+        which parses them while this step applies (parsing is pure: what it gives does not
+        depend on the store). They are handed over before the step goes on: its statements may
+        run in the event loop's own thread and hold it until it commits. The next step takes
+        what is still pending; the rest is parsed again."""
         if self._postgres or self._ahead is not None or not (self._pool and self._pool.ready()):
             return
-        self._ahead = asyncio.create_task(self._read_and_parse(top), name="decide-parse-ahead")
+        try:
+            rows = await self._intake.pending(top, self._batch)
+        except IntakeUnavailable as exc:  # met again, in the step that reads these rows
+            logger.debug("reading ahead failed: %r", exc)
+            return
+        if len(rows) < POOL_MIN_MAILS:
+            return
+        parsing = self._submit([raw_of(row) for row in rows])
+        self._ahead = asyncio.ensure_future(self._parsed_ahead(rows, parsing))
 
-    async def _read_and_parse(self, top: int) -> dict[int, Claimed]:
-        rows = await self._intake.pending(top, self._batch)
-        if len(rows) < POOL_MIN_MAILS or self._pool is None or not self._pool.ready():
-            return {}
-        items = await self._parse_in_pool([raw_of(row) for row in rows])
+    @staticmethod
+    async def _parsed_ahead(rows: Sequence[IntakeRecord],
+                            parsing: list[asyncio.Future[list[Prepared]]]) -> dict[int, Claimed]:
+        items = [item for chunk in await asyncio.gather(*parsing) for item in chunk]
         return {row.id: Claimed(row.id, item, row.attempts, row.accepted_at)
                 for row, item in zip(rows, items, strict=True)}
 
@@ -458,15 +468,17 @@ class Decider:
             return {}
 
     async def _parse_in_pool(self, raws: Sequence[RawMail]) -> list[Prepared]:
+        chunks = await asyncio.gather(*self._submit(raws))
+        return [item for chunk in chunks for item in chunk]
+
+    def _submit(self, raws: Sequence[RawMail]) -> list[asyncio.Future[list[Prepared]]]:
+        """The mails handed to the parsing processes now, one chunk per process."""
         assert self._pool is not None
         loop = asyncio.get_running_loop()
         options = self._pipeline.options
-        size = -(-len(raws) // self._jobs)  # one chunk per parsing process
-        chunks = await asyncio.gather(*(
-            loop.run_in_executor(self._pool, prepare_items, raws[i:i + size], options)
-            for i in range(0, len(raws), size)
-        ))
-        return [item for chunk in chunks for item in chunk]
+        size = -(-len(raws) // self._jobs)
+        return [loop.run_in_executor(self._pool, prepare_items, raws[i:i + size], options)
+                for i in range(0, len(raws), size)]
 
     async def close(self) -> None:
         """Drop a parse-ahead still running (its rows stay in the intake)."""
