@@ -37,10 +37,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -63,16 +64,19 @@ from mailsvc.ingest import prepare
 from mailsvc.ingest.accept import AcceptedRow, decided_outcomes, raw_of
 from mailsvc.ingest.outcome import Outcome, ProcessingFailed, QuarantineReason
 from mailsvc.ingest.pipeline import store_unavailable
-from mailsvc.ingest.prepare import Prepared, prepare_items
+from mailsvc.ingest.prepare import Prepared, parser_crashed, prepare_items
 from mailsvc.ingest.store import find_existing, quarantine
 from mailsvc.mail import RawMail
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from multiprocessing.context import BaseContext
 
     from mailsvc.ingest.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # pg_advisory_xact_lock key of the apply step ("mailsvc" in ASCII, as a bigint).
 APPLY_LOCK = 0x6D61696C737663
@@ -126,36 +130,79 @@ def parse_pool(jobs: int) -> Iterator[ParsePool | None]:
         return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(prepare.PRELOAD)
-    pool = ParsePool(jobs, mp_context=context)
+    pool = ParsePool(jobs, context)
     try:
         yield pool
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
 
 
-class ParsePool(ProcessPoolExecutor):
-    """A process pool started at once, in a thread of its own: the fork server it is forked
-    from imports the parsing code first (half a second and more while the machine is busy),
-    which the deciding process need not wait for. Until every process is up (``ready``) the
-    decider parses in its own process."""
+class ParsePool:
+    """The parsing processes of a decide loop. A set of them that lost one (killed, out of
+    memory, or ended by a mail that crashes the parser) is broken for good
+    (``BrokenProcessPool``); ``renew`` puts a new set in its place."""
 
-    def __init__(self, jobs: int, **kwargs: Any) -> None:
-        super().__init__(jobs, initializer=prepare.end_with, initargs=(os.getpid(),), **kwargs)
+    def __init__(self, jobs: int, context: BaseContext) -> None:
         self._jobs = jobs
-        self._up = threading.Event()
-        threading.Thread(target=self._start, name="parse-pool-start", daemon=True).start()
-
-    def _start(self) -> None:
-        with contextlib.suppress(RuntimeError):  # shut down before it was up
-            concurrent.futures.wait([self.submit(prepare.ready) for _ in range(self._jobs)])
-        self._up.set()
+        self._context = context
+        self._processes = _Processes(jobs, context)
+        self.submitted = 0  # pieces of work handed to parsing processes so far
 
     @property
     def jobs(self) -> int:
         return self._jobs
 
     def ready(self) -> bool:
-        return self._up.is_set()
+        """Whether every process of the current set is up."""
+        return self._processes.ready()
+
+    def submit(self, work: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """``work(*args)`` in a parsing process; raises ``BrokenProcessPool`` if the set is
+        broken already."""
+        future = asyncio.get_running_loop().run_in_executor(self._processes, work, *args)
+        self.submitted += 1
+        return future
+
+    def pids(self) -> set[int]:
+        """The process ids of the current set (those started so far)."""
+        return set(self._processes.pids())
+
+    def renew(self) -> None:
+        broken, self._processes = self._processes, _Processes(self._jobs, self._context)
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        self._processes.shutdown(wait=True, cancel_futures=True)
+
+
+class _Processes(ProcessPoolExecutor):
+    """A set of parsing processes started at once, in a thread of its own: the fork server it
+    is forked from imports the parsing code first (half a second and more while the machine is
+    busy), which the deciding process need not wait for. Until every process is up (``ready``)
+    the decider parses in its own process."""
+
+    def __init__(self, jobs: int, context: BaseContext) -> None:
+        super().__init__(jobs, mp_context=context, initializer=prepare.end_with,
+                         initargs=(os.getpid(),))
+        self._jobs = jobs
+        self._up = threading.Event()  # set once starting is over, whether it worked or not
+        self._ok = False
+        threading.Thread(target=self._start, name="parse-pool-start", daemon=True).start()
+
+    def _start(self) -> None:
+        try:
+            concurrent.futures.wait([self.submit(prepare.ready) for _ in range(self._jobs)])
+            self._ok = True
+        except Exception as exc:  # shut down before it was up, or no process could start
+            logger.debug("parsing processes not started: %r", exc)
+        finally:
+            self._up.set()
+
+    def ready(self) -> bool:
+        return self._ok
+
+    def pids(self) -> list[int]:
+        return list(self._processes or {})  # ProcessPoolExecutor's own: pid -> process
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._up.wait()  # a pool shut down while its processes start may hang
@@ -468,17 +515,52 @@ class Decider:
             return {}
 
     async def _parse_in_pool(self, raws: Sequence[RawMail]) -> list[Prepared]:
-        chunks = await asyncio.gather(*self._submit(raws))
+        try:
+            chunks = await asyncio.gather(*self._submit(raws))
+        except BrokenProcessPool:
+            return await self._parse_one_by_one(raws)
         return [item for chunk in chunks for item in chunk]
 
     def _submit(self, raws: Sequence[RawMail]) -> list[asyncio.Future[list[Prepared]]]:
-        """The mails handed to the parsing processes now, one chunk per process."""
-        assert self._pool is not None
-        loop = asyncio.get_running_loop()
+        """The mails handed to the parsing processes now, one chunk per process (to a new set
+        of processes if the current one is broken already)."""
+        pool = self._pool
+        assert pool is not None
         options = self._pipeline.options
         size = -(-len(raws) // self._jobs)
-        return [loop.run_in_executor(self._pool, prepare_items, raws[i:i + size], options)
-                for i in range(0, len(raws), size)]
+        chunks = [raws[i:i + size] for i in range(0, len(raws), size)]
+        submitted: list[asyncio.Future[list[Prepared]]] = []
+        try:
+            for chunk in chunks:
+                submitted.append(pool.submit(prepare_items, chunk, options))
+        except BrokenProcessPool:  # a process died since the last parse: not these mails
+            for future in submitted:
+                future.cancel()
+            logger.error("a parsing process ended; starting new ones")
+            pool.renew()
+            submitted = [pool.submit(prepare_items, chunk, options) for chunk in chunks]
+        return submitted
+
+    async def _parse_one_by_one(self, raws: Sequence[RawMail]) -> list[Prepared]:
+        """A parsing process died while it parsed these mails: new processes parse them one at
+        a time, so a mail that ends its process again is the one that does it. That mail is
+        prepared for quarantine; the others are parsed as usual."""
+        pool = self._pool
+        assert pool is not None
+        logger.error("a parsing process ended while it parsed %d mail(s); parsing them again "
+                     "one at a time in new processes", len(raws))
+        pool.renew()
+        items: list[Prepared] = []
+        for raw in raws:
+            try:
+                items += await pool.submit(prepare_items, [raw], self._pipeline.options)
+            except BrokenProcessPool:
+                item = parser_crashed(raw)
+                logger.error("the parsing process ended while it parsed mail %s: quarantined",
+                             item.key)
+                items.append(item)
+                pool.renew()
+        return items
 
     async def close(self) -> None:
         """Drop a parse-ahead still running (its rows stay in the intake)."""

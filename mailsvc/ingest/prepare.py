@@ -100,6 +100,12 @@ def prepare(raw: RawMail, max_bytes: int, limits: ParseLimits = DEFAULT_LIMITS) 
     return Prepared(raw, key, parsed)
 
 
+def parser_crashed(raw: RawMail) -> Prepared:
+    """A mail whose parsing ended the process that parsed it, prepared for quarantine."""
+    return Prepared(raw, mail_key(raw.data), None,
+                    ParserFailed.of("the parsing process ended while it parsed this mail"))
+
+
 def prepare_item(raw: RawMail, options: PrepareOptions) -> Prepared:
     """Parse, then do the pure per-mail work too, so the writer only decides and stores."""
     item = prepare(raw, options.max_bytes, options.limits)

@@ -223,7 +223,7 @@ async def test_a_decider_parses_in_its_pool_once_the_pool_is_up_with_the_same_ou
             return pool.ready()
 
         await wait_for(up, within=180, what="the parsing processes up")
-        submitted = pool._queue_count  # what the pool was given so far (its start-up)
+        submitted = pool.submitted
         async with open_services(settings, migrate=False) as services:
             decider = Decider(services.pipeline, parse_pool=pool)
             try:
@@ -235,7 +235,46 @@ async def test_a_decider_parses_in_its_pool_once_the_pool_is_up_with_the_same_ou
                 await decider.close()
             assert [o.kind for o in outcomes].count("lead_created") == 6
             await assert_each_conversation_is_one_lead(services, senders=6, size=10)
-        assert pool._queue_count > submitted  # parsed there, not here
+        assert pool.submitted > submitted  # parsed there, not here
+
+
+async def test_a_parsing_process_killed_mid_batch_loses_no_mail(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A parsing process dies (SIGKILL: the OOM killer, an operator) while its batch is being
+    parsed: new processes take over, the batch is parsed again, and every conversation comes
+    out as one by one; nothing is quarantined for it."""
+    settings = make_settings(decide_batch_size=60)
+    with parse_pool(2) as pool:
+        assert pool is not None
+
+        async def up() -> bool:
+            return pool.ready()
+
+        await wait_for(up, within=180, what="the parsing processes up")
+        first = pool.pids()
+        async with open_services(settings, migrate=False) as services:
+            decider = Decider(services.pipeline, parse_pool=pool)
+            try:
+                accepted = await services.pipeline.accept_many(
+                    [RawMail(data, SALES_ENVELOPE) for data in conversations(12, 9)]
+                )
+                submitted = pool.submitted
+                deciding = asyncio.create_task(
+                    services.pipeline.decide_accepted(accepted, decider))
+
+                async def handed_over() -> bool:
+                    return pool.submitted > submitted or deciding.done()
+
+                await wait_for(handed_over, within=120, what="a batch handed to the pool")
+                os.kill(min(first), signal.SIGKILL)
+                outcomes = await deciding
+            finally:
+                await decider.close()
+            assert [o.kind for o in outcomes].count("lead_created") == 12
+            assert not [o for o in outcomes if o.kind == "quarantined"]
+            await assert_each_conversation_is_one_lead(services, senders=12, size=10)
+            assert not first & pool.pids()  # a new set of processes took over
 
 
 async def test_submit_waits_for_the_decision_and_reports_it(
