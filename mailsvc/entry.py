@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import gc
 import logging
 import os
@@ -61,8 +62,10 @@ def exit_now(status: int) -> None:
     temporary directory, among others)."""
     atexit._run_exitfuncs()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that went away (`| head`), a closed stream: nothing left to tell it.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(status)
 
 
