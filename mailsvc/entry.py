@@ -1,6 +1,10 @@
 """The ``mailsvc`` console script. `mailsvc ingest` of mail goes the short way first: handed
 to a running decide worker (``ingest/handover.py``) without loading the rest of mailsvc; anything
-else, and ingest without a running worker, is the full command line (``cli.py``)."""
+else, and ingest without a running worker, is the full command line (``cli.py``).
+
+Every command loads its code with the garbage collector off and then freezes what it loaded
+(``loaded``); `mailsvc import` and `mailsvc ingest` end with ``exit_now``, without the
+interpreter's teardown."""
 
 from __future__ import annotations
 
