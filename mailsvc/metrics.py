@@ -148,6 +148,11 @@ def _metrics() -> Any:
             "Groups redone mail by mail after the fast path failed (a concurrent writer, an odd "
             "mail).",
         ),
+        parsers_lost=Counter(
+            "mailsvc_parsing_processes_lost",
+            "Sets of parsing processes replaced because one of them ended (killed, out of "
+            "memory, or a mail that crashed the parser).",
+        ),
         imap_errors=Counter(
             "mailsvc_imap_errors",
             "IMAP mailbox failures, by mailbox and kind (token, login, tls, network, store, "
@@ -313,6 +318,12 @@ def record_fallback() -> None:
     if not _enabled:
         return
     _metrics().fallbacks.inc()
+
+
+def record_parsers_lost() -> None:
+    if not _enabled:
+        return
+    _metrics().parsers_lost.inc()
 
 
 def method_label(method: str) -> str:

@@ -168,8 +168,10 @@ class ParsePool:
         return set(self._processes.pids())
 
     def renew(self) -> None:
+        """A new set of processes in place of the current, broken one."""
         broken, self._processes = self._processes, _Processes(self._jobs, self._context)
         broken.shutdown(wait=False, cancel_futures=True)
+        metrics.record_parsers_lost()
 
     def shutdown(self) -> None:
         self._processes.shutdown(wait=True, cancel_futures=True)
