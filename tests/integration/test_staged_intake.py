@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
@@ -241,7 +242,7 @@ async def test_a_decider_parses_in_its_pool_once_the_pool_is_up_with_the_same_ou
 async def test_a_parsing_process_killed_mid_batch_loses_no_mail(
     make_settings: Callable[..., Settings],
 ) -> None:
-    """A parsing process dies (SIGKILL: the OOM killer, an operator) while its batch is being
+    """A parsing process dies (SIGKILL: the OOM killer, an operator) while a batch waits to be
     parsed: new processes take over, the batch is parsed again, and every conversation comes
     out as one by one; nothing is quarantined for it."""
     settings = make_settings(decide_batch_size=60)
@@ -253,6 +254,8 @@ async def test_a_parsing_process_killed_mid_batch_loses_no_mail(
 
         await wait_for(up, within=180, what="the parsing processes up")
         first = pool.pids()
+        # Both processes busy, so the batch handed over next is still in the pool when one dies.
+        busy = [pool.submit(time.sleep, 60) for _ in first]
         async with open_services(settings, migrate=False) as services:
             decider = Decider(services.pipeline, parse_pool=pool)
             try:
@@ -264,13 +267,15 @@ async def test_a_parsing_process_killed_mid_batch_loses_no_mail(
                     services.pipeline.decide_accepted(accepted, decider))
 
                 async def handed_over() -> bool:
-                    return pool.submitted > submitted or deciding.done()
+                    assert not deciding.done()
+                    return pool.submitted > submitted
 
                 await wait_for(handed_over, within=120, what="a batch handed to the pool")
                 os.kill(min(first), signal.SIGKILL)
                 outcomes = await deciding
             finally:
                 await decider.close()
+                await asyncio.gather(*busy, return_exceptions=True)
             assert [o.kind for o in outcomes].count("lead_created") == 12
             assert not [o for o in outcomes if o.kind == "quarantined"]
             await assert_each_conversation_is_one_lead(services, senders=12, size=10)
